@@ -1,0 +1,318 @@
+package fsm
+
+import (
+	"fmt"
+	"slices"
+)
+
+const (
+	// MaxRequestIDs is how many request ids the FSM remembers for dedup.
+	MaxRequestIDs = 65536
+	// MaxTombstones is how many deregistered sessions the FSM remembers.
+	MaxTombstones = 65536
+)
+
+// state is everything the log builds. It is only touched under FSM.mu, and a
+// Restore replaces it whole.
+type state struct {
+	index uint64
+
+	// namespaces holds each namespace's instances in compareInstance order,
+	// so Pick is one index operation. Empty namespaces are deleted.
+	namespaces map[string][]Registration
+	regCount   int
+
+	// sessions and byNode index the live registrations; they are derived
+	// from namespaces and rebuilt by Restore.
+	sessions map[SessionID][]string // live session -> its namespaces
+	byNode   map[string]map[SessionID]struct{}
+
+	nodes  map[string]NodeMeta
+	purged map[string]uint64 // node -> every incarnation <= this is purged, for good
+
+	requests   *ring[string, result]
+	tombstones *ring[SessionID, struct{}]
+}
+
+func newState(maxRequests, maxTombstones int) *state {
+	return newStateSized(maxRequests, maxTombstones, sizes{})
+}
+
+// sizes are capacity hints, so Restore does not rehash maps as they grow.
+type sizes struct{ sessions, requests, tombstones int }
+
+func newStateSized(maxRequests, maxTombstones int, n sizes) *state {
+	return &state{
+		namespaces: make(map[string][]Registration),
+		sessions:   make(map[SessionID][]string, n.sessions),
+		byNode:     make(map[string]map[SessionID]struct{}),
+		nodes:      make(map[string]NodeMeta),
+		purged:     make(map[string]uint64),
+		requests:   newRing[string, result](maxRequests, n.requests),
+		tombstones: newRing[SessionID, struct{}](maxTombstones, n.tombstones),
+	}
+}
+
+// apply runs one non-batch command, with request-id dedup, and appends what
+// it changed to ch.
+func (st *state) apply(cmd Command, ch *[]Change) error {
+	var rid string
+	switch c := cmd.(type) {
+	case Register:
+		rid = c.RequestID
+	case Deregister:
+		rid = c.RequestID
+	case PurgeNode:
+		rid = c.RequestID
+	case SetNode:
+		rid = c.RequestID
+	case RemoveNode:
+		rid = c.RequestID
+	case Unknown:
+		return nil
+	default:
+		// Decode never yields anything else (nested batches included).
+		panic(fmt.Sprintf("fsm: cannot apply command %T", cmd))
+	}
+	if rid != "" {
+		if r, ok := st.requests.get(rid); ok {
+			return r.err()
+		}
+	}
+
+	var err error
+	switch c := cmd.(type) {
+	case Register:
+		err = st.register(c.Reg, ch)
+	case Deregister:
+		err = st.deregister(c.Session, ch)
+	case PurgeNode:
+		err = st.purgeNode(c.Node, c.UpToIncarnation, ch)
+	case SetNode:
+		err = st.setNode(c.Meta, ch)
+	case RemoveNode:
+		err = st.removeNode(c.Node, ch)
+	}
+	if rid != "" {
+		st.requests.add(rid, resultOf(err))
+	}
+	return err
+}
+
+func (st *state) register(r Registration, ch *[]Change) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	s := r.Session
+	if mark, ok := st.purged[s.Node]; ok && s.Incarnation <= mark {
+		return closedf("incarnation %d of node %q is purged (up to %d)", s.Incarnation, s.Node, mark)
+	}
+	if st.tombstones.has(s) {
+		return closedf("session %s is deregistered", s)
+	}
+	if slices.Contains(st.sessions[s], r.Namespace) {
+		return nil // a repeat keeps the original registration and its Since
+	}
+	st.insert(r)
+	*ch = append(*ch, Change{Kind: ChangeRegister, Namespace: r.Namespace, Address: r.Address, Session: s.String(), Node: s.Node})
+	return nil
+}
+
+// insert adds a registration known to be new.
+func (st *state) insert(r Registration) {
+	list := st.namespaces[r.Namespace]
+	if len(list) > 0 {
+		r.Namespace = list[0].Namespace // share one copy of the name
+	}
+	i, _ := slices.BinarySearchFunc(list, r, compareInstance)
+	st.namespaces[r.Namespace] = slices.Insert(list, i, r)
+	st.regCount++
+
+	s := r.Session
+	st.sessions[s] = append(st.sessions[s], r.Namespace)
+	set := st.byNode[s.Node]
+	if set == nil {
+		set = make(map[SessionID]struct{})
+		st.byNode[s.Node] = set
+	}
+	set[s] = struct{}{}
+}
+
+func (st *state) deregister(s SessionID, ch *[]Change) error {
+	if s.Node == "" {
+		return invalidf("session has an empty node")
+	}
+	// The tombstone goes in even when nothing is registered: the Register
+	// this Deregister raced may still be on its way.
+	st.tombstones.add(s, struct{}{})
+	if _, ok := st.sessions[s]; ok {
+		st.removeSessions(map[SessionID]struct{}{s: {}}, ch)
+	}
+	return nil
+}
+
+// removeSessions drops every registration of the given live sessions, one
+// pass per affected namespace so purging a big node stays linear.
+func (st *state) removeSessions(gone map[SessionID]struct{}, ch *[]Change) {
+	var affected []string
+	for s := range gone {
+		affected = append(affected, st.sessions[s]...)
+		delete(st.sessions, s)
+		if set := st.byNode[s.Node]; set != nil {
+			delete(set, s)
+			if len(set) == 0 {
+				delete(st.byNode, s.Node)
+			}
+		}
+	}
+	// Sorted so the change list does not depend on map order.
+	slices.Sort(affected)
+	affected = slices.Compact(affected)
+	for _, ns := range affected {
+		list := slices.DeleteFunc(st.namespaces[ns], func(r Registration) bool {
+			if _, ok := gone[r.Session]; !ok {
+				return false
+			}
+			st.regCount--
+			*ch = append(*ch, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: r.Session.String(), Node: r.Session.Node})
+			return true
+		})
+		switch {
+		case len(list) == 0:
+			delete(st.namespaces, ns)
+		case cap(list) > 64 && len(list) < cap(list)/4:
+			st.namespaces[ns] = slices.Clone(list) // give back memory after a mass purge
+		default:
+			st.namespaces[ns] = list
+		}
+	}
+}
+
+func (st *state) purgeNode(node string, upTo uint64, ch *[]Change) error {
+	if node == "" {
+		return invalidf("purge of an empty node")
+	}
+	live := st.byNode[node]
+	if upTo == 0 {
+		m, seen := st.nodes[node]
+		upTo = m.Incarnation
+		for s := range live {
+			seen = true
+			upTo = max(upTo, s.Incarnation)
+		}
+		if !seen {
+			return nil // nothing of this node ever seen (or left): nothing to mark
+		}
+	}
+	gone := make(map[SessionID]struct{})
+	for s := range live {
+		if s.Incarnation <= upTo {
+			gone[s] = struct{}{}
+		}
+	}
+	if len(gone) > 0 {
+		st.removeSessions(gone, ch)
+	}
+	if cur, ok := st.purged[node]; !ok || upTo > cur {
+		st.purged[node] = upTo
+	}
+	return nil
+}
+
+func (st *state) setNode(m NodeMeta, ch *[]Change) error {
+	if m.ID == "" {
+		return invalidf("node metadata with an empty id")
+	}
+	old, ok := st.nodes[m.ID]
+	if ok && m.Incarnation < old.Incarnation {
+		// A delayed write from an older life of the node must not overwrite
+		// the current one.
+		return invalidf("node %q: incarnation %d is older than the current %d", m.ID, m.Incarnation, old.Incarnation)
+	}
+	if ok && old == m {
+		return nil
+	}
+	st.nodes[m.ID] = m
+	*ch = append(*ch, Change{Kind: ChangeNode, Node: m.ID})
+	return nil
+}
+
+func (st *state) removeNode(node string, ch *[]Change) error {
+	if node == "" {
+		return invalidf("remove of an empty node")
+	}
+	// Purge first: it reads the metadata's incarnation for the mark, which
+	// refuses registrations still in flight from the removed node.
+	if err := st.purgeNode(node, 0, ch); err != nil {
+		return err
+	}
+	if _, ok := st.nodes[node]; ok {
+		delete(st.nodes, node)
+		*ch = append(*ch, Change{Kind: ChangeNodeRemoved, Node: node})
+	}
+	return nil
+}
+
+func sortedSessions(set map[SessionID]struct{}) []SessionID {
+	out := make([]SessionID, 0, len(set))
+	for s := range set {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, compareSession)
+	return out
+}
+
+// ring is a bounded FIFO set: once full, adding a key evicts the oldest.
+// What it holds depends only on the sequence of adds, so it is deterministic
+// across nodes.
+type ring[K comparable, V any] struct {
+	limit int
+	m     map[K]V
+	keys  []K // insertion order; when full, keys[head] is the oldest
+	head  int
+}
+
+func newRing[K comparable, V any](limit, sizeHint int) *ring[K, V] {
+	if limit <= 0 {
+		panic("fsm: ring limit must be positive")
+	}
+	n := min(sizeHint, limit)
+	return &ring[K, V]{limit: limit, m: make(map[K]V, n), keys: make([]K, 0, n)}
+}
+
+func (r *ring[K, V]) get(k K) (V, bool) {
+	v, ok := r.m[k]
+	return v, ok
+}
+
+func (r *ring[K, V]) has(k K) bool {
+	_, ok := r.m[k]
+	return ok
+}
+
+// add inserts k unless present; a present key keeps its place and value.
+func (r *ring[K, V]) add(k K, v V) {
+	if _, ok := r.m[k]; ok {
+		return
+	}
+	if len(r.keys) < r.limit {
+		r.keys = append(r.keys, k)
+	} else {
+		delete(r.m, r.keys[r.head])
+		r.keys[r.head] = k
+		r.head = (r.head + 1) % r.limit
+	}
+	r.m[k] = v
+}
+
+func (r *ring[K, V]) len() int { return len(r.keys) }
+
+// each visits the entries oldest first.
+func (r *ring[K, V]) each(fn func(K, V)) {
+	for _, k := range r.keys[r.head:] {
+		fn(k, r.m[k])
+	}
+	for _, k := range r.keys[:r.head] {
+		fn(k, r.m[k])
+	}
+}
