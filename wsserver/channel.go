@@ -1,0 +1,766 @@
+package wsserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// Defaults shared by ServerConfig and DialConfig.
+const (
+	DefaultReadLimit    = 1 << 20
+	DefaultPingInterval = 10 * time.Second
+	DefaultPingMisses   = 3
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultSendQueue    = 1024
+	DefaultCloseTimeout = time.Second
+	DefaultCallTimeout  = 30 * time.Second
+)
+
+// Close reasons used by this package (with the status codes they go with).
+const (
+	ReasonReplaced     = "replaced"      // 1008: a newer connection for the same key
+	ReasonSlowConsumer = "slow consumer" // 1008: the send queue overflowed
+	ReasonPingTimeout  = "ping timeout"  // 1008: PingMisses pings went unanswered
+	ReasonInvalidUTF8  = "invalid UTF-8" // 1007
+	ReasonGoingAway    = "going away"    // 1001: Shutdown
+)
+
+// chanConfig is the immutable per-channel configuration, shared by all the
+// channels of one Server (or one Dial).
+type chanConfig struct {
+	mux          *Mux
+	readLimit    int64
+	pingInterval time.Duration // <0: disabled
+	pingMisses   int
+	writeTimeout time.Duration
+	sendQueue    int
+	closeTimeout time.Duration
+	onIgnored    func(*Channel, string)
+	onClose      func(*Channel)
+	log          *slog.Logger
+}
+
+func (c *chanConfig) setDefaults() {
+	if c.mux == nil {
+		c.mux = NewMux()
+	}
+	if c.readLimit <= 0 {
+		c.readLimit = DefaultReadLimit
+	}
+	if c.pingInterval == 0 {
+		c.pingInterval = DefaultPingInterval
+	}
+	if c.pingMisses <= 0 {
+		c.pingMisses = DefaultPingMisses
+	}
+	if c.writeTimeout <= 0 {
+		c.writeTimeout = DefaultWriteTimeout
+	}
+	if c.sendQueue <= 0 {
+		c.sendQueue = DefaultSendQueue
+	}
+	if c.closeTimeout <= 0 {
+		c.closeTimeout = DefaultCloseTimeout
+	}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+}
+
+// Channel is one WebSocket connection, accepted or dialed. Both sides serve
+// requests (through the Mux) and can Call the peer.
+type Channel struct {
+	conn   *websocket.Conn
+	nc     net.Conn // the socket under conn, to drop it whatever state conn is in
+	key    string
+	remote string
+	cfg    *chanConfig
+	log    *slog.Logger
+
+	// ctx lives as long as the connection; cancelling it while a read or
+	// write is in progress force-closes the socket. Handler contexts derive
+	// from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	nextID atomic.Int64 // our own message counter (requests and aborts)
+	sendq  chan []byte  // frames for the writer; full means slow consumer
+
+	pendMu  sync.Mutex
+	pending map[int64]chan callResult // our outstanding requests
+
+	inMu     sync.Mutex
+	inflight map[int64]*inflight // the peer's requests being served
+
+	handlers sync.WaitGroup // handler goroutines
+	workers  sync.WaitGroup // writer and pinger
+
+	closeMu     sync.Mutex
+	closing     bool // a close was initiated locally
+	closeCode   websocket.StatusCode
+	closeReason string
+	closeReq    chan struct{} // asks the writer to flush and close
+	forceTimer  *time.Timer   // drops the connection if the close takes too long
+
+	dead chan struct{}              // closed when the connection is gone: calls fail
+	done chan struct{}              // closed after OnClose returned
+	err  atomic.Pointer[closeError] // set before OnClose runs
+
+	valMu sync.Mutex
+	val   any
+
+	// onGone is called once when the connection is gone, before handlers
+	// are waited for (the server forgets the channel there).
+	onGone func(*Channel)
+}
+
+type inflight struct {
+	cancel  context.CancelFunc
+	aborted bool // guarded by Channel.inMu
+}
+
+type callResult struct {
+	resp response
+	err  error
+}
+
+func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, remote string, cfg *chanConfig) *Channel {
+	ctx, cancel := context.WithCancel(parent)
+	conn.SetReadLimit(cfg.readLimit)
+	c := &Channel{
+		conn:     conn,
+		nc:       nc,
+		key:      key,
+		remote:   remote,
+		cfg:      cfg,
+		log:      cfg.log.With("peer", key, "remote", remote),
+		ctx:      ctx,
+		cancel:   cancel,
+		sendq:    make(chan []byte, cfg.sendQueue),
+		pending:  make(map[int64]chan callResult),
+		inflight: make(map[int64]*inflight),
+		closeReq: make(chan struct{}, 1),
+		dead:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	return c
+}
+
+// start launches the writer and the pinger. The caller then runs serve.
+func (c *Channel) start() {
+	c.workers.Add(1)
+	go c.writeLoop()
+	if c.cfg.pingInterval > 0 {
+		c.workers.Add(1)
+		go c.pingLoop()
+	}
+}
+
+// serve reads until the connection ends, then tears the channel down.
+func (c *Channel) serve() {
+	err := c.readLoop()
+	c.teardown(err)
+}
+
+// Key is the peer identity "host:port": from the URL path when accepted, the
+// dial target when dialed.
+func (c *Channel) Key() string { return c.key }
+
+// RemoteAddr is the TCP address of the peer.
+func (c *Channel) RemoteAddr() string { return c.remote }
+
+// Done is closed when the channel has ended and its OnClose has returned.
+func (c *Channel) Done() <-chan struct{} { return c.done }
+
+// Err says why the channel ended; nil while it is open (it is set when OnClose
+// runs, so OnClose may use it). The error wraps
+// ErrClosed and a websocket.CloseError, so websocket.CloseStatus(ch.Err())
+// gives the close code: the one we sent when we closed (1008 "replaced",
+// 1009, ...), the peer's when it closed, 1006 when the connection broke.
+func (c *Channel) Err() error {
+	if e := c.err.Load(); e != nil {
+		return e
+	}
+	return nil
+}
+
+// Value returns what SetValue stored.
+func (c *Channel) Value() any {
+	c.valMu.Lock()
+	defer c.valMu.Unlock()
+	return c.val
+}
+
+// SetValue stores v in the channel's slot for the embedding code.
+func (c *Channel) SetValue(v any) {
+	c.valMu.Lock()
+	c.val = v
+	c.valMu.Unlock()
+}
+
+// Close starts closing the channel with the given status: frames already
+// queued are written, then the close frame; if the close handshake has not
+// finished within the close timeout (default 1 s), the connection is dropped.
+// Close does not wait: use Done.
+func (c *Channel) Close(code websocket.StatusCode, reason string) {
+	c.closeWith(code, reason)
+}
+
+// closeWith starts the close; it reports false if one was already started.
+func (c *Channel) closeWith(code websocket.StatusCode, reason string) bool {
+	c.closeMu.Lock()
+	if c.closing {
+		c.closeMu.Unlock()
+		return false
+	}
+	c.closing = true
+	c.closeCode, c.closeReason = code, reason
+	c.closeMu.Unlock()
+	select {
+	case c.closeReq <- struct{}{}:
+	default:
+	}
+	// Bound the handshake.
+	t := time.AfterFunc(c.cfg.closeTimeout, c.forceClose)
+	c.closeMu.Lock()
+	c.forceTimer = t
+	c.closeMu.Unlock()
+	return true
+}
+
+// forceClose drops the connection: cancelling ctx aborts a pending read or
+// write of ours, closing the socket also ends what coder/websocket does on
+// its own contexts (e.g. the 5 s close handshake).
+func (c *Channel) forceClose() {
+	c.cancel()
+	if c.nc != nil {
+		_ = c.nc.Close()
+	}
+}
+
+func (c *Channel) isClosing() bool {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	return c.closing
+}
+
+func (c *Channel) isDead() bool {
+	select {
+	case <-c.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// Call sends a request and waits for its response. props is marshalled with
+// encoding/json (a json.RawMessage passes through; nil sends []). timeout <= 0
+// means 30 s. On timeout or ctx cancellation an abort frame is sent and the
+// call fails with &Error{Code: "ECONNABORTED", Message: "Abort"} (which wraps
+// the context error). If the channel closes first, the error wraps ErrClosed.
+// A failure response gives an *Error with the peer's status and message. The
+// result is nil when the response had no data key.
+func (c *Channel) Call(ctx context.Context, protocol, cmd string, props any, timeout time.Duration) (json.RawMessage, error) {
+	p, err := marshalProps(props)
+	if err != nil {
+		return nil, fmt.Errorf("wsserver: call %s:/%s: props: %w", protocol, cmd, err)
+	}
+	if timeout <= 0 {
+		timeout = DefaultCallTimeout
+	}
+	if c.isDead() {
+		return nil, fmt.Errorf("wsserver: call %s:/%s to %s: %w", protocol, cmd, c.key, ErrClosed)
+	}
+	id := c.nextID.Add(1) - 1
+	frame := appendRequest(make([]byte, 0, 64+len(protocol)+len(cmd)+len(p)), id, true, protocol, cmd, p)
+	rc := make(chan callResult, 1)
+	c.pendMu.Lock()
+	c.pending[id] = rc
+	c.pendMu.Unlock()
+	forget := func() {
+		c.pendMu.Lock()
+		delete(c.pending, id)
+		c.pendMu.Unlock()
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	// A call waits for room in the send queue (back-pressure on the caller)
+	// rather than treating a burst of calls as a slow consumer.
+	select {
+	case c.sendq <- frame:
+	case <-c.dead:
+		forget()
+		return nil, fmt.Errorf("wsserver: call %s:/%s to %s: %w", protocol, cmd, c.key, ErrClosed)
+	case <-timer.C:
+		forget()
+		return nil, errAbort(context.DeadlineExceeded)
+	case <-ctx.Done():
+		forget()
+		return nil, errAbort(ctx.Err())
+	}
+	var cause error
+	select {
+	case r := <-rc:
+		return r.result()
+	case <-c.dead:
+		forget()
+		// A response may have raced the close.
+		select {
+		case r := <-rc:
+			return r.result()
+		default:
+		}
+		return nil, fmt.Errorf("wsserver: call %s:/%s to %s: %w", protocol, cmd, c.key, ErrClosed)
+	case <-timer.C:
+		cause = context.DeadlineExceeded
+	case <-ctx.Done():
+		cause = ctx.Err()
+	}
+	forget()
+	select {
+	case r := <-rc: // answered just in time
+		return r.result()
+	default:
+	}
+	abortID := c.nextID.Add(1) - 1
+	_ = c.enqueue(appendAbort(make([]byte, 0, 64), abortID, id))
+	return nil, errAbort(cause)
+}
+
+func (r callResult) result() (json.RawMessage, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.resp.code != "" {
+		return nil, &Error{Code: r.resp.code, Message: r.resp.message}
+	}
+	if r.resp.status != 200 {
+		return nil, &Error{Status: r.resp.status, Message: r.resp.message}
+	}
+	if !r.resp.hasData {
+		return nil, nil
+	}
+	return json.RawMessage(r.resp.data), nil
+}
+
+func marshalProps(props any) ([]byte, error) {
+	switch v := props.(type) {
+	case nil:
+		return []byte("[]"), nil
+	case json.RawMessage:
+		if v == nil {
+			return []byte("[]"), nil
+		}
+		if !json.Valid(v) {
+			return nil, errors.New("invalid JSON in json.RawMessage")
+		}
+		return v, nil
+	default:
+		return json.Marshal(props)
+	}
+}
+
+var errSlowConsumer = errors.New("send queue full (slow consumer)")
+
+// enqueue hands a reply or abort to the writer without blocking. A full
+// queue means the peer sends requests faster than it reads our answers: the
+// channel is closed (1008 "slow consumer").
+func (c *Channel) enqueue(frame []byte) error {
+	if c.isDead() {
+		return ErrClosed
+	}
+	select {
+	case c.sendq <- frame:
+		return nil
+	default:
+		if c.closeWith(websocket.StatusPolicyViolation, ReasonSlowConsumer) {
+			c.log.Warn("send queue full, closing", "queue", cap(c.sendq))
+		}
+		return errSlowConsumer
+	}
+}
+
+// writeLoop is the only writer of data frames. It drains everything queued
+// before blocking again (the batch is where coalescing could go).
+func (c *Channel) writeLoop() {
+	defer c.workers.Done()
+	batch := make([][]byte, 0, 16)
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.closeReq:
+			c.flushAndClose()
+			return
+		case f := <-c.sendq:
+			batch = append(batch[:0], f)
+		}
+	drain:
+		for len(batch) < cap(batch) {
+			select {
+			case f := <-c.sendq:
+				batch = append(batch, f)
+			default:
+				break drain
+			}
+		}
+		for i, f := range batch {
+			if !c.write(f) {
+				return
+			}
+			batch[i] = nil
+		}
+	}
+}
+
+func (c *Channel) write(f []byte) bool {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.writeTimeout)
+	err := c.conn.Write(ctx, websocket.MessageText, f)
+	cancel()
+	if err != nil {
+		if c.ctx.Err() == nil {
+			c.log.Debug("write failed, dropping connection", "err", err)
+		}
+		c.forceClose() // a failed write leaves the connection unusable
+		return false
+	}
+	return true
+}
+
+// flushAndClose writes what is queued, then does the close handshake.
+func (c *Channel) flushAndClose() {
+	for flushed := false; !flushed; {
+		select {
+		case f := <-c.sendq:
+			if !c.write(f) {
+				return
+			}
+		default:
+			flushed = true
+		}
+	}
+	c.closeMu.Lock()
+	code, reason := c.closeCode, c.closeReason
+	c.closeMu.Unlock()
+	if err := c.conn.Close(code, reason); err != nil {
+		c.log.Debug("close handshake", "err", err)
+	}
+	c.cancel()
+}
+
+// pingLoop pings every interval; after pingMisses consecutive pings without a
+// pong (each waits one interval), the channel is closed.
+func (c *Channel) pingLoop() {
+	defer c.workers.Done()
+	interval := c.cfg.pingInterval
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	misses := 0
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(c.ctx, interval)
+		err := c.conn.Ping(ctx)
+		cancel()
+		if c.ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			misses = 0
+			t.Reset(interval - time.Since(start))
+			continue
+		}
+		misses++
+		c.log.Debug("ping missed", "misses", misses, "err", err)
+		if misses >= c.cfg.pingMisses {
+			c.log.Info("peer stopped answering pings, closing", "misses", misses)
+			c.closeWith(websocket.StatusPolicyViolation, ReasonPingTimeout)
+			return
+		}
+		t.Reset(0)
+	}
+}
+
+// readLoop reads messages until the connection fails or closes.
+func (c *Channel) readLoop() error {
+	var scratch []byte
+	for {
+		typ, r, err := c.conn.Reader(c.ctx)
+		if err != nil {
+			return err
+		}
+		scratch, err = readInto(r, scratch[:0])
+		if err != nil {
+			return err
+		}
+		if c.isClosing() {
+			continue // draining until the close handshake ends
+		}
+		if typ == websocket.MessageText && !utf8.Valid(scratch) {
+			c.log.Info("invalid UTF-8 in a text message, closing")
+			c.closeWith(websocket.StatusInvalidFramePayloadData, ReasonInvalidUTF8)
+			continue
+		}
+		msg := make([]byte, len(scratch))
+		copy(msg, scratch)
+		c.dispatch(msg)
+		if cap(scratch) > 64<<10 {
+			scratch = nil
+		}
+	}
+}
+
+func readInto(r io.Reader, b []byte) ([]byte, error) {
+	if cap(b) == 0 {
+		b = make([]byte, 0, 512)
+	}
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+func (c *Channel) ignored(reason string, msg []byte) {
+	c.log.Debug("ignored message", "reason", reason, "len", len(msg))
+	if c.cfg.onIgnored != nil {
+		c.cfg.onIgnored(c, reason)
+	}
+}
+
+// dispatch handles one message; msg is owned by the call.
+func (c *Channel) dispatch(msg []byte) {
+	f, err := DecodeFrame(msg)
+	if err != nil {
+		c.ignored(err.Error(), msg)
+		return
+	}
+	switch f.Mode {
+	case ModeRequest:
+		if f.Data == nil {
+			c.ignored("request without data", msg)
+			return
+		}
+		req, err := decodeRequest(f.Data)
+		if err != nil {
+			c.ignored(err.Error(), msg)
+			return
+		}
+		c.startHandler(f.ID, f.TwoWay, req)
+	case ModeResponse:
+		c.pendMu.Lock()
+		rc, ok := c.pending[f.ID]
+		if ok {
+			delete(c.pending, f.ID)
+		}
+		c.pendMu.Unlock()
+		if !ok {
+			c.ignored("response to no outstanding request", msg)
+			return
+		}
+		var r callResult
+		if f.Data == nil {
+			r.err = malformed("response without data")
+		} else {
+			r.resp, r.err = decodeResponse(f.Data)
+		}
+		if r.err != nil {
+			r.err = fmt.Errorf("wsserver: bad response from %s: %w", c.key, r.err)
+		}
+		rc <- r
+	case ModeAbort:
+		target, ok := parseInt(trimWS(f.Data))
+		if !ok {
+			c.ignored("abort data is not an integer", msg)
+			return
+		}
+		c.inMu.Lock()
+		in := c.inflight[target]
+		if in != nil {
+			in.aborted = true
+			delete(c.inflight, target)
+		}
+		c.inMu.Unlock()
+		if in != nil {
+			in.cancel()
+		} else {
+			c.log.Debug("abort for a request not in progress", "id", target)
+		}
+	}
+}
+
+func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
+	h := c.cfg.mux.lookup(req.protocol, req.cmd)
+	if h == nil {
+		if twoway {
+			e := notFound(req.protocol, req.cmd)
+			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(e.Message)), id, e.Status, "", e.Message))
+		}
+		return
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	in := &inflight{cancel: cancel}
+	c.inMu.Lock()
+	c.inflight[id] = in
+	c.inMu.Unlock()
+	c.handlers.Add(1)
+	go c.runHandler(ctx, in, id, twoway, h, req.props)
+}
+
+func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway bool, h HandlerFunc, props []byte) {
+	defer c.handlers.Done()
+	res, err := c.callHandler(ctx, h, props)
+	in.cancel()
+	c.inMu.Lock()
+	aborted := in.aborted
+	if c.inflight[id] == in {
+		delete(c.inflight, id)
+	}
+	c.inMu.Unlock()
+	if aborted || !twoway {
+		return
+	}
+	var frame []byte
+	if err == nil && res != nil && !json.Valid(res) {
+		c.log.Error("handler returned invalid JSON")
+		err = NewError(500, "handler returned invalid JSON")
+	}
+	if err != nil {
+		status, code, msg := toFailure(err)
+		frame = appendFailure(make([]byte, 0, 96+len(msg)), id, status, code, msg)
+	} else {
+		frame = appendSuccess(make([]byte, 0, 64+len(res)), id, res)
+	}
+	_ = c.enqueue(frame)
+}
+
+func (c *Channel) callHandler(ctx context.Context, h HandlerFunc, props []byte) (res json.RawMessage, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("handler panicked", "panic", p, "stack", string(debug.Stack()))
+			res, err = nil, NewError(500, "internal error")
+		}
+	}()
+	return h(ctx, c, props)
+}
+
+// closeError is what Err returns.
+type closeError struct {
+	ce    websocket.CloseError
+	local bool
+	cause error
+}
+
+func (e *closeError) Error() string {
+	who := "peer closed"
+	if e.local {
+		who = "closed"
+	}
+	s := fmt.Sprintf("%s: %s: %d %q", ErrClosed, who, int(e.ce.Code), e.ce.Reason)
+	if e.cause != nil && e.ce.Code == websocket.StatusAbnormalClosure {
+		s += ": " + e.cause.Error()
+	}
+	return s
+}
+
+func (e *closeError) Unwrap() []error {
+	errs := []error{ErrClosed, e.ce}
+	if e.cause != nil {
+		errs = append(errs, e.cause)
+	}
+	return errs
+}
+
+// classify turns the read loop's error into the channel's end reason, and
+// says whether the library already sent a close frame for it.
+func (c *Channel) classify(readErr error) (e *closeError, librarySentClose bool) {
+	c.closeMu.Lock()
+	closing, code, reason := c.closing, c.closeCode, c.closeReason
+	c.closeMu.Unlock()
+	switch {
+	case closing:
+		return &closeError{ce: websocket.CloseError{Code: code, Reason: reason}, local: true}, false
+	case websocket.CloseStatus(readErr) != -1:
+		var ce websocket.CloseError
+		errors.As(readErr, &ce)
+		return &closeError{ce: ce}, false
+	case errors.Is(readErr, websocket.ErrMessageTooBig):
+		return &closeError{ce: websocket.CloseError{Code: websocket.StatusMessageTooBig, Reason: "message too big"}, local: true, cause: readErr}, true
+	case isConnErr(readErr):
+		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, cause: readErr}, false
+	default:
+		// coder/websocket reports protocol violations (reserved opcodes,
+		// bad rsv bits, fragmented control frames...) as plain errors after
+		// sending a 1002 close frame itself.
+		return &closeError{ce: websocket.CloseError{Code: websocket.StatusProtocolError, Reason: "protocol error"}, local: true, cause: readErr}, true
+	}
+}
+
+func isConnErr(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne)
+}
+
+// teardown runs once, on the reader goroutine, after the read loop ended.
+func (c *Channel) teardown(readErr error) {
+	e, libraryClosed := c.classify(readErr)
+	c.closeMu.Lock()
+	c.closing = true // no new close handshake from now on
+	ft := c.forceTimer
+	c.closeMu.Unlock()
+	c.cancel() // aborts writes and pings, cancels handler contexts
+	close(c.dead)
+	force := time.AfterFunc(c.cfg.closeTimeout, c.forceClose)
+	c.workers.Wait() // the writer may be finishing a close handshake
+	if libraryClosed {
+		// The close frame is out; wait (bounded) for the peer's answer so
+		// it is not lost to a reset.
+		_ = c.conn.Close(e.ce.Code, e.ce.Reason)
+	} else {
+		_ = c.conn.CloseNow()
+	}
+	force.Stop()
+	if ft != nil {
+		ft.Stop()
+	}
+	if c.onGone != nil {
+		c.onGone(c)
+	}
+	lvl := slog.LevelDebug
+	if e.ce.Code != websocket.StatusNormalClosure && e.ce.Code != websocket.StatusGoingAway {
+		lvl = slog.LevelInfo
+	}
+	c.log.Log(context.Background(), lvl, "channel closed", "code", int(e.ce.Code), "reason", e.ce.Reason, "local", e.local)
+	c.handlers.Wait()
+	c.err.Store(e)
+	if c.cfg.onClose != nil {
+		c.cfg.onClose(c)
+	}
+	close(c.done)
+}

@@ -1,0 +1,104 @@
+package wsserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// DialConfig configures Dial. Zero values mean the defaults of ServerConfig.
+type DialConfig struct {
+	Mux          *Mux // serves the peer's requests on the dialed channel; nil: all answered 104
+	ReadLimit    int64
+	PingInterval time.Duration
+	PingMisses   int
+	WriteTimeout time.Duration
+	SendQueue    int
+	CloseTimeout time.Duration
+	DialTimeout  time.Duration // default 10 s, for the TCP connect and the handshake
+	PathPrefix   string        // e.g. "/t/<token>"; put between the target and /<own-host>/<own-port>
+	OnClose      func(ch *Channel)
+	OnIgnored    func(ch *Channel, reason string)
+	Logger       *slog.Logger
+}
+
+// DefaultDialTimeout bounds Dial when DialConfig.DialTimeout is zero.
+const DefaultDialTimeout = 10 * time.Second
+
+// Dial opens ws://<target><PathPrefix>/<own-host>/<own-port> and serves the
+// channel until it closes. own is our advertised "host:port". ctx bounds the
+// dial only; the channel lives until it is closed (its handler contexts keep
+// ctx's values). No proxy from the environment is used.
+func Dial(ctx context.Context, target, own string, cfg DialConfig) (*Channel, error) {
+	host, port, err := net.SplitHostPort(own)
+	if err != nil {
+		return nil, fmt.Errorf("wsserver: dial %s: own address %q: %w", target, own, err)
+	}
+	timeout := cfg.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var (
+		mu sync.Mutex
+		nc net.Conn
+	)
+	dialer := &net.Dialer{}
+	tr := &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err == nil {
+				mu.Lock()
+				nc = c
+				mu.Unlock()
+			}
+			return c, err
+		},
+		DisableCompression: true,
+	}
+	defer tr.CloseIdleConnections()
+	u := "ws://" + target + cfg.PathPrefix + "/" + host + "/" + port
+	conn, resp, err := websocket.Dial(dctx, u, &websocket.DialOptions{
+		HTTPClient:      &http.Client{Transport: tr},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("wsserver: dial %s: HTTP %d: %w", target, resp.StatusCode, err)
+		}
+		return nil, fmt.Errorf("wsserver: dial %s: %w", target, err)
+	}
+	ccfg := &chanConfig{
+		mux:          cfg.Mux,
+		readLimit:    cfg.ReadLimit,
+		pingInterval: cfg.PingInterval,
+		pingMisses:   cfg.PingMisses,
+		writeTimeout: cfg.WriteTimeout,
+		sendQueue:    cfg.SendQueue,
+		closeTimeout: cfg.CloseTimeout,
+		onIgnored:    cfg.OnIgnored,
+		onClose:      cfg.OnClose,
+		log:          cfg.Logger,
+	}
+	ccfg.setDefaults()
+	mu.Lock()
+	raw := nc
+	mu.Unlock()
+	remote := ""
+	if raw != nil {
+		remote = raw.RemoteAddr().String()
+	}
+	ch := newChannel(context.WithoutCancel(ctx), conn, raw, target, remote, ccfg)
+	ch.start()
+	go ch.serve()
+	return ch, nil
+}

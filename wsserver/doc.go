@@ -1,0 +1,10 @@
+// Package wsserver implements the iocore micro-ws wire protocol (see
+// shared/PROTOCOL.md): frames, channels that both serve requests and call the
+// peer (ids, timeouts, aborts), accepting (Server) and dialing (Dial)
+// WebSocket connections, the (protocol, cmd) handler table (Mux), and a Go
+// agent SDK (Agent).
+//
+// It depends only on the standard library and github.com/coder/websocket;
+// whatever stores registrations plugs in through ServerConfig.OnOpen/OnClose
+// and the Mux.
+package wsserver
