@@ -1,0 +1,191 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/wsregistry/wsregistry/fsm"
+)
+
+// batcher is group commit on the leader: proposals queued together become one raft entry,
+// so thousands of agents re-registering after a failure cost a few log writes, not thousands.
+type batcher struct {
+	raft         *raft.Raft
+	max          int
+	wait         time.Duration
+	applyTimeout time.Duration
+
+	queue   chan *proposal
+	stop    chan struct{}
+	stopped sync.WaitGroup
+}
+
+type proposal struct {
+	cmds []fsm.Command
+	done chan proposalResult
+}
+
+type proposalResult struct {
+	index uint64
+	errs  []error
+	err   error
+}
+
+// ErrClosed is returned for proposals made while the node shuts down.
+var ErrClosed = errors.New("cluster: node is shutting down")
+
+func newBatcher(r *raft.Raft, max int, wait, applyTimeout time.Duration) *batcher {
+	b := &batcher{
+		raft: r, max: max, wait: wait, applyTimeout: applyTimeout,
+		queue: make(chan *proposal, 4*max),
+		stop:  make(chan struct{}),
+	}
+	b.stopped.Add(1)
+	go b.loop()
+	return b
+}
+
+func (b *batcher) propose(ctx context.Context, cmds []fsm.Command) (uint64, []error, error) {
+	if len(cmds) == 0 {
+		return 0, nil, errors.New("cluster: empty proposal")
+	}
+	p := &proposal{cmds: cmds, done: make(chan proposalResult, 1)}
+	select {
+	case b.queue <- p:
+	case <-b.stop:
+		return 0, nil, ErrClosed
+	case <-ctx.Done():
+		return 0, nil, ctx.Err()
+	}
+	// Once queued the proposal may be committed whatever the caller does; waiting here keeps
+	// the answer honest, and callers retry with the same request ids when they give up.
+	select {
+	case r := <-p.done:
+		return r.index, r.errs, r.err
+	case <-ctx.Done():
+		return 0, nil, ctx.Err()
+	}
+}
+
+func (b *batcher) loop() {
+	defer b.stopped.Done()
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	for {
+		var first *proposal
+		select {
+		case <-b.stop:
+			b.drainClosed()
+			return
+		case first = <-b.queue:
+		}
+		batch, count := b.collect([]*proposal{first}, len(first.cmds))
+		inflight.Add(1)
+		b.apply(batch, count, &inflight)
+	}
+}
+
+// collect takes what is already queued, and waits up to b.wait for more, until max commands.
+func (b *batcher) collect(batch []*proposal, count int) ([]*proposal, int) {
+	var timer <-chan time.Time
+	if b.wait > 0 {
+		t := time.NewTimer(b.wait)
+		defer t.Stop()
+		timer = t.C
+	}
+	for count < b.max {
+		select {
+		case p := <-b.queue:
+			batch = append(batch, p)
+			count += len(p.cmds)
+			continue
+		default:
+		}
+		if timer == nil {
+			return batch, count
+		}
+		select {
+		case p := <-b.queue:
+			batch = append(batch, p)
+			count += len(p.cmds)
+		case <-timer:
+			return batch, count
+		}
+	}
+	return batch, count
+}
+
+func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) {
+	var cmd fsm.Command
+	if count == 1 {
+		cmd = batch[0].cmds[0]
+	} else {
+		all := make([]fsm.Command, 0, count)
+		for _, p := range batch {
+			all = append(all, p.cmds...)
+		}
+		cmd = fsm.Batch{Commands: all}
+	}
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		inflight.Done()
+		finish(batch, proposalResult{err: fmt.Errorf("cluster: encode: %w", err)})
+		return
+	}
+	// raft.Apply only enqueues; the future is awaited elsewhere so the next batch can be
+	// formed while this one is being replicated and fsynced.
+	future := b.raft.Apply(data, b.applyTimeout)
+	go func() {
+		defer inflight.Done()
+		if err := future.Error(); err != nil {
+			finish(batch, proposalResult{err: err})
+			return
+		}
+		errs, _ := future.Response().([]error)
+		index := future.Index()
+		off := 0
+		for _, p := range batch {
+			n := len(p.cmds)
+			var mine []error
+			if off+n <= len(errs) {
+				mine = errs[off : off+n]
+			} else {
+				mine = make([]error, n)
+			}
+			off += n
+			p.done <- proposalResult{index: index, errs: mine}
+		}
+	}()
+}
+
+func finish(batch []*proposal, r proposalResult) {
+	for _, p := range batch {
+		p.done <- r
+	}
+}
+
+func (b *batcher) drainClosed() {
+	for {
+		select {
+		case p := <-b.queue:
+			p.done <- proposalResult{err: ErrClosed}
+		default:
+			return
+		}
+	}
+}
+
+func (b *batcher) close() {
+	select {
+	case <-b.stop:
+		return
+	default:
+	}
+	close(b.stop)
+	b.stopped.Wait()
+}

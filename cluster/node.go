@@ -1,0 +1,259 @@
+// Package cluster owns the raft node: the bolt log and stable store, file snapshots, the
+// TCP transport, bootstrap and joining, and group commit of proposed commands.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/wsregistry/wsregistry/fsm"
+)
+
+// Config is what a raft node needs. Durations left zero take LAN defaults: raft's own
+// defaults (1 s) are tuned for WANs and make failover take seconds.
+type Config struct {
+	NodeID    string
+	DataDir   string
+	Listener  net.Listener // raft traffic; the caller binds it so tests can use 127.0.0.1:0
+	Advertise string       // ip:port peers dial; must not be 0.0.0.0
+
+	// BootstrapExpect is how many voters form the first configuration. 1 means a node with no
+	// state bootstraps alone; larger values wait for that many peers found through Join.
+	BootstrapExpect int
+	// Join lists peers' HTTP addresses. A node given any never bootstraps alone.
+	Join []string
+
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	ApplyTimeout       time.Duration // how long one proposal may wait for raft
+
+	NoSync            bool // skip fsync of the log: only for tests and throwaway benchmarks
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	SnapshotRetain    int
+
+	GroupCommitMax  int           // commands in one raft entry at most
+	GroupCommitWait time.Duration // extra wait for more commands once one is queued (0: take what is queued)
+
+	Logger   *slog.Logger
+	RaftLogs hclog.Level // floor for raft's own log lines (default INFO)
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.HeartbeatTimeout, 400*time.Millisecond)
+	def(&c.ElectionTimeout, 400*time.Millisecond)
+	def(&c.LeaderLeaseTimeout, 200*time.Millisecond)
+	def(&c.CommitTimeout, 20*time.Millisecond)
+	def(&c.ApplyTimeout, 5*time.Second)
+	def(&c.SnapshotInterval, 2*time.Minute)
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		c.LeaderLeaseTimeout = c.HeartbeatTimeout
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.SnapshotRetain <= 0 {
+		c.SnapshotRetain = 2
+	}
+	if c.GroupCommitMax <= 0 {
+		c.GroupCommitMax = 1024
+	}
+	if c.BootstrapExpect <= 0 {
+		c.BootstrapExpect = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.RaftLogs == hclog.NoLevel {
+		c.RaftLogs = hclog.Info
+	}
+}
+
+// Node is one member of the raft cluster.
+type Node struct {
+	cfg       Config
+	raft      *raft.Raft
+	fsm       *notifyingFSM
+	layer     *streamLayer
+	transport *raft.NetworkTransport
+	store     *raftboltdb.BoltStore
+	batcher   *batcher
+	watch     *memberWatch
+	log       *slog.Logger
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts raft on cfg.DataDir. With no raft state there and BootstrapExpect 1 the node
+// bootstraps a one-node cluster; with existing state it restarts from it.
+func Open(cfg Config, state *fsm.FSM) (*Node, error) {
+	cfg.setDefaults()
+	if cfg.NodeID == "" {
+		return nil, errors.New("cluster: node id is empty")
+	}
+	if cfg.Listener == nil {
+		return nil, errors.New("cluster: no raft listener")
+	}
+	raftDir := filepath.Join(cfg.DataDir, "raft")
+	if err := os.MkdirAll(raftDir, 0o750); err != nil {
+		return nil, fmt.Errorf("cluster: data dir: %w", err)
+	}
+	layer, err := newStreamLayer(cfg.Listener, cfg.Advertise)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	hlog := newHclogAdapter(cfg.Logger.With("subsystem", "raft"), cfg.RaftLogs)
+
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), NoSync: cfg.NoSync})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: open raft.db: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, cfg.SnapshotRetain, hlog)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
+	}
+	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  layer,
+		MaxPool: 3,
+		Timeout: 5 * time.Second,
+		Logger:  hlog,
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.Logger = hlog
+	if err := raft.ValidateConfig(rc); err != nil {
+		transport.Close()
+		store.Close()
+		return nil, fmt.Errorf("cluster: raft config: %w", err)
+	}
+
+	hasState, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		transport.Close()
+		store.Close()
+		return nil, fmt.Errorf("cluster: read raft state: %w", err)
+	}
+
+	nf := newNotifyingFSM(state)
+	r, err := raft.NewRaft(rc, nf, store, store, snaps, transport)
+	if err != nil {
+		transport.Close()
+		store.Close()
+		return nil, fmt.Errorf("cluster: start raft: %w", err)
+	}
+	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
+	n.batcher = newBatcher(r, cfg.GroupCommitMax, cfg.GroupCommitWait, cfg.ApplyTimeout)
+	n.watch = newMemberWatch(r)
+
+	if !hasState && cfg.BootstrapExpect == 1 && len(cfg.Join) == 0 {
+		boot := raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter, ID: rc.LocalID, Address: transport.LocalAddr(),
+		}}}
+		if err := r.BootstrapCluster(boot).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			n.Close()
+			return nil, fmt.Errorf("cluster: bootstrap: %w", err)
+		}
+		n.log.Info("bootstrapped a one-node cluster", "node", cfg.NodeID, "raft", cfg.Advertise)
+	} else if hasState {
+		n.log.Info("restarting from existing raft state", "node", cfg.NodeID, "dir", raftDir)
+	}
+	return n, nil
+}
+
+// Raft exposes the underlying raft for status pages and tests.
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// ID is this node's raft server id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// Advertise is the raft address peers use for this node.
+func (n *Node) Advertise() string { return n.cfg.Advertise }
+
+// IsLeader reports whether this node currently leads.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the current leader's id and raft address, empty when none is known.
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// SetPartitioned turns the raft fault switch on or off (tests and the chaos harness).
+func (n *Node) SetPartitioned(on bool) { n.layer.partitioned.Store(on) }
+
+// ErrNotLeader is returned by Propose on a node that does not lead.
+var ErrNotLeader = errors.New("not the leader")
+
+// Propose commits cmds as one unit (they land in the same raft entry) through group commit.
+// It must run on the leader. It returns the entry's index and one result per command.
+func (n *Node) Propose(ctx context.Context, cmds ...fsm.Command) (uint64, []error, error) {
+	if n.raft.State() != raft.Leader {
+		return 0, nil, ErrNotLeader
+	}
+	return n.batcher.propose(ctx, cmds)
+}
+
+// AppliedIndex is the index of the last entry applied to this node's state.
+func (n *Node) AppliedIndex() uint64 { return n.fsm.applied() }
+
+// WaitApplied blocks until this node has applied index, so a reply can promise
+// read-your-write on this node.
+func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
+	return n.fsm.waitApplied(ctx, index)
+}
+
+// Ready reports whether a leader is known and this node has applied everything it knows
+// to be committed.
+func (n *Node) Ready() bool {
+	if _, addr := n.Leader(); addr == "" {
+		return false
+	}
+	return n.fsm.applied() >= n.raft.CommitIndex()
+}
+
+// Barrier waits until every entry committed before it has been applied (leader only).
+func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
+
+// Close stops group commit and raft and releases the bolt file.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.batcher.close()
+		err := n.raft.Shutdown().Error()
+		n.watch.close(n.raft)
+		if terr := n.transport.Close(); err == nil {
+			err = terr
+		}
+		if serr := n.store.Close(); err == nil {
+			err = serr
+		}
+		n.closeErr = err
+	})
+	return n.closeErr
+}

@@ -1,0 +1,74 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/wsregistry/wsregistry/fsm"
+)
+
+// notifyingFSM wraps the registration FSM so writers can wait for "applied up to index"
+// without polling. fsm/ stays free of goroutines and channels.
+type notifyingFSM struct {
+	inner *fsm.FSM
+
+	mu    sync.Mutex
+	index uint64
+	tick  chan struct{} // closed and replaced whenever index advances
+}
+
+func newNotifyingFSM(inner *fsm.FSM) *notifyingFSM {
+	return &notifyingFSM{inner: inner, index: inner.AppliedIndex(), tick: make(chan struct{})}
+}
+
+func (f *notifyingFSM) Apply(l *raft.Log) any {
+	res := f.inner.Apply(l)
+	f.advance(l.Index)
+	return res
+}
+
+func (f *notifyingFSM) Snapshot() (raft.FSMSnapshot, error) { return f.inner.Snapshot() }
+
+func (f *notifyingFSM) Restore(rc io.ReadCloser) error {
+	if err := f.inner.Restore(rc); err != nil {
+		return err
+	}
+	f.advance(f.inner.AppliedIndex())
+	return nil
+}
+
+func (f *notifyingFSM) advance(index uint64) {
+	f.mu.Lock()
+	if index > f.index {
+		f.index = index
+		close(f.tick)
+		f.tick = make(chan struct{})
+	}
+	f.mu.Unlock()
+}
+
+func (f *notifyingFSM) applied() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.index
+}
+
+func (f *notifyingFSM) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.mu.Lock()
+		if f.index >= index {
+			f.mu.Unlock()
+			return nil
+		}
+		tick := f.tick
+		f.mu.Unlock()
+		select {
+		case <-tick:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package cluster
+
+import (
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// errPartitioned is what a node cut off by the fault switch sees for every raft dial.
+var errPartitioned = errors.New("raft transport: partitioned by fault switch")
+
+// streamLayer is raft's stream abstraction over a listener the caller owns, so tests can pass
+// 127.0.0.1:0 listeners and later TLS can wrap both sides. The partitioned switch lets a
+// test cut a node off from its peers without touching the host's network.
+type streamLayer struct {
+	net.Listener
+	advertise   net.Addr
+	partitioned atomic.Bool
+}
+
+func newStreamLayer(ln net.Listener, advertise string) (*streamLayer, error) {
+	addr, err := net.ResolveTCPAddr("tcp", advertise)
+	if err != nil {
+		return nil, err
+	}
+	if addr.IP == nil || addr.IP.IsUnspecified() {
+		return nil, errors.New("raft advertise address must be a routable ip:port, not " + advertise)
+	}
+	return &streamLayer{Listener: ln, advertise: addr}, nil
+}
+
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	if s.partitioned.Load() {
+		return nil, errPartitioned
+	}
+	conn, err := net.DialTimeout("tcp", string(address), timeout)
+	if err != nil {
+		return nil, err
+	}
+	return &faultConn{Conn: conn, layer: s}, nil
+}
+
+func (s *streamLayer) Accept() (net.Conn, error) {
+	for {
+		conn, err := s.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if s.partitioned.Load() {
+			conn.Close()
+			continue
+		}
+		return &faultConn{Conn: conn, layer: s}, nil
+	}
+}
+
+// faultConn fails reads and writes once the switch is on, so pooled connections that were
+// open before the partition stop carrying traffic too.
+type faultConn struct {
+	net.Conn
+	layer *streamLayer
+}
+
+func (c *faultConn) Read(p []byte) (int, error) {
+	if c.layer.partitioned.Load() {
+		c.Conn.Close()
+		return 0, errPartitioned
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *faultConn) Write(p []byte) (int, error) {
+	if c.layer.partitioned.Load() {
+		c.Conn.Close()
+		return 0, errPartitioned
+	}
+	return c.Conn.Write(p)
+}
