@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// clientFlags are shared by every command that talks to a running node.
+type clientFlags struct {
+	addr       string
+	adminToken string
+	asJSON     bool
+	timeout    time.Duration
+}
+
+func newClientFlagSet(name, synopsis string, c *clientFlags, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8428", "HTTP address of any node")
+	fs.StringVar(&c.adminToken, "admin-token", "", "admin token for join, leave and remove")
+	fs.BoolVar(&c.asJSON, "json", false, "print JSON instead of a table")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")
+	fs.Usage = usage(fs, stderr, synopsis)
+	return fs
+}
+
+// apiCall performs one HTTP call against a node and decodes its JSON answer; a non-2xx
+// answer becomes an error carrying the node's message.
+func (c *clientFlags) apiCall(method, path string, body []byte, out any) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	base := c.addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	if c.adminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+c.adminToken)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("node at %s is not reachable: %w", c.addr, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Status  any    `json:"status"`
+			Message string `json:"message"`
+			Reason  string `json:"reason"`
+		}
+		json.Unmarshal(data, &e)
+		msg := e.Message
+		if msg == "" {
+			msg = e.Reason
+		}
+		if msg == "" {
+			msg = strings.TrimSpace(string(data))
+		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			msg += " (check --admin-token / WSREGISTRY_ADMIN_TOKEN)"
+		}
+		return resp.StatusCode, &apiError{status: resp.StatusCode, msg: msg}
+	}
+	if out != nil {
+		if raw, ok := out.(*json.RawMessage); ok {
+			*raw = append((*raw)[:0], data...)
+			return resp.StatusCode, nil
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("node answered something that is not JSON: %.200s", data)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%d: %s", e.status, e.msg) }
+
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// clientCommand runs a command against a node, mapping errors to an exit status.
+func clientCommand(name, synopsis string, args []string, stdout, stderr io.Writer, minArgs, maxArgs int,
+	fn func(c *clientFlags, args []string, stdout io.Writer) error) int {
+	var c clientFlags
+	fs := newClientFlagSet(name, synopsis, &c, stderr)
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() < minArgs || fs.NArg() > maxArgs {
+		fmt.Fprintf(stderr, "wsregistry %s: wrong number of arguments\n", name)
+		fs.Usage()
+		return 2
+	}
+	if err := fn(&c, fs.Args(), stdout); err != nil {
+		fmt.Fprintf(stderr, "wsregistry %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+func runWhere(args []string, stdout, stderr io.Writer) int {
+	return clientCommand("where", "Usage: wsregistry where [flags] <namespace>\n\nPrints one live instance (host:port) of the namespace.", args, stdout, stderr, 1, 1,
+		func(c *clientFlags, args []string, stdout io.Writer) error {
+			var out struct {
+				Namespace string `json:"namespace"`
+				Host      string `json:"host"`
+			}
+			if _, err := c.apiCall(http.MethodGet, "/v1/where/"+url.PathEscape(args[0]), nil, &out); err != nil {
+				return err
+			}
+			if c.asJSON {
+				printJSON(stdout, out)
+			} else {
+				fmt.Fprintln(stdout, out.Host)
+			}
+			return nil
+		})
+}
+
+type listedNamespace struct {
+	Name      string `json:"name"`
+	Instances []struct {
+		Host    string    `json:"host"`
+		Node    string    `json:"node"`
+		Session string    `json:"session"`
+		Since   time.Time `json:"since"`
+	} `json:"instances"`
+}
+
+func runList(args []string, stdout, stderr io.Writer) int {
+	return clientCommand("list", "Usage: wsregistry list [flags]\n\nLists every namespace with its live instances.", args, stdout, stderr, 0, 0,
+		func(c *clientFlags, _ []string, stdout io.Writer) error {
+			var out []listedNamespace
+			if _, err := c.apiCall(http.MethodGet, "/v1/namespaces", nil, &out); err != nil {
+				return err
+			}
+			if c.asJSON {
+				printJSON(stdout, out)
+				return nil
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAMESPACE\tHOST\tNODE\tSINCE")
+			for _, ns := range out {
+				for _, in := range ns.Instances {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ns.Name, in.Host, in.Node, in.Since.Format(time.RFC3339))
+				}
+			}
+			return tw.Flush()
+		})
+}
+
+func runMembers(args []string, stdout, stderr io.Writer) int {
+	return clientCommand("members", "Usage: wsregistry members [flags]\n\nLists the cluster's members, the leader and raft progress.", args, stdout, stderr, 0, 0,
+		func(c *clientFlags, _ []string, stdout io.Writer) error {
+			var raw json.RawMessage
+			if _, err := c.apiCall(http.MethodGet, "/v1/cluster", nil, &raw); err != nil {
+				return err
+			}
+			if c.asJSON {
+				var v any
+				json.Unmarshal(raw, &v)
+				printJSON(stdout, v)
+				return nil
+			}
+			var v struct {
+				Node         string `json:"node"`
+				Leader       string `json:"leader"`
+				Term         uint64 `json:"term"`
+				CommitIndex  uint64 `json:"commit_index"`
+				AppliedIndex uint64 `json:"applied_index"`
+				Members      []struct {
+					ID            string `json:"id"`
+					Raft          string `json:"raft"`
+					WS            string `json:"ws"`
+					HTTP          string `json:"http"`
+					Suffrage      string `json:"suffrage"`
+					Leader        bool   `json:"leader"`
+					LastContactMS *int64 `json:"last_contact_ms"`
+				} `json:"members"`
+			}
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "asked %s: leader %s, term %d, commit %d, applied %d\n", v.Node, v.Leader, v.Term, v.CommitIndex, v.AppliedIndex)
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tROLE\tSUFFRAGE\tWS\tHTTP\tRAFT\tLAST CONTACT")
+			for _, m := range v.Members {
+				role := "follower"
+				if m.Leader {
+					role = "leader"
+				}
+				lc := "?"
+				if m.LastContactMS != nil {
+					lc = (time.Duration(*m.LastContactMS) * time.Millisecond).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, role, m.Suffrage, m.WS, m.HTTP, m.Raft, lc)
+			}
+			return tw.Flush()
+		})
+}
+
+func runHealthcheck(args []string, stdout, stderr io.Writer) int {
+	return clientCommand("healthcheck", "Usage: wsregistry healthcheck [flags]\n\nExits 0 when the node is ready (the Docker healthcheck).", args, stdout, stderr, 0, 0,
+		func(c *clientFlags, _ []string, stdout io.Writer) error {
+			var out map[string]string
+			if _, err := c.apiCall(http.MethodGet, "/readyz", nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, out["status"])
+			return nil
+		})
+}
+
+func runJoin(args []string, stdout, stderr io.Writer) int {
+	return clientCommand("join", "Usage: wsregistry join [flags] <http-addr-of-new-node>\n\nAdds the node listening at that HTTP address to the cluster of --addr.", args, stdout, stderr, 1, 1,
+		func(c *clientFlags, args []string, stdout io.Writer) error {
+			var out map[string]string
+			if _, err := c.apiCall(http.MethodPost, "/v1/join?addr="+url.QueryEscape(args[0]), nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s joined\n", out["node"])
+			return nil
+		})
+}
+
+func runLeave(args []string, stdout, stderr io.Writer) int {
+	return clientCommand("leave", "Usage: wsregistry leave [flags]\n\nThe node at --addr closes its agents, leaves the cluster (handing over leadership first) and stops.", args, stdout, stderr, 0, 0,
+		func(c *clientFlags, _ []string, stdout io.Writer) error {
+			var out map[string]string
+			if _, err := c.apiCall(http.MethodPost, "/v1/leave", nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s left the cluster\n", out["node"])
+			return nil
+		})
+}
+
+func runRemove(args []string, stdout, stderr io.Writer) int {
+	return clientCommand("remove", "Usage: wsregistry remove [flags] <node-id>\n\nRemoves a member that is gone for good.", args, stdout, stderr, 1, 1,
+		func(c *clientFlags, args []string, stdout io.Writer) error {
+			var out map[string]string
+			if _, err := c.apiCall(http.MethodPost, "/v1/remove/"+url.PathEscape(args[0]), nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s removed\n", out["node"])
+			return nil
+		})
+}

@@ -1,0 +1,61 @@
+// Command wsregistry runs a registry node (the default, `serve`) and talks to running nodes.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const topUsage = `wsregistry: a clustered registry for iocore micro-ws agents.
+
+Usage:
+  wsregistry [serve] [flags]     run a node (default; no flags: one-node cluster, data in ./data)
+  wsregistry <command> --help    help for a command
+
+Commands:
+  serve          run a registry node
+  where NS       one live instance of a namespace
+  list           every namespace and its instances
+  members        cluster members, leader, raft progress
+  healthcheck    exit 0 when the node is ready
+  join ADDR      add the node at HTTP address ADDR to the cluster
+  leave          make the node at --addr leave the cluster and stop
+  remove ID      remove a member that is gone for good
+
+Client commands talk to --addr (env WSREGISTRY_ADDR, default 127.0.0.1:8428).
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (len(args[0]) > 0 && args[0][0] == '-' && args[0] != "-h" && args[0] != "--help" && args[0] != "help") {
+		return runServe(args, stdout, stderr)
+	}
+	switch args[0] {
+	case "serve":
+		return runServe(args[1:], stdout, stderr)
+	case "where":
+		return runWhere(args[1:], stdout, stderr)
+	case "list":
+		return runList(args[1:], stdout, stderr)
+	case "members":
+		return runMembers(args[1:], stdout, stderr)
+	case "healthcheck":
+		return runHealthcheck(args[1:], stdout, stderr)
+	case "join":
+		return runJoin(args[1:], stdout, stderr)
+	case "leave":
+		return runLeave(args[1:], stdout, stderr)
+	case "remove":
+		return runRemove(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, topUsage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "wsregistry: unknown command %q\n\n%s", args[0], topUsage)
+		return 2
+	}
+}

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wsregistry/wsregistry/cluster"
+	"github.com/wsregistry/wsregistry/registry"
+)
+
+// serveConfig is everything `serve` reads from flags and environment.
+type serveConfig struct {
+	nodeID          string
+	dataDir         string
+	wsAddr          string
+	httpAddr        string
+	raftAddr        string
+	advertise       string
+	bootstrapExpect int
+	join            string
+	clusterKey      string
+	adminToken      string
+	nodeGrace       time.Duration
+	leaveOnTerm     bool
+
+	heartbeat, election, leaderLease, commitTimeout time.Duration
+	noSync                                          bool
+	snapshotThreshold                               uint64
+	snapshotInterval                                time.Duration
+	groupCommitMax                                  int
+	groupCommitWait                                 time.Duration
+	commitWait                                      time.Duration
+
+	readLimit    int64
+	pingInterval time.Duration
+	pingMisses   int
+	writeTimeout time.Duration
+
+	logLevel  string
+	logFormat string
+}
+
+func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	host, _ := os.Hostname()
+	fs.StringVar(&c.nodeID, "node-id", host, "stable id of this node (in Kubernetes: the pod name)")
+	fs.StringVar(&c.dataDir, "data-dir", "./data", "directory for raft log, snapshots and the incarnation counter")
+	fs.StringVar(&c.wsAddr, "ws-addr", ":8427", "agent WebSocket listen address (IOCORE_MICRO_WEBSOCKET_REGISTRY_PORT sets its port)")
+	fs.StringVar(&c.httpAddr, "http-addr", ":8428", "HTTP API, health and metrics listen address")
+	fs.StringVar(&c.raftAddr, "raft-addr", ":8429", "raft transport listen address")
+	fs.StringVar(&c.advertise, "advertise", "", "host or IP other nodes use to reach this one (default: the listen host, else the first non-loopback IPv4)")
+	fs.IntVar(&c.bootstrapExpect, "bootstrap-expect", 1, "voters that form a new cluster; 1 bootstraps alone when there is no state")
+	fs.StringVar(&c.join, "join", "", "comma-separated HTTP addresses (host:8428) of members to join or to form the cluster with")
+	fs.StringVar(&c.clusterKey, "cluster-key", "", "shared secret for calls between nodes (forwarding, join); empty: none")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token required for join, leave and remove over HTTP; empty: none")
+	fs.DurationVar(&c.nodeGrace, "node-grace", 10*time.Second, "silence after which the leader purges a member's agents, and a cut-off node fences itself")
+	fs.BoolVar(&c.leaveOnTerm, "leave-on-terminate", true, "on SIGTERM leave the cluster (hand over leadership, remove self) before stopping")
+	fs.DurationVar(&c.heartbeat, "raft-heartbeat-timeout", 400*time.Millisecond, "raft heartbeat timeout (LAN default; raft's own is 1s)")
+	fs.DurationVar(&c.election, "raft-election-timeout", 400*time.Millisecond, "raft election timeout")
+	fs.DurationVar(&c.leaderLease, "raft-leader-lease-timeout", 200*time.Millisecond, "raft leader lease timeout")
+	fs.DurationVar(&c.commitTimeout, "raft-commit-timeout", 20*time.Millisecond, "raft commit timeout")
+	fs.BoolVar(&c.noSync, "raft-no-sync", false, "skip fsync of the raft log (unsafe: tests and throwaway benchmarks only)")
+	fs.Uint64Var(&c.snapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
+	fs.DurationVar(&c.snapshotInterval, "snapshot-interval", 2*time.Minute, "how often to check whether to snapshot")
+	fs.IntVar(&c.groupCommitMax, "group-commit-max", 1024, "most commands coalesced into one raft entry")
+	fs.DurationVar(&c.groupCommitWait, "group-commit-wait", 0, "extra wait for more commands before committing a batch (0: take what is queued)")
+	fs.DurationVar(&c.commitWait, "commit-wait", 5*time.Second, "how long a write waits for a leader to commit it, across elections")
+	fs.Int64Var(&c.readLimit, "read-limit", 1<<20, "largest agent message in bytes; larger ones close the connection with 1009")
+	fs.DurationVar(&c.pingInterval, "ping-interval", 10*time.Second, "how often every agent connection is pinged")
+	fs.IntVar(&c.pingMisses, "ping-misses", 3, "missed pongs after which an agent connection is closed")
+	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "deadline for one write to an agent")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.Usage = usage(fs, stderr, "Usage: wsregistry [serve] [flags]\n\nRuns one registry node. With no flags: a one-node cluster with data in ./data.")
+	return fs
+}
+
+// iocorePortEnv is honoured like the original registry's port setting.
+const iocorePortEnv = "IOCORE_MICRO_WEBSOCKET_REGISTRY_PORT"
+
+func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
+	c := &serveConfig{}
+	fs := serveFlags(c, stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	wsGiven := false
+	fs.Visit(func(f *flag.Flag) { wsGiven = wsGiven || f.Name == "ws-addr" })
+	if err := applyEnv(fs, os.LookupEnv); err != nil {
+		return nil, err
+	}
+	if _, twin := os.LookupEnv(envName("ws-addr")); !wsGiven && !twin {
+		if p, ok := os.LookupEnv(iocorePortEnv); ok {
+			if _, err := parsePort(p); err != nil {
+				return nil, fmt.Errorf("%s: %w", iocorePortEnv, err)
+			}
+			c.wsAddr = ":" + p
+		}
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("serve takes no arguments, got %q", fs.Args())
+	}
+	return c, c.validate()
+}
+
+func parsePort(p string) (int, error) {
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("port %q is not a number from 1 to 65535", p)
+	}
+	return n, nil
+}
+
+func (c *serveConfig) validate() error {
+	var errs []error
+	if c.nodeID == "" {
+		errs = append(errs, errors.New("--node-id is empty"))
+	}
+	for name, addr := range map[string]string{"--ws-addr": c.wsAddr, "--http-addr": c.httpAddr, "--raft-addr": c.raftAddr} {
+		if _, p, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
+		} else if _, err := strconv.Atoi(p); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: port is not a number", name, addr))
+		}
+	}
+	if c.bootstrapExpect < 1 {
+		errs = append(errs, errors.New("--bootstrap-expect must be at least 1"))
+	}
+	if c.pingMisses < 1 {
+		errs = append(errs, errors.New("--ping-misses must be at least 1"))
+	}
+	if c.readLimit < 1024 {
+		errs = append(errs, errors.New("--read-limit must be at least 1024 bytes"))
+	}
+	switch c.logFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.logFormat))
+	}
+	if _, err := parseLevel(c.logLevel); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(c *serveConfig, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(c.logLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// advertiseFor is the address peers use for a listener: the explicit advertise host, else
+// the bound host when it is specific, else the first non-loopback IPv4 (as agents pick theirs).
+func advertiseFor(advertise string, ln net.Listener) string {
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	switch {
+	case advertise != "":
+		host = advertise
+	case host == "" || net.ParseIP(host).IsUnspecified():
+		host = firstIPv4()
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func firstIPv4() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+				return ipn.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+func runServe(args []string, stdout, stderr io.Writer) int {
+	c, err := parseServe(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "wsregistry serve: %v\n", err)
+		return 2
+	}
+	log := newLogger(c, stderr)
+
+	var listeners []net.Listener
+	listen := func(addr string) net.Listener {
+		ln, lerr := net.Listen("tcp", addr)
+		if lerr != nil {
+			err = errors.Join(err, lerr)
+			return nil
+		}
+		listeners = append(listeners, ln)
+		return ln
+	}
+	wsLn, httpLn, raftLn := listen(c.wsAddr), listen(c.httpAddr), listen(c.raftAddr)
+	if err != nil {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+		log.Error("cannot listen", "err", err)
+		return 1
+	}
+
+	var join []string
+	for _, j := range strings.Split(c.join, ",") {
+		if j = strings.TrimSpace(j); j != "" {
+			join = append(join, j)
+		}
+	}
+	left := make(chan struct{}, 1)
+	node, err := registry.Start(registry.Config{
+		NodeID:        c.nodeID,
+		DataDir:       c.dataDir,
+		WSListener:    wsLn,
+		HTTPListener:  httpLn,
+		RaftListener:  raftLn,
+		WSAdvertise:   advertiseFor(c.advertise, wsLn),
+		HTTPAdvertise: advertiseFor(c.advertise, httpLn),
+		RaftAdvertise: advertiseFor(c.advertise, raftLn),
+		Cluster: cluster.Config{
+			BootstrapExpect:    c.bootstrapExpect,
+			HeartbeatTimeout:   c.heartbeat,
+			ElectionTimeout:    c.election,
+			LeaderLeaseTimeout: c.leaderLease,
+			CommitTimeout:      c.commitTimeout,
+			NoSync:             c.noSync,
+			SnapshotThreshold:  c.snapshotThreshold,
+			SnapshotInterval:   c.snapshotInterval,
+			GroupCommitMax:     c.groupCommitMax,
+			GroupCommitWait:    c.groupCommitWait,
+		},
+		ReadLimit:    c.readLimit,
+		PingInterval: c.pingInterval,
+		PingMisses:   c.pingMisses,
+		WriteTimeout: c.writeTimeout,
+		CommitWait:   c.commitWait,
+		Join:         join,
+		ClusterKey:   c.clusterKey,
+		AdminToken:   c.adminToken,
+		NodeGrace:    c.nodeGrace,
+		OnLeft:       func() { left <- struct{}{} },
+		Logger:       log,
+	})
+	if err != nil {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "wsregistry %s: agents ws://%s, http://%s, raft %s\n", c.nodeID, wsLn.Addr(), httpLn.Addr(), raftLn.Addr())
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case sig := <-sigs:
+		log.Info("signal received: stopping", "signal", sig.String())
+		if sig == syscall.SIGTERM && c.leaveOnTerm {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			node.CloseAgents(ctx)
+			if err := node.Leave(ctx); err != nil {
+				log.Warn("could not leave the cluster cleanly", "err", err)
+			}
+			cancel()
+		}
+	case <-left:
+		log.Info("left the cluster: stopping")
+	}
+	signal.Stop(sigs)
+	if err := node.Close(); err != nil {
+		log.Error("stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}

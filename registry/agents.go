@@ -1,0 +1,215 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/wsserver"
+)
+
+// agentSession is what a node remembers about one agent connection.
+type agentSession struct {
+	id fsm.SessionID
+
+	mu         sync.Mutex
+	namespaces []string // what this connection asked to register, in order
+}
+
+func (s *agentSession) add(ns string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !slices.Contains(s.namespaces, ns) {
+		s.namespaces = append(s.namespaces, ns)
+	}
+}
+
+func (s *agentSession) snapshot() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.namespaces)
+}
+
+func sessionOf(ch *wsserver.Channel) *agentSession {
+	s, _ := ch.Value().(*agentSession)
+	return s
+}
+
+// handover is what a replaced connection leaves for the connection that replaced it.
+type handover struct {
+	from       fsm.SessionID
+	namespaces []string
+}
+
+func (n *Node) agentOpened(ch *wsserver.Channel) {
+	s := &agentSession{id: fsm.SessionID{Node: n.cfg.NodeID, Incarnation: n.incarnation.Load(), Seq: n.sessionSeq.Add(1)}}
+	ch.SetValue(s)
+	n.log.Info("agent connected", "host", ch.Key(), "remote", ch.RemoteAddr(), "session", s.id.String())
+	n.handoverMu.Lock()
+	h, ok := n.handovers[ch.Key()]
+	delete(n.handovers, ch.Key())
+	n.handoverMu.Unlock()
+	if ok {
+		n.moveRegistrations(h, ch, s)
+	}
+}
+
+// agentClosed runs after every handler of the channel returned, so no `online` of this
+// session can be committed after the deregistration issued here.
+func (n *Node) agentClosed(ch *wsserver.Channel) {
+	s := sessionOf(ch)
+	if s == nil {
+		return
+	}
+	namespaces := s.snapshot()
+	n.log.Info("agent disconnected", "host", ch.Key(), "session", s.id.String(), "namespaces", namespaces, "reason", errString(ch.Err()))
+	if len(namespaces) == 0 || n.fenced.Load() {
+		// A fenced node's sessions are purged by the leader; writing now would only wait.
+		return
+	}
+	// A newer connection from the same agent replaced this one: its registrations follow
+	// the new connection. The server opens the newer one only after this returns, so leave
+	// them to it rather than deregister and leave the agent unfindable in between.
+	if newer := n.ws.Channel(ch.Key()); newer != nil && newer != ch {
+		h := handover{from: s.id, namespaces: namespaces}
+		if ns := sessionOf(newer); ns != nil {
+			n.moveRegistrations(h, newer, ns) // the newer one was opened first after all
+			return
+		}
+		n.handoverMu.Lock()
+		n.handovers[ch.Key()] = h
+		n.handoverMu.Unlock()
+		// Should the newer connection never open (shutdown in between), nobody would take
+		// the registrations: deregister them then, rather than leave a ghost.
+		time.AfterFunc(handoverTimeout, func() {
+			n.handoverMu.Lock()
+			left, still := n.handovers[ch.Key()]
+			if still && left.from == h.from {
+				delete(n.handovers, ch.Key())
+			}
+			n.handoverMu.Unlock()
+			if still && left.from == h.from {
+				n.deregister(s.id)
+			}
+		})
+		return
+	}
+	n.deregister(s.id)
+}
+
+// handoverTimeout bounds how long a replaced connection's registrations wait for the newer
+// connection to take them.
+const handoverTimeout = 10 * time.Second
+
+func (n *Node) deregister(id fsm.SessionID) {
+	if _, err := n.submit(n.ctx, fsm.Deregister{RequestID: n.newRequestID(), Session: id}); err != nil {
+		// The leader purges this node's sessions if it stays unreachable; until then the
+		// entry may be missing: say so loudly.
+		n.log.Warn("could not deregister a closed agent session", "session", id.String(), "err", err)
+	}
+}
+
+// moveRegistrations registers h's namespaces under the new session and deregisters the old
+// one in the same raft entry, so the agent is findable at every index.
+func (n *Node) moveRegistrations(h handover, ch *wsserver.Channel, to *agentSession) {
+	now := time.Now().UnixMilli()
+	cmds := make([]fsm.Command, 0, len(h.namespaces)+1)
+	for _, name := range h.namespaces {
+		to.add(name)
+		cmds = append(cmds, fsm.Register{RequestID: n.newRequestID(), Reg: fsm.Registration{
+			Namespace: name, Address: ch.Key(), Session: to.id, Since: now,
+		}})
+	}
+	cmds = append(cmds, fsm.Deregister{RequestID: n.newRequestID(), Session: h.from})
+	if _, err := n.submit(n.ctx, cmds...); err != nil {
+		n.log.Warn("could not move registrations to the replacing connection", "from", h.from.String(), "to", to.id.String(), "err", err)
+		return
+	}
+	n.log.Info("registrations moved to the replacing connection", "host", ch.Key(), "from", h.from.String(), "to", to.id.String(), "namespaces", h.namespaces)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func (n *Node) handleOnline(ctx context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+	ns, err := namespaceArg("online", props)
+	if err != nil {
+		return nil, err
+	}
+	s := sessionOf(ch)
+	if s == nil {
+		return nil, wsserver.NewError(500, "online: connection has no session")
+	}
+	s.add(ns)
+	reg := fsm.Register{RequestID: n.newRequestID(), Reg: fsm.Registration{
+		Namespace: ns, Address: ch.Key(), Session: s.id, Since: time.Now().UnixMilli(),
+	}}
+	// The write outlives an abort or a disconnect: the deregistration that follows a close
+	// must come after it (OnClose waits for this handler).
+	errs, err := n.submit(context.WithoutCancel(ctx), reg)
+	if err != nil {
+		n.log.Warn("register failed", "namespace", ns, "host", ch.Key(), "session", s.id.String(), "err", err)
+		return nil, wsserver.NewError(503, "online: registration of %q was not committed: %v", ns, err)
+	}
+	if err := firstError(errs); err != nil {
+		switch {
+		case errors.Is(err, fsm.ErrInvalid):
+			return nil, wsserver.NewError(400, "online: %v", err)
+		case errors.Is(err, fsm.ErrSessionClosed):
+			return nil, wsserver.NewError(410, "online: %v", err)
+		}
+		return nil, wsserver.NewError(500, "online: %v", err)
+	}
+	n.log.Info("agent registered", "namespace", ns, "host", ch.Key(), "session", s.id.String())
+	return nil, nil // "undefined" result: {"status":200}
+}
+
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Node) handleWhere(_ context.Context, _ *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+	ns, err := namespaceArg("where", props)
+	if err != nil {
+		return nil, err
+	}
+	addr, ok := n.Where(ns)
+	if !ok {
+		return nil, nil // unknown namespace: {"status":200} with no data, as the original
+	}
+	return quoteAddress(addr), nil
+}
+
+// Where picks one live instance of ns round-robin from this node's local state.
+func (n *Node) Where(ns string) (string, bool) {
+	reg, ok := n.state.Pick(ns, n.roundRobin.Add(1)-1)
+	return reg.Address, ok
+}
+
+// quoteAddress makes the JSON string of an address; addresses are host:port, so only
+// the rare one with quotes or backslashes needs real escaping.
+func quoteAddress(addr string) json.RawMessage {
+	for i := 0; i < len(addr); i++ {
+		if c := addr[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x7f {
+			b, _ := json.Marshal(addr)
+			return b
+		}
+	}
+	b := make([]byte, 0, len(addr)+2)
+	b = append(b, '"')
+	b = append(b, addr...)
+	return append(b, '"')
+}

@@ -1,0 +1,191 @@
+package registry
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/wsregistry/wsregistry/cluster"
+	"github.com/wsregistry/wsregistry/fsm"
+)
+
+func (n *Node) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", n.handleReady)
+	mux.HandleFunc("GET /v1/where/{namespace...}", n.read(n.handleHTTPWhere))
+	mux.HandleFunc("GET /v1/namespaces", n.read(n.handleNamespaces))
+	mux.HandleFunc("GET /v1/namespaces/{namespace...}", n.read(n.handleNamespace))
+	mux.HandleFunc("POST /v1/fetch/{namespace}/{path...}", n.handleFetch)
+	mux.HandleFunc("GET /v1/cluster", n.read(n.handleCluster))
+	mux.HandleFunc("POST /v1/join", n.adminOnly(n.handleAdminJoin))
+	mux.HandleFunc("POST /v1/leave", n.adminOnly(n.handleLeave))
+	mux.HandleFunc("POST /v1/remove/{id}", n.adminOnly(n.handleRemove))
+
+	key := n.cfg.ClusterKey
+	mux.HandleFunc("POST "+cluster.PathPropose, n.raft.ProposeHandler(key))
+	mux.HandleFunc("GET "+cluster.PathInfo, n.raft.InfoHandler(key))
+	mux.HandleFunc("POST "+cluster.PathJoin, n.raft.JoinHandler(key, n.client))
+	mux.HandleFunc("POST "+cluster.PathRemove, n.raft.RemoveHandler(key, n.client))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// apiError is the error body of every HTTP endpoint.
+type apiError struct {
+	Status  int    `json:"status"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, apiError{Status: status, Message: msg})
+}
+
+// read wraps every read endpoint: it answers how fresh this node's state is, so a client can
+// judge a local (possibly stale) answer.
+func (n *Node) read(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		hdr := w.Header()
+		hdr.Set("X-Wsregistry-Index", strconv.FormatUint(n.raft.AppliedIndex(), 10))
+		leaderID, _ := n.raft.Leader()
+		hdr.Set("X-Wsregistry-Known-Leader", strconv.FormatBool(leaderID != ""))
+		hdr.Set("X-Wsregistry-Last-Contact", strconv.FormatInt(n.lastContactMillis(), 10))
+		if r.URL.Query().Get("consistent") == "true" {
+			n.consistentRead(w, r, h)
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (n *Node) lastContactMillis() int64 {
+	if n.raft.IsLeader() {
+		return 0
+	}
+	lc := n.raft.Raft().LastContact()
+	if lc.IsZero() {
+		return -1
+	}
+	return time.Since(lc).Milliseconds()
+}
+
+func (n *Node) handleReady(w http.ResponseWriter, _ *http.Request) {
+	ok, why := n.Ready()
+	if !ok {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": why})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (n *Node) handleHTTPWhere(w http.ResponseWriter, r *http.Request) {
+	ns := r.PathValue("namespace")
+	if err := ValidateNamespace(ns); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	addr, ok := n.Where(ns)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no live instance of namespace "+strconv.Quote(ns))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"namespace": ns, "host": addr})
+}
+
+// instanceView is one registration as the HTTP API shows it.
+type instanceView struct {
+	Host    string    `json:"host"`
+	Node    string    `json:"node"`
+	Session string    `json:"session"`
+	Since   time.Time `json:"since"`
+}
+
+type namespaceView struct {
+	Name      string         `json:"name"`
+	Instances []instanceView `json:"instances"`
+}
+
+func viewOf(name string, regs []fsm.Registration) namespaceView {
+	v := namespaceView{Name: name, Instances: make([]instanceView, 0, len(regs))}
+	for _, r := range regs {
+		v.Instances = append(v.Instances, instanceView{
+			Host: r.Address, Node: r.Session.Node, Session: r.Session.String(),
+			Since: time.UnixMilli(r.Since).UTC(),
+		})
+	}
+	return v
+}
+
+func (n *Node) handleNamespaces(w http.ResponseWriter, _ *http.Request) {
+	all := n.state.Namespaces()
+	out := make([]namespaceView, 0, len(all))
+	for _, ns := range all {
+		out = append(out, viewOf(ns.Name, ns.Instances))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (n *Node) handleNamespace(w http.ResponseWriter, r *http.Request) {
+	ns := r.PathValue("namespace")
+	if err := ValidateNamespace(ns); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	regs := n.state.Instances(ns)
+	if len(regs) == 0 {
+		writeError(w, http.StatusNotFound, "no live instance of namespace "+strconv.Quote(ns))
+		return
+	}
+	writeJSON(w, http.StatusOK, viewOf(ns, regs))
+}
+
+// consistentRead answers from the leader after a barrier, so the answer reflects every
+// write committed before the request: on the leader itself, or proxied to it.
+func (n *Node) consistentRead(w http.ResponseWriter, r *http.Request, h http.HandlerFunc) {
+	if n.raft.IsLeader() {
+		if err := n.raft.Barrier(n.cfg.CommitWait); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "consistent read: barrier failed: "+err.Error())
+			return
+		}
+		w.Header().Set("X-Wsregistry-Index", strconv.FormatUint(n.raft.AppliedIndex(), 10))
+		h(w, r)
+		return
+	}
+	leader, err := n.raft.LeaderHTTP()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "consistent read: "+err.Error())
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, n.client.Scheme+"://"+leader+r.URL.RequestURI(), nil)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	resp, err := n.client.HTTP.Do(req)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, "consistent read: leader "+leader+": "+err.Error())
+		return
+	}
+	defer resp.Body.Close()
+	for _, k := range []string{"Content-Type", "X-Wsregistry-Index", "X-Wsregistry-Known-Leader", "X-Wsregistry-Last-Contact"} {
+		if v := resp.Header.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}

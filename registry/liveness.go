@@ -1,0 +1,155 @@
+package registry
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/wsregistry/wsregistry/fsm"
+)
+
+// watchLiveness runs the two halves of DESIGN.md's liveness: on the leader, purge members
+// silent for longer than the grace; on every node, fence itself when cut off from the
+// leader for that long (or when the leader already purged it), and recover afterwards.
+func (n *Node) watchLiveness() {
+	defer n.wg.Done()
+	tick := min(max(n.cfg.NodeGrace/10, 20*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	lastLeaderContact := time.Now()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		// raft's LastContact is only updated while following; a node that just stepped down
+		// from leading would otherwise look cut off for as long as it led.
+		now := time.Now()
+		if n.raft.IsLeader() {
+			lastLeaderContact = now
+		} else if lc := n.raft.Raft().LastContact(); lc.After(lastLeaderContact) {
+			lastLeaderContact = lc
+		}
+		n.purgeSilentMembers()
+		n.checkFence(now.Sub(lastLeaderContact))
+	}
+}
+
+// purgeSilentMembers removes, through the log, the sessions of members the leader has not
+// heard from for longer than the grace, and the metadata of nodes that left.
+func (n *Node) purgeSilentMembers() {
+	if !n.raft.IsLeader() {
+		return
+	}
+	var cmds []fsm.Command
+	for _, id := range n.raft.SilentMembers(n.cfg.NodeGrace) {
+		if n.needsPurge(id) {
+			n.log.Warn("purging the sessions of a silent member", "member", id, "sessions", len(n.state.SessionsOf(id)), "grace", n.cfg.NodeGrace)
+			cmds = append(cmds, fsm.PurgeNode{RequestID: n.newRequestID(), Node: id})
+		}
+	}
+	members := map[string]bool{}
+	for _, s := range n.raft.Servers() {
+		members[string(s.ID)] = true
+	}
+	if len(members) > 0 {
+		for _, meta := range n.state.Nodes() {
+			if !members[meta.ID] {
+				n.log.Info("forgetting a node that left the cluster", "member", meta.ID)
+				cmds = append(cmds, fsm.RemoveNode{RequestID: n.newRequestID(), Node: meta.ID})
+			}
+		}
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	if _, err := n.submit(n.ctx, cmds...); err != nil {
+		n.log.Warn("purge not committed; will retry", "err", err)
+	}
+}
+
+// needsPurge is true while a member still owns sessions or its current incarnation is not
+// yet marked purged (so its late writes will be refused).
+func (n *Node) needsPurge(id string) bool {
+	if len(n.state.SessionsOf(id)) > 0 {
+		return true
+	}
+	meta, ok := n.state.Node(id)
+	mark, _ := n.state.PurgeMark(id)
+	return ok && mark < meta.Incarnation
+}
+
+func (n *Node) checkFence(sinceLeader time.Duration) {
+	if !n.announced.Load() {
+		return // never part of the cluster yet: readiness covers startup
+	}
+	cutOff := sinceLeader > n.cfg.NodeGrace
+	mark, _ := n.state.PurgeMark(n.cfg.NodeID)
+	purged := mark >= n.incarnation.Load()
+	switch {
+	case !n.fenced.Load() && (cutOff || purged):
+		reason := "cut off from the leader for longer than the node grace"
+		if !cutOff {
+			reason = "the leader purged this node's sessions"
+		}
+		n.fence(reason)
+	case n.fenced.Load() && !cutOff:
+		if _, addr := n.raft.Leader(); addr != "" {
+			n.unfence()
+		}
+	}
+}
+
+// fence closes every agent connection with 1012 so agents reconnect to a healthy node,
+// and refuses new ones: the majority is purging this node's registrations anyway.
+func (n *Node) fence(reason string) {
+	n.fenceMu.Lock()
+	defer n.fenceMu.Unlock()
+	if n.fenced.Swap(true) {
+		return
+	}
+	n.log.Warn("fencing this node: closing agent connections", "reason", reason, "agents", n.ws.Len())
+	n.ws.CloseAll(websocket.StatusServiceRestart, "fenced: "+reason)
+}
+
+// unfence starts a new incarnation (the old one's sessions are purged by its announcement)
+// and accepts agents again.
+func (n *Node) unfence() {
+	n.fenceMu.Lock()
+	defer n.fenceMu.Unlock()
+	if !n.fenced.Load() {
+		return
+	}
+	inc, err := nextIncarnation(n.cfg.DataDir)
+	if err != nil {
+		n.log.Error("cannot start a new incarnation; staying fenced", "err", err)
+		return
+	}
+	if mark, _ := n.state.PurgeMark(n.cfg.NodeID); inc <= mark {
+		n.log.Error("new incarnation is not above the cluster's purge mark (clock skew?); staying fenced", "incarnation", inc, "mark", mark)
+		return
+	}
+	n.incarnation.Store(inc)
+	if err := n.announceOnce(n.ctx); err != nil {
+		n.log.Warn("re-announce failed; staying fenced", "err", err)
+		return
+	}
+	n.fenced.Store(false)
+	n.log.Info("leader reachable again: serving agents", "incarnation", inc)
+}
+
+// agentGate refuses agent connections before the upgrade while this node is fenced.
+func (n *Node) agentGate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.fenced.Load() {
+			http.Error(w, "this registry node is fenced (cut off from the cluster leader): connect to another node", http.StatusServiceUnavailable)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Fenced reports whether the node has fenced itself.
+func (n *Node) Fenced() bool { return n.fenced.Load() }

@@ -1,0 +1,367 @@
+// Package registry is the node that ties the pieces together: agent sessions become raft
+// commands, `where` reads the local state, and the HTTP API serves people and scripts.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/wsregistry/wsregistry/cluster"
+	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/wsserver"
+)
+
+// Config is one node's configuration. Listeners are bound by the caller (tests pass
+// 127.0.0.1:0); advertise addresses are what other nodes and the UI use to reach this one.
+type Config struct {
+	NodeID  string
+	DataDir string
+
+	WSListener   net.Listener
+	HTTPListener net.Listener
+	RaftListener net.Listener
+
+	WSAdvertise   string
+	HTTPAdvertise string
+	RaftAdvertise string
+
+	Cluster cluster.Config // NodeID, DataDir, Listener and Advertise are filled in from above
+
+	ReadLimit    int64
+	PingInterval time.Duration
+	PingMisses   int
+	WriteTimeout time.Duration
+
+	// CommitWait bounds how long an agent's `online` waits for its entry to commit,
+	// across leader elections (DESIGN: writes wait, bounded, and retry on the new leader).
+	CommitWait time.Duration
+
+	// FetchTimeoutDefault applies to proxied calls that name none (30 s, as iocore);
+	// FetchTimeoutMax caps what a caller may ask for; FetchDialTimeout bounds dialing an agent.
+	FetchTimeoutDefault time.Duration
+	FetchTimeoutMax     time.Duration
+	FetchDialTimeout    time.Duration
+
+	// Join lists peers' HTTP addresses; ClusterKey authenticates calls between nodes.
+	Join       []string
+	ClusterKey string
+	// NodeGrace is how long a member may be silent before the leader purges its sessions,
+	// and how long a node cut off from the leader keeps serving before it fences itself.
+	NodeGrace time.Duration
+	// AdminToken, when set, is required (Authorization: Bearer) for join, leave and remove.
+	AdminToken string
+	// OnLeft runs after the node left the cluster through the API (the process then exits).
+	OnLeft func()
+
+	Logger *slog.Logger
+}
+
+// Node is one running registry node.
+type Node struct {
+	cfg         Config
+	log         *slog.Logger
+	state       *fsm.FSM
+	raft        *cluster.Node
+	mux         *wsserver.Mux
+	ws          *wsserver.Server
+	peers       *wsserver.Pool // channels to agents for proxied calls
+	wsHTTP      *http.Server
+	api         *http.Server
+	client      *cluster.Client
+	incarnation atomic.Uint64
+
+	sessionSeq atomic.Uint64
+	requestSeq atomic.Uint64
+	roundRobin atomic.Uint64
+	announced  atomic.Bool
+	fenced     atomic.Bool
+	fenceMu    sync.Mutex // one fence or unfence transition at a time
+	handoverMu sync.Mutex
+	handovers  map[string]handover // agent key -> registrations a replaced connection left
+
+	ctx    context.Context // the node's lifetime
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	agentsOnce sync.Once
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// Start opens raft on the data dir, starts serving agents and HTTP, and announces this node
+// (its addresses, and a purge of its older incarnations) in the background.
+func Start(cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CommitWait <= 0 {
+		cfg.CommitWait = 5 * time.Second
+	}
+	if cfg.NodeGrace <= 0 {
+		cfg.NodeGrace = 10 * time.Second
+	}
+	if cfg.ReadLimit <= 0 {
+		cfg.ReadLimit = wsserver.DefaultReadLimit
+	}
+	if cfg.FetchTimeoutDefault <= 0 {
+		cfg.FetchTimeoutDefault = wsserver.DefaultCallTimeout
+	}
+	if cfg.FetchTimeoutMax <= 0 {
+		cfg.FetchTimeoutMax = 5 * time.Minute
+	}
+	if cfg.FetchDialTimeout <= 0 {
+		cfg.FetchDialTimeout = 5 * time.Second
+	}
+	if cfg.WSListener == nil || cfg.HTTPListener == nil || cfg.RaftListener == nil {
+		return nil, errors.New("registry: WS, HTTP and raft listeners are required")
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("registry: node id is empty")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("registry: data dir: %w", err)
+	}
+	inc, err := nextIncarnation(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	log := cfg.Logger.With("node", cfg.NodeID)
+
+	state := fsm.New()
+	cc := cfg.Cluster
+	cc.NodeID, cc.DataDir, cc.Listener, cc.Advertise, cc.Join = cfg.NodeID, cfg.DataDir, cfg.RaftListener, cfg.RaftAdvertise, cfg.Join
+	if cc.Logger == nil {
+		cc.Logger = log
+	}
+	rn, err := cluster.Open(cc, state)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Node{cfg: cfg, log: log, state: state, raft: rn, client: cluster.NewClient(cfg.ClusterKey), ctx: ctx, cancel: cancel}
+	n.incarnation.Store(inc)
+	n.handovers = map[string]handover{}
+	n.mux = wsserver.NewMux()
+	n.mux.Handle("ws", "online", n.handleOnline)
+	n.mux.Handle("ws", "where", n.handleWhere)
+	n.ws = wsserver.NewServer(wsserver.ServerConfig{
+		Mux:          n.mux,
+		ReadLimit:    cfg.ReadLimit,
+		PingInterval: cfg.PingInterval,
+		PingMisses:   cfg.PingMisses,
+		WriteTimeout: cfg.WriteTimeout,
+		OnOpen:       n.agentOpened,
+		OnClose:      n.agentClosed,
+		Logger:       log,
+	})
+	n.peers = wsserver.NewPool(n.ws, cfg.WSAdvertise, wsserver.DialConfig{
+		Mux:          n.mux,
+		ReadLimit:    cfg.ReadLimit,
+		PingInterval: cfg.PingInterval,
+		PingMisses:   cfg.PingMisses,
+		WriteTimeout: cfg.WriteTimeout,
+		DialTimeout:  cfg.FetchDialTimeout,
+		Logger:       log,
+	})
+	n.wsHTTP = &http.Server{Handler: n.agentGate(n.ws), ReadHeaderTimeout: 10 * time.Second}
+	n.api = &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	n.serve(n.wsHTTP, cfg.WSListener, "ws")
+	n.serve(n.api, cfg.HTTPListener, "http")
+	if len(cfg.Join) > 0 {
+		n.wg.Add(1)
+		go n.join()
+	}
+	n.wg.Add(2)
+	go n.announce()
+	go n.watchLiveness()
+	log.Info("node started", "incarnation", inc, "ws", cfg.WSAdvertise, "http", cfg.HTTPAdvertise, "raft", cfg.RaftAdvertise, "data", cfg.DataDir)
+	return n, nil
+}
+
+func (n *Node) serve(srv *http.Server, ln net.Listener, name string) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("listener stopped", "listener", name, "err", err)
+		}
+	}()
+}
+
+// announce records this node's addresses and purges the sessions of its earlier
+// incarnations (nobody is connected to them any more). Readiness waits for it.
+func (n *Node) announce() {
+	defer n.wg.Done()
+	for n.ctx.Err() == nil {
+		if err := n.announceOnce(n.ctx); err == nil {
+			n.announced.Store(true)
+			return
+		} else {
+			n.log.Debug("announce retry", "err", err)
+		}
+		select {
+		case <-n.ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (n *Node) announceOnce(ctx context.Context) error {
+	inc := n.incarnation.Load()
+	meta := fsm.NodeMeta{
+		ID: n.cfg.NodeID, WSAddr: n.cfg.WSAdvertise, HTTPAddr: n.cfg.HTTPAdvertise,
+		RaftAddr: n.cfg.RaftAdvertise, Incarnation: inc,
+	}
+	cmds := []fsm.Command{
+		fsm.SetNode{RequestID: n.newRequestID(), Meta: meta},
+		fsm.PurgeNode{RequestID: n.newRequestID(), Node: n.cfg.NodeID, UpToIncarnation: inc - 1},
+	}
+	if _, err := n.submit(ctx, cmds...); err != nil {
+		return err
+	}
+	n.log.Info("node announced", "incarnation", inc)
+	return nil
+}
+
+// join makes this node a member through the --join peers; idempotent, so a restarted
+// node (even one that left) asks again.
+func (n *Node) join() {
+	defer n.wg.Done()
+	if err := n.raft.JoinCluster(n.ctx, n.client, n.cfg.Join); err != nil && n.ctx.Err() == nil {
+		n.log.Error("could not join the cluster", "err", err)
+	}
+}
+
+func (n *Node) newRequestID() string {
+	return n.cfg.NodeID + "/" + strconv.FormatUint(n.incarnation.Load(), 10) + "/" + strconv.FormatUint(n.requestSeq.Add(1), 10)
+}
+
+// errNoLeader is what a write gets when no leader could take it within CommitWait.
+var errNoLeader = errors.New("no raft leader available")
+
+// submit commits cmds as one unit and waits until this node has applied them, so the caller
+// can promise read-your-write here. Failures that may or may not have committed are retried
+// with the same request ids, which the FSM deduplicates.
+func (n *Node) submit(ctx context.Context, cmds ...fsm.Command) ([]error, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitWait)
+	defer cancel()
+	backoff := 10 * time.Millisecond
+	var lastErr error
+	for {
+		var (
+			index uint64
+			errs  []error
+			err   error
+		)
+		if n.raft.IsLeader() {
+			index, errs, err = n.raft.Propose(ctx, cmds...)
+		} else if leader, lerr := n.raft.LeaderHTTP(); lerr != nil {
+			err = lerr
+		} else {
+			index, errs, err = n.client.Forward(ctx, leader, cmds)
+		}
+		if err == nil {
+			if werr := n.raft.WaitApplied(ctx, index); werr != nil {
+				return nil, fmt.Errorf("committed at index %d but not yet applied here: %w", index, werr)
+			}
+			return errs, nil
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v", errNoLeader, lastErr)
+		case <-time.After(backoff):
+		}
+		if backoff < 200*time.Millisecond {
+			backoff *= 2
+		}
+	}
+}
+
+// Ready reports whether this node can serve: a leader is known, this node has applied
+// what it knows to be committed, and its own announcement went through.
+func (n *Node) Ready() (bool, string) {
+	switch {
+	case n.fenced.Load():
+		return false, "fenced: cut off from the leader for longer than the node grace"
+	case !n.announced.Load():
+		return false, "node has not announced itself to the cluster yet"
+	case !n.raft.Ready():
+		if _, addr := n.raft.Leader(); addr == "" {
+			return false, "no leader known"
+		}
+		return false, "catching up with the leader's log"
+	}
+	return true, "ready"
+}
+
+// State is the node's replicated registration state (read-only use).
+func (n *Node) State() *fsm.FSM { return n.state }
+
+// Raft is the node's raft member.
+func (n *Node) Raft() *cluster.Node { return n.raft }
+
+// Incarnation is this run's incarnation number.
+func (n *Node) Incarnation() uint64 { return n.incarnation.Load() }
+
+// WSAddr and HTTPAddr are the actual listening addresses.
+func (n *Node) WSAddr() string   { return n.cfg.WSListener.Addr().String() }
+func (n *Node) HTTPAddr() string { return n.cfg.HTTPListener.Addr().String() }
+
+// CloseAgents stops accepting agents and closes their connections with 1001, deregistering
+// them while this node is still a member. Leaving the cluster comes after it.
+func (n *Node) CloseAgents(ctx context.Context) {
+	n.agentsOnce.Do(func() {
+		n.wsHTTP.Close()
+		if err := n.ws.Shutdown(ctx); err != nil {
+			n.log.Warn("closing agent connections", "err", err)
+		}
+	})
+}
+
+// Close closes the agents' connections (see CloseAgents), then stops HTTP and raft.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n.CloseAgents(ctx)
+		n.peers.Close()
+		n.cancel()
+		n.api.Shutdown(ctx)
+		n.closeErr = n.raft.Close()
+		n.wg.Wait()
+		n.log.Info("node stopped")
+	})
+	return n.closeErr
+}
+
+// Crash stops the node without deregistering its agents, as a killed process would. Tests use
+// it to check what the next incarnation cleans up.
+func (n *Node) Crash() error {
+	n.closeOnce.Do(func() {
+		n.cancel()
+		n.wsHTTP.Close()
+		n.api.Close()
+		n.peers.Close()
+		n.closeErr = n.raft.Close()
+		n.ws.CloseAll(websocket.StatusGoingAway, "crash")
+		n.wg.Wait()
+	})
+	return n.closeErr
+}
+
+// closed reports whether Close or Crash ran.
+func (n *Node) closed() bool { return n.ctx.Err() != nil }

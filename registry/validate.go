@@ -1,0 +1,77 @@
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/wsregistry/wsregistry/wsserver"
+)
+
+// MaxNamespaceBytes bounds a namespace so one agent cannot make every node hold huge keys.
+const MaxNamespaceBytes = 256
+
+// namespaceArg extracts the one namespace of an `online` or `where` request. The original
+// registers whatever JSON value comes first (so 5 and "5" differ, and no prop means
+// "undefined"); we refuse all of that with a 400 that names the problem.
+func namespaceArg(cmd string, props json.RawMessage) (string, error) {
+	var args []json.RawMessage
+	if len(props) == 0 {
+		return "", wsserver.NewError(400, "%s expects props [namespace], got no props", cmd)
+	}
+	if err := json.Unmarshal(props, &args); err != nil {
+		return "", wsserver.NewError(400, "%s expects props [namespace], props is not an array", cmd)
+	}
+	if len(args) != 1 {
+		return "", wsserver.NewError(400, "%s expects exactly one prop (the namespace), got %d", cmd, len(args))
+	}
+	var ns string
+	if len(args[0]) == 0 || args[0][0] != '"' {
+		return "", wsserver.NewError(400, "%s: the namespace must be a string, got %s", cmd, jsonKind(args[0]))
+	}
+	if err := json.Unmarshal(args[0], &ns); err != nil {
+		return "", wsserver.NewError(400, "%s: the namespace must be a string, got %s", cmd, jsonKind(args[0]))
+	}
+	if err := ValidateNamespace(ns); err != nil {
+		return "", wsserver.NewError(400, "%s: %v", cmd, err)
+	}
+	return ns, nil
+}
+
+// ValidateNamespace applies the same rules to the WebSocket and HTTP paths.
+func ValidateNamespace(ns string) error {
+	switch {
+	case ns == "":
+		return fmt.Errorf("the namespace is empty")
+	case len(ns) > MaxNamespaceBytes:
+		return fmt.Errorf("the namespace is %d bytes long, the limit is %d", len(ns), MaxNamespaceBytes)
+	case !utf8.ValidString(ns):
+		return fmt.Errorf("the namespace is not valid UTF-8")
+	}
+	for i := 0; i < len(ns); i++ {
+		if c := ns[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("the namespace contains a control character (0x%02x) at byte %d", c, i)
+		}
+	}
+	return nil
+}
+
+func jsonKind(v json.RawMessage) string {
+	if len(v) == 0 {
+		return "nothing"
+	}
+	switch v[0] {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	case '"':
+		return "a string"
+	default:
+		return "a number"
+	}
+}

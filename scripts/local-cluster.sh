@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Run an N-node wsregistry cluster as local processes on 127.0.0.1, without Docker.
+#   scripts/local-cluster.sh start [N]   build, start N nodes (default 3), wait for a leader
+#   scripts/local-cluster.sh status      members and leader as node 0 sees them
+#   scripts/local-cluster.sh stop        stop the nodes this script started (by PID)
+# Node i listens on 8427+10i (agents), 8428+10i (HTTP), 8429+10i (raft).
+# State lives in $WSREGISTRY_CLUSTER_DIR (default: a temp dir, remembered in /tmp/wsregistry-local-cluster).
+# Extra serve flags for every node: WSREGISTRY_EXTRA_FLAGS="--raft-no-sync --node-grace 5s".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+state_file=/tmp/wsregistry-local-cluster
+cmd="${1:-}"
+n="${2:-3}"
+
+cluster_dir() {
+  if [ -n "${WSREGISTRY_CLUSTER_DIR:-}" ]; then echo "$WSREGISTRY_CLUSTER_DIR"
+  elif [ -f "$state_file" ]; then cat "$state_file"
+  fi
+}
+
+http_port() { echo $((8428 + 10 * $1)); }
+
+case "$cmd" in
+start)
+  dir=$(cluster_dir)
+  if [ -n "$dir" ] && ls "$dir"/node*.pid >/dev/null 2>&1; then
+    for pf in "$dir"/node*.pid; do
+      if kill -0 "$(cat "$pf")" 2>/dev/null; then echo "already running in $dir (stop it first)" >&2; exit 1; fi
+    done
+  fi
+  dir="${WSREGISTRY_CLUSTER_DIR:-$(mktemp -d /tmp/wsregistry-cluster.XXXXXX)}"
+  mkdir -p "$dir"
+  echo "$dir" > "$state_file"
+  echo "building wsregistry into $dir/wsregistry"
+  CGO_ENABLED=0 go build -o "$dir/wsregistry" ./cmd/wsregistry
+  join=""
+  for ((i = 0; i < n; i++)); do join+="${join:+,}127.0.0.1:$(http_port "$i")"; done
+  for ((i = 0; i < n; i++)); do
+    # shellcheck disable=SC2086
+    "$dir/wsregistry" serve \
+      --node-id "node$i" --data-dir "$dir/node$i" \
+      --ws-addr "127.0.0.1:$((8427 + 10 * i))" --http-addr "127.0.0.1:$(http_port "$i")" --raft-addr "127.0.0.1:$((8429 + 10 * i))" \
+      --bootstrap-expect "$n" --join "$join" ${WSREGISTRY_EXTRA_FLAGS:-} \
+      >"$dir/node$i.log" 2>&1 &
+    echo $! > "$dir/node$i.pid"
+  done
+  echo "$n nodes starting; data and logs in $dir"
+  for ((i = 0; i < n; i++)); do
+    for _ in $(seq 1 200); do
+      if "$dir/wsregistry" healthcheck --addr "127.0.0.1:$(http_port "$i")" >/dev/null 2>&1; then break; fi
+      sleep 0.1
+    done
+    if ! "$dir/wsregistry" healthcheck --addr "127.0.0.1:$(http_port "$i")" >/dev/null 2>&1; then
+      echo "node$i did not become ready; see $dir/node$i.log" >&2; exit 1
+    fi
+  done
+  echo "cluster ready: agents connect to 127.0.0.1:8427 (or any 8427+10i)"
+  ;;
+status)
+  dir=$(cluster_dir)
+  [ -n "$dir" ] || { echo "no local cluster known" >&2; exit 1; }
+  echo "cluster dir: $dir"
+  for pf in "$dir"/node*.pid; do
+    [ -f "$pf" ] || continue
+    name=$(basename "$pf" .pid)
+    if kill -0 "$(cat "$pf")" 2>/dev/null; then echo "$name: running (pid $(cat "$pf"))"; else echo "$name: stopped"; fi
+  done
+  for pf in "$dir"/node*.pid; do
+    i=${pf##*node}; i=${i%.pid}
+    if kill -0 "$(cat "$pf")" 2>/dev/null; then
+      "$dir/wsregistry" members --addr "127.0.0.1:$(http_port "$i")" && break
+    fi
+  done
+  ;;
+stop)
+  dir=$(cluster_dir)
+  [ -n "$dir" ] || { echo "no local cluster known" >&2; exit 0; }
+  for pf in "$dir"/node*.pid; do
+    [ -f "$pf" ] || continue
+    pid=$(cat "$pf")
+    if kill -0 "$pid" 2>/dev/null; then kill -INT "$pid"; fi
+  done
+  for pf in "$dir"/node*.pid; do
+    [ -f "$pf" ] || continue
+    pid=$(cat "$pf")
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then echo "pid $pid did not stop; killing" >&2; kill -KILL "$pid"; fi
+    rm -f "$pf"
+  done
+  echo "stopped; data kept in $dir"
+  rm -f "$state_file"
+  ;;
+*)
+  sed -n '2,8p' "$0"; exit 2 ;;
+esac
