@@ -85,8 +85,11 @@ func decodeResults(in []*resultError) []error {
 type Client struct {
 	HTTP       *http.Client
 	ClusterKey string
-	Scheme     string // "http" or "https"
+	Scheme     string      // "http" or "https"
+	Blocked    func() bool // fault switch: calls fail while it returns true
 }
+
+var errBlocked = errors.New("internal call blocked by fault switch")
 
 // NewClient returns a client with short timeouts: a leader that does not answer within
 // them is treated as gone, and the write is retried on whoever leads next.
@@ -99,6 +102,9 @@ func NewClient(clusterKey string) *Client {
 }
 
 func (c *Client) do(ctx context.Context, method, addr, path string, body any, out any) (int, error) {
+	if c.Blocked != nil && c.Blocked() {
+		return 0, errBlocked
+	}
 	var rd io.Reader
 	if body != nil {
 		switch b := body.(type) {
@@ -175,10 +181,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// internalAllowed checks the cluster key and the fault switch of an internal call.
+func (n *Node) internalAllowed(clusterKey string, w http.ResponseWriter, r *http.Request) bool {
+	if n.Partitioned() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "partitioned by fault switch"})
+		return false
+	}
+	return checkKey(clusterKey, w, r)
+}
+
 // ProposeHandler serves forwarded proposals on the leader.
 func (n *Node) ProposeHandler(clusterKey string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !checkKey(clusterKey, w, r) {
+		if !n.internalAllowed(clusterKey, w, r) {
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, 32<<20))

@@ -125,7 +125,7 @@ func (n *Node) RemoveServer(id string) error {
 // InfoHandler serves Info to peers.
 func (n *Node) InfoHandler(clusterKey string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if checkKey(clusterKey, w, r) {
+		if n.internalAllowed(clusterKey, w, r) {
 			writeJSON(w, http.StatusOK, n.Info())
 		}
 	}
@@ -134,7 +134,7 @@ func (n *Node) InfoHandler(clusterKey string) http.HandlerFunc {
 // leaderOnly runs fn on the leader, forwarding the same request there from a follower.
 func (n *Node) leaderOnly(clusterKey string, client *Client, path string, decode func([]byte) error, fn func() error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !checkKey(clusterKey, w, r) {
+		if !n.internalAllowed(clusterKey, w, r) {
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
@@ -173,6 +173,9 @@ func (n *Node) leaderOnly(clusterKey string, client *Client, path string, decode
 }
 
 func (c *Client) doForwarded(ctx context.Context, addr, path string, body []byte, out any) (int, error) {
+	if c.Blocked != nil && c.Blocked() {
+		return 0, errBlocked
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.Scheme+"://"+addr+path, bytesReader(body))
 	if err != nil {
 		return 0, err

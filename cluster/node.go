@@ -205,8 +205,12 @@ func (n *Node) Leader() (id, addr string) {
 	return string(i), string(a)
 }
 
-// SetPartitioned turns the raft fault switch on or off (tests and the chaos harness).
+// SetPartitioned turns the fault switch on or off (tests and the chaos harness): raft
+// traffic and the internal HTTP calls in both directions fail while it is on.
 func (n *Node) SetPartitioned(on bool) { n.layer.partitioned.Store(on) }
+
+// Partitioned reports the fault switch.
+func (n *Node) Partitioned() bool { return n.layer.partitioned.Load() }
 
 // ErrNotLeader is returned by Propose on a node that does not lead.
 var ErrNotLeader = errors.New("not the leader")

@@ -26,6 +26,10 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("POST /v1/leave", n.adminOnly(n.handleLeave))
 	mux.HandleFunc("POST /v1/remove/{id}", n.adminOnly(n.handleRemove))
 
+	if n.cfg.FaultInjection {
+		mux.HandleFunc("POST /v1/debug/partition", n.adminOnly(n.handlePartition))
+	}
+
 	key := n.cfg.ClusterKey
 	mux.HandleFunc("POST "+cluster.PathPropose, n.raft.ProposeHandler(key))
 	mux.HandleFunc("GET "+cluster.PathInfo, n.raft.InfoHandler(key))
@@ -188,4 +192,17 @@ func (n *Node) consistentRead(w http.ResponseWriter, r *http.Request, h http.Han
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
+}
+
+// handlePartition flips the fault switch: ?on=true cuts this node off from its peers (raft
+// and internal calls, both directions) without touching the host's network.
+func (n *Node) handlePartition(w http.ResponseWriter, r *http.Request) {
+	on, err := strconv.ParseBool(r.URL.Query().Get("on"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "partition needs ?on=true or ?on=false")
+		return
+	}
+	n.raft.SetPartitioned(on)
+	n.log.Warn("fault switch", "partitioned", on)
+	writeJSON(w, http.StatusOK, map[string]bool{"partitioned": on})
 }

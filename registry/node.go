@@ -59,6 +59,8 @@ type Config struct {
 	// NodeGrace is how long a member may be silent before the leader purges its sessions,
 	// and how long a node cut off from the leader keeps serving before it fences itself.
 	NodeGrace time.Duration
+	// FaultInjection exposes POST /v1/debug/partition (tests and the chaos harness only).
+	FaultInjection bool
 	// AdminToken, when set, is required (Authorization: Bearer) for join, leave and remove.
 	AdminToken string
 	// OnLeft runs after the node left the cluster through the API (the process then exits).
@@ -153,6 +155,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, state: state, raft: rn, client: cluster.NewClient(cfg.ClusterKey), ctx: ctx, cancel: cancel}
 	n.incarnation.Store(inc)
 	n.handovers = map[string]handover{}
+	n.client.Blocked = rn.Partitioned
 	n.mux = wsserver.NewMux()
 	n.mux.Handle("ws", "online", n.handleOnline)
 	n.mux.Handle("ws", "where", n.handleWhere)

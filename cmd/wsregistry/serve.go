@@ -33,6 +33,9 @@ type serveConfig struct {
 	adminToken      string
 	nodeGrace       time.Duration
 	leaveOnTerm     bool
+	faultInjection  bool
+	fetchTimeoutMax time.Duration
+	fetchDial       time.Duration
 
 	heartbeat, election, leaderLease, commitTimeout time.Duration
 	noSync                                          bool
@@ -81,6 +84,9 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.pingInterval, "ping-interval", 10*time.Second, "how often every agent connection is pinged")
 	fs.IntVar(&c.pingMisses, "ping-misses", 3, "missed pongs after which an agent connection is closed")
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "deadline for one write to an agent")
+	fs.BoolVar(&c.faultInjection, "fault-injection", false, "expose POST /v1/debug/partition to cut this node off (tests and chaos runs only)")
+	fs.DurationVar(&c.fetchTimeoutMax, "fetch-timeout-max", 5*time.Minute, "cap on the timeout a proxied call may ask for")
+	fs.DurationVar(&c.fetchDial, "fetch-dial-timeout", 5*time.Second, "how long dialing an agent for a proxied call may take")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.Usage = usage(fs, stderr, "Usage: wsregistry [serve] [flags]\n\nRuns one registry node. With no flags: a one-node cluster with data in ./data.")
@@ -265,7 +271,11 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		AdminToken:   c.adminToken,
 		NodeGrace:    c.nodeGrace,
 		OnLeft:       func() { left <- struct{}{} },
-		Logger:       log,
+
+		FaultInjection:   c.faultInjection,
+		FetchTimeoutMax:  c.fetchTimeoutMax,
+		FetchDialTimeout: c.fetchDial,
+		Logger:           log,
 	})
 	if err != nil {
 		for _, ln := range listeners {
