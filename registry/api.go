@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -26,6 +27,14 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("POST /v1/leave", n.adminOnly(n.handleLeave))
 	mux.HandleFunc("POST /v1/remove/{id}", n.adminOnly(n.handleRemove))
 
+	n.mountUI(mux)
+	if n.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	if n.cfg.FaultInjection {
 		mux.HandleFunc("POST /v1/debug/partition", n.adminOnly(n.handlePartition))
 	}

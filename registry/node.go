@@ -59,6 +59,8 @@ type Config struct {
 	// NodeGrace is how long a member may be silent before the leader purges its sessions,
 	// and how long a node cut off from the leader keeps serving before it fences itself.
 	NodeGrace time.Duration
+	// Pprof mounts /debug/pprof on the HTTP port (off by default: it exposes internals).
+	Pprof bool
 	// FaultInjection exposes POST /v1/debug/partition (tests and the chaos harness only).
 	FaultInjection bool
 	// AdminToken, when set, is required (Authorization: Bearer) for join, leave and remove.
@@ -140,21 +142,25 @@ func Start(cfg Config) (*Node, error) {
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
 
-	state := fsm.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Node{cfg: cfg, log: log, state: fsm.New(), client: cluster.NewClient(cfg.ClusterKey), ctx: ctx, cancel: cancel}
+	n.incarnation.Store(inc)
+	n.handovers = map[string]handover{}
+	n.startMetrics()
+	n.startUI() // observes the FSM, so it must be in place before raft replays the log
+
 	cc := cfg.Cluster
 	cc.NodeID, cc.DataDir, cc.Listener, cc.Advertise, cc.Join = cfg.NodeID, cfg.DataDir, cfg.RaftListener, cfg.RaftAdvertise, cfg.Join
 	if cc.Logger == nil {
 		cc.Logger = log
 	}
-	rn, err := cluster.Open(cc, state)
+	rn, err := cluster.Open(cc, n.state)
 	if err != nil {
+		cancel()
+		n.stopUI()
 		return nil, fmt.Errorf("registry: %w", err)
 	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: log, state: state, raft: rn, client: cluster.NewClient(cfg.ClusterKey), ctx: ctx, cancel: cancel}
-	n.incarnation.Store(inc)
-	n.handovers = map[string]handover{}
+	n.raft = rn
 	n.client.Blocked = rn.Partitioned
 	n.mux = wsserver.NewMux()
 	n.mux.Handle("ws", "online", n.handleOnline)
@@ -343,6 +349,7 @@ func (n *Node) Close() error {
 		n.CloseAgents(ctx)
 		n.peers.Close()
 		n.cancel()
+		n.stopUI()
 		n.api.Shutdown(ctx)
 		n.closeErr = n.raft.Close()
 		n.wg.Wait()
@@ -357,6 +364,7 @@ func (n *Node) Crash() error {
 	n.closeOnce.Do(func() {
 		n.cancel()
 		n.wsHTTP.Close()
+		n.stopUI()
 		n.api.Close()
 		n.peers.Close()
 		n.closeErr = n.raft.Close()

@@ -34,6 +34,7 @@ type serveConfig struct {
 	nodeGrace       time.Duration
 	leaveOnTerm     bool
 	faultInjection  bool
+	pprof           bool
 	fetchTimeoutMax time.Duration
 	fetchDial       time.Duration
 
@@ -84,6 +85,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.pingInterval, "ping-interval", 10*time.Second, "how often every agent connection is pinged")
 	fs.IntVar(&c.pingMisses, "ping-misses", 3, "missed pongs after which an agent connection is closed")
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "deadline for one write to an agent")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof on the HTTP port (exposes internals: keep off in production)")
 	fs.BoolVar(&c.faultInjection, "fault-injection", false, "expose POST /v1/debug/partition to cut this node off (tests and chaos runs only)")
 	fs.DurationVar(&c.fetchTimeoutMax, "fetch-timeout-max", 5*time.Minute, "cap on the timeout a proxied call may ask for")
 	fs.DurationVar(&c.fetchDial, "fetch-dial-timeout", 5*time.Second, "how long dialing an agent for a proxied call may take")
@@ -273,6 +275,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		OnLeft:       func() { left <- struct{}{} },
 
 		FaultInjection:   c.faultInjection,
+		Pprof:            c.pprof,
 		FetchTimeoutMax:  c.fetchTimeoutMax,
 		FetchDialTimeout: c.fetchDial,
 		Logger:           log,
