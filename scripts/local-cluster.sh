@@ -4,12 +4,16 @@
 #   scripts/local-cluster.sh status      members and leader as node 0 sees them
 #   scripts/local-cluster.sh stop        stop the nodes this script started (by PID)
 # Node i listens on 8427+10i (agents), 8428+10i (HTTP), 8429+10i (raft).
+# Each node's PID is in <dir>/node<i>.pid, its log in <dir>/node<i>.log.
 # State lives in $WSREGISTRY_CLUSTER_DIR (default: a temp dir, remembered in /tmp/wsregistry-local-cluster).
 # Extra serve flags for every node: WSREGISTRY_EXTRA_FLAGS="--raft-no-sync --node-grace 5s".
+# WSREGISTRY_CLUSTER_HOST (default 127.0.0.1) picks another loopback address, so several
+# clusters (a benchmark and a chaos run, say) can run side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-state_file=/tmp/wsregistry-local-cluster
+host="${WSREGISTRY_CLUSTER_HOST:-127.0.0.1}"
+state_file="/tmp/wsregistry-local-cluster-$host"
 cmd="${1:-}"
 n="${2:-3}"
 
@@ -35,12 +39,12 @@ start)
   echo "building wsregistry into $dir/wsregistry"
   CGO_ENABLED=0 go build -o "$dir/wsregistry" ./cmd/wsregistry
   join=""
-  for ((i = 0; i < n; i++)); do join+="${join:+,}127.0.0.1:$(http_port "$i")"; done
+  for ((i = 0; i < n; i++)); do join+="${join:+,}$host:$(http_port "$i")"; done
   for ((i = 0; i < n; i++)); do
     # shellcheck disable=SC2086
     "$dir/wsregistry" serve \
       --node-id "node$i" --data-dir "$dir/node$i" \
-      --ws-addr "127.0.0.1:$((8427 + 10 * i))" --http-addr "127.0.0.1:$(http_port "$i")" --raft-addr "127.0.0.1:$((8429 + 10 * i))" \
+      --ws-addr "$host:$((8427 + 10 * i))" --http-addr "$host:$(http_port "$i")" --raft-addr "$host:$((8429 + 10 * i))" \
       --bootstrap-expect "$n" --join "$join" ${WSREGISTRY_EXTRA_FLAGS:-} \
       >"$dir/node$i.log" 2>&1 &
     echo $! > "$dir/node$i.pid"
@@ -48,14 +52,14 @@ start)
   echo "$n nodes starting; data and logs in $dir"
   for ((i = 0; i < n; i++)); do
     for _ in $(seq 1 200); do
-      if "$dir/wsregistry" healthcheck --addr "127.0.0.1:$(http_port "$i")" >/dev/null 2>&1; then break; fi
+      if "$dir/wsregistry" healthcheck --addr "$host:$(http_port "$i")" >/dev/null 2>&1; then break; fi
       sleep 0.1
     done
-    if ! "$dir/wsregistry" healthcheck --addr "127.0.0.1:$(http_port "$i")" >/dev/null 2>&1; then
+    if ! "$dir/wsregistry" healthcheck --addr "$host:$(http_port "$i")" >/dev/null 2>&1; then
       echo "node$i did not become ready; see $dir/node$i.log" >&2; exit 1
     fi
   done
-  echo "cluster ready: agents connect to 127.0.0.1:8427 (or any 8427+10i)"
+  echo "cluster ready: agents connect to $host:8427 (or any 8427+10i)"
   ;;
 status)
   dir=$(cluster_dir)
@@ -69,7 +73,7 @@ status)
   for pf in "$dir"/node*.pid; do
     i=${pf##*node}; i=${i%.pid}
     if kill -0 "$(cat "$pf")" 2>/dev/null; then
-      "$dir/wsregistry" members --addr "127.0.0.1:$(http_port "$i")" && break
+      "$dir/wsregistry" members --addr "$host:$(http_port "$i")" && break
     fi
   done
   ;;
