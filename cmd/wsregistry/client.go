@@ -10,6 +10,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -76,7 +78,7 @@ func (c *clientFlags) apiCall(method, path string, body []byte, out any) (int, e
 		if resp.StatusCode == http.StatusUnauthorized {
 			msg += " (check --admin-token / WSREGISTRY_ADMIN_TOKEN)"
 		}
-		return resp.StatusCode, &apiError{status: resp.StatusCode, msg: msg}
+		return resp.StatusCode, &apiError{status: resp.StatusCode, bodyStatus: e.Status, msg: msg}
 	}
 	if out != nil {
 		if raw, ok := out.(*json.RawMessage); ok {
@@ -91,11 +93,17 @@ func (c *clientFlags) apiCall(method, path string, body []byte, out any) (int, e
 }
 
 type apiError struct {
-	status int
-	msg    string
+	status     int
+	bodyStatus any // the iocore status in the body, when it differs (e.g. "ECONNABORTED")
+	msg        string
 }
 
-func (e *apiError) Error() string { return fmt.Sprintf("%d: %s", e.status, e.msg) }
+func (e *apiError) Error() string {
+	if e.bodyStatus != nil && fmt.Sprint(e.bodyStatus) != strconv.Itoa(e.status) {
+		return fmt.Sprintf("HTTP %d, status %v: %s", e.status, e.bodyStatus, e.msg)
+	}
+	return fmt.Sprintf("status %d: %s", e.status, e.msg)
+}
 
 func printJSON(w io.Writer, v any) {
 	enc := json.NewEncoder(w)
@@ -106,20 +114,30 @@ func printJSON(w io.Writer, v any) {
 // clientCommand runs a command against a node, mapping errors to an exit status.
 func clientCommand(name, synopsis string, args []string, stdout, stderr io.Writer, minArgs, maxArgs int,
 	fn func(c *clientFlags, args []string, stdout io.Writer) error) int {
+	return clientCommandWith(name, synopsis, args, stdout, stderr, minArgs, maxArgs, nil, fn)
+}
+
+// clientCommandWith also lets a command add its own flags.
+func clientCommandWith(name, synopsis string, args []string, stdout, stderr io.Writer, minArgs, maxArgs int,
+	extra func(fs *flag.FlagSet), fn func(c *clientFlags, args []string, stdout io.Writer) error) int {
 	var c clientFlags
 	fs := newClientFlagSet(name, synopsis, &c, stderr)
-	if err := parseFlags(fs, args); err != nil {
+	if extra != nil {
+		extra(fs)
+	}
+	positional, err := parseInterspersed(fs, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if fs.NArg() < minArgs || fs.NArg() > maxArgs {
+	if len(positional) < minArgs || len(positional) > maxArgs {
 		fmt.Fprintf(stderr, "wsregistry %s: wrong number of arguments\n", name)
 		fs.Usage()
 		return 2
 	}
-	if err := fn(&c, fs.Args(), stdout); err != nil {
+	if err := fn(&c, positional, stdout); err != nil {
 		fmt.Fprintf(stderr, "wsregistry %s: %v\n", name, err)
 		return 1
 	}
@@ -271,6 +289,55 @@ func runRemove(args []string, stdout, stderr io.Writer) int {
 				return err
 			}
 			fmt.Fprintf(stdout, "%s removed\n", out["node"])
+			return nil
+		})
+}
+
+// parseInterspersed lets flags follow the arguments (wsregistry fetch ns/path '[1]' --timeout 2s),
+// then applies the environment twins.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+	return positional, applyEnv(fs, os.LookupEnv)
+}
+
+func runFetch(args []string, stdout, stderr io.Writer) int {
+	var protocol string
+	return clientCommandWith("fetch", "Usage: wsregistry fetch [flags] <namespace>/<path> [props-json-array]\n\nCalls an agent through the registry (createFetcher) and prints its result as JSON.\n--timeout is how long the agent may take.\nExample: wsregistry fetch user-service/users '[1,\"a\"]' --timeout 2s", args, stdout, stderr, 1, 2,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&protocol, "protocol", "ws", "the agent handler's protocol: ws or http")
+		},
+		func(c *clientFlags, args []string, stdout io.Writer) error {
+			props := "[]"
+			if len(args) == 2 {
+				props = args[1]
+			}
+			q := url.Values{"protocol": {protocol}, "timeout": {strconv.FormatInt(c.timeout.Milliseconds(), 10)}}
+			c.timeout += 5 * time.Second // the node answers 504 itself when the agent is late
+			var raw json.RawMessage
+			if _, err := c.apiCall(http.MethodPost, "/v1/fetch/"+args[0]+"?"+q.Encode(), []byte(props), &raw); err != nil {
+				return err
+			}
+			if len(raw) == 0 {
+				fmt.Fprintln(stdout, "undefined")
+				return nil
+			}
+			var v any
+			if err := json.Unmarshal(raw, &v); err != nil {
+				fmt.Fprintln(stdout, string(raw))
+				return nil
+			}
+			printJSON(stdout, v)
 			return nil
 		})
 }

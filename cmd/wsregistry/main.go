@@ -26,6 +26,7 @@ Commands:
   join ADDR      add the node at HTTP address ADDR to the cluster
   leave          make the node at --addr leave the cluster and stop
   remove ID      remove a member that is gone for good
+  fetch NS/PATH [PROPS]  call an agent through the registry, print its result
   agent-demo     a demo agent on the Go SDK (registers, serves ws:/echo)
 
 Client commands talk to --addr (env WSREGISTRY_ADDR, default 127.0.0.1:8428).
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runLeave(args[1:], stdout, stderr)
 	case "remove":
 		return runRemove(args[1:], stdout, stderr)
+	case "fetch":
+		return runFetch(args[1:], stdout, stderr)
 	case "agent-demo":
 		return runAgentDemo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
