@@ -19,6 +19,7 @@ type batcher struct {
 	max          int
 	wait         time.Duration
 	applyTimeout time.Duration
+	onBatch      func(commands int)
 
 	queue   chan *proposal
 	stop    chan struct{}
@@ -130,6 +131,9 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 			all = append(all, p.cmds...)
 		}
 		cmd = fsm.Batch{Commands: all}
+	}
+	if b.onBatch != nil {
+		b.onBatch(count)
 	}
 	data, err := fsm.Encode(cmd)
 	if err != nil {

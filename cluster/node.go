@@ -50,6 +50,10 @@ type Config struct {
 
 	Logger   *slog.Logger
 	RaftLogs hclog.Level // floor for raft's own log lines (default INFO)
+
+	// Observers for metrics; nil is fine.
+	OnBatch    func(commands int)                  // a group-committed raft entry was proposed
+	OnSnapshot func(took time.Duration, err error) // a snapshot was persisted
 }
 
 func (c *Config) setDefaults() {
@@ -162,6 +166,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	}
 
 	nf := newNotifyingFSM(state)
+	nf.onSnapshot = cfg.OnSnapshot
 	r, err := raft.NewRaft(rc, nf, store, store, snaps, transport)
 	if err != nil {
 		transport.Close()
@@ -170,6 +175,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
 	n.batcher = newBatcher(r, cfg.GroupCommitMax, cfg.GroupCommitWait, cfg.ApplyTimeout)
+	n.batcher.onBatch = cfg.OnBatch
 	n.watch = newMemberWatch(r)
 
 	if !hasState && cfg.BootstrapExpect == 1 && len(cfg.Join) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -13,7 +14,8 @@ import (
 // notifyingFSM wraps the registration FSM so writers can wait for "applied up to index"
 // without polling. fsm/ stays free of goroutines and channels.
 type notifyingFSM struct {
-	inner *fsm.FSM
+	inner      *fsm.FSM
+	onSnapshot func(took time.Duration, err error)
 
 	mu    sync.Mutex
 	index uint64
@@ -30,7 +32,26 @@ func (f *notifyingFSM) Apply(l *raft.Log) any {
 	return res
 }
 
-func (f *notifyingFSM) Snapshot() (raft.FSMSnapshot, error) { return f.inner.Snapshot() }
+func (f *notifyingFSM) Snapshot() (raft.FSMSnapshot, error) {
+	snap, err := f.inner.Snapshot()
+	if err != nil || f.onSnapshot == nil {
+		return snap, err
+	}
+	return timedSnapshot{FSMSnapshot: snap, observe: f.onSnapshot}, nil
+}
+
+// timedSnapshot measures Persist, the part of a snapshot that writes the state out.
+type timedSnapshot struct {
+	raft.FSMSnapshot
+	observe func(time.Duration, error)
+}
+
+func (s timedSnapshot) Persist(sink raft.SnapshotSink) error {
+	start := time.Now()
+	err := s.FSMSnapshot.Persist(sink)
+	s.observe(time.Since(start), err)
+	return err
+}
 
 func (f *notifyingFSM) Restore(rc io.ReadCloser) error {
 	if err := f.inner.Restore(rc); err != nil {

@@ -48,6 +48,7 @@ type handover struct {
 func (n *Node) agentOpened(ch *wsserver.Channel) {
 	s := &agentSession{id: fsm.SessionID{Node: n.cfg.NodeID, Incarnation: n.incarnation.Load(), Seq: n.sessionSeq.Add(1)}}
 	ch.SetValue(s)
+	n.metrics.agentEvents.WithLabelValues("opened").Inc()
 	n.log.Info("agent connected", "host", ch.Key(), "remote", ch.RemoteAddr(), "session", s.id.String())
 	n.handoverMu.Lock()
 	h, ok := n.handovers[ch.Key()]
@@ -66,6 +67,7 @@ func (n *Node) agentClosed(ch *wsserver.Channel) {
 		return
 	}
 	namespaces := s.snapshot()
+	n.metrics.agentEvents.WithLabelValues("closed").Inc()
 	n.log.Info("agent disconnected", "host", ch.Key(), "session", s.id.String(), "namespaces", namespaces, "reason", errString(ch.Err()))
 	if len(namespaces) == 0 || n.fenced.Load() {
 		// A fenced node's sessions are purged by the leader; writing now would only wait.
@@ -140,6 +142,12 @@ func errString(err error) string {
 }
 
 func (n *Node) handleOnline(ctx context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+	res, err := n.online(ctx, ch, props)
+	n.metrics.observeRequest("online", err)
+	return res, err
+}
+
+func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
 	ns, err := namespaceArg("online", props)
 	if err != nil {
 		return nil, err
@@ -182,11 +190,15 @@ func firstError(errs []error) error {
 }
 
 func (n *Node) handleWhere(_ context.Context, _ *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+	start := time.Now()
 	ns, err := namespaceArg("where", props)
 	if err != nil {
+		n.metrics.observeRequest("where", err)
 		return nil, err
 	}
 	addr, ok := n.Where(ns)
+	n.metrics.whereOK.Inc()
+	n.metrics.whereSeconds.Observe(time.Since(start).Seconds())
 	if !ok {
 		return nil, nil // unknown namespace: {"status":200} with no data, as the original
 	}

@@ -18,6 +18,7 @@ func (n *Node) apiHandler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", n.handleReady)
+	mux.Handle("GET /metrics", n.metrics.handler())
 	mux.HandleFunc("GET /v1/where/{namespace...}", n.read(n.handleHTTPWhere))
 	mux.HandleFunc("GET /v1/namespaces", n.read(n.handleNamespaces))
 	mux.HandleFunc("GET /v1/namespaces/{namespace...}", n.read(n.handleNamespace))

@@ -29,6 +29,13 @@ const maxFetchAttempts = 3
 // a 404 *wsserver.Error for an unknown namespace, an ECONNABORTED *wsserver.Error on
 // timeout, and ErrAgentUnreachable (wrapped, naming every address tried) otherwise.
 func (n *Node) Fetch(ctx context.Context, protocol, url string, props any, timeout time.Duration) (json.RawMessage, error) {
+	start := time.Now()
+	res, err := n.fetch(ctx, protocol, url, props, timeout)
+	n.metrics.fetchSeconds.WithLabelValues(fetchResult(err)).Observe(time.Since(start).Seconds())
+	return res, err
+}
+
+func (n *Node) fetch(ctx context.Context, protocol, url string, props any, timeout time.Duration) (json.RawMessage, error) {
 	ns, path := url, "/"
 	if i := strings.IndexByte(url, '/'); i >= 0 {
 		ns, path = url[:i], url[i:]

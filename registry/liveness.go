@@ -48,6 +48,7 @@ func (n *Node) purgeSilentMembers() {
 		if n.needsPurge(id) {
 			n.log.Warn("purging the sessions of a silent member", "member", id, "sessions", len(n.state.SessionsOf(id)), "grace", n.cfg.NodeGrace)
 			cmds = append(cmds, fsm.PurgeNode{RequestID: n.newRequestID(), Node: id})
+			n.metrics.purges.WithLabelValues("silent_member").Inc()
 		}
 	}
 	members := map[string]bool{}
@@ -59,6 +60,7 @@ func (n *Node) purgeSilentMembers() {
 			if !members[meta.ID] {
 				n.log.Info("forgetting a node that left the cluster", "member", meta.ID)
 				cmds = append(cmds, fsm.RemoveNode{RequestID: n.newRequestID(), Node: meta.ID})
+				n.metrics.purges.WithLabelValues("removed").Inc()
 			}
 		}
 	}

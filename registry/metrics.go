@@ -1,4 +1,265 @@
 package registry
 
-// startMetrics creates this node's Prometheus registry (filled in by the metrics work).
-func (n *Node) startMetrics() {}
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wsregistry/wsregistry/wsserver"
+)
+
+// nodeMetrics are one node's Prometheus metrics, in a registry of its own so several nodes
+// can run in one process. No label carries a namespace, host or session: those are
+// unbounded.
+type nodeMetrics struct {
+	reg *prometheus.Registry
+
+	wsRequests   *prometheus.CounterVec
+	onlineOK     prometheus.Counter // pre-resolved children of wsRequests for the hot paths
+	whereOK      prometheus.Counter
+	ignored      prometheus.Counter
+	whereSeconds prometheus.Histogram
+	fetchSeconds *prometheus.HistogramVec
+	writes       *prometheus.CounterVec
+	writeSeconds *prometheus.HistogramVec
+	batchSize    prometheus.Histogram
+	purges       *prometheus.CounterVec
+	snapshots    *prometheus.HistogramVec
+	agentEvents  *prometheus.CounterVec
+}
+
+func (n *Node) startMetrics() {
+	m := &nodeMetrics{reg: prometheus.NewRegistry()}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	m.wsRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_ws_requests_total",
+		Help: "Requests from agents by protocol, command and reply status (cmd is online, where or other).",
+	}, []string{"protocol", "cmd", "status"})
+	m.onlineOK = m.wsRequests.WithLabelValues("ws", "online", "200")
+	m.whereOK = m.wsRequests.WithLabelValues("ws", "where", "200")
+	m.ignored = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wsregistry_ws_ignored_messages_total",
+		Help: "Agent messages ignored as the original does (not JSON, or not a frame).",
+	})
+	m.whereSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "wsregistry_where_duration_seconds",
+		Help:    "Time to answer a where from local state.",
+		Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3},
+	})
+	m.fetchSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "wsregistry_fetch_duration_seconds",
+		Help:    "Proxied calls to agents by result (ok, agent_error, not_found, timeout, unreachable, bad_request).",
+		Buckets: prometheus.ExponentialBuckets(1e-4, 4, 10),
+	}, []string{"result"})
+	m.writes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_writes_total",
+		Help: "Writes (registrations, deregistrations, purges) by path (local on the leader, forwarded from a follower) and result.",
+	}, []string{"path", "result"})
+	m.writeSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "wsregistry_write_duration_seconds",
+		Help:    "Time from proposing a write to having it applied on this node, by path.",
+		Buckets: prometheus.ExponentialBuckets(1e-4, 3, 12),
+	}, []string{"path"})
+	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "wsregistry_group_commit_batch_size",
+		Help:    "Commands coalesced into one raft entry by the leader.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+	})
+	m.purges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_purges_total",
+		Help: "Purges proposed by this node: silent_member (leader), restart (own older incarnations), removed (node left).",
+	}, []string{"reason"})
+	m.snapshots = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "wsregistry_snapshot_duration_seconds",
+		Help:    "Time to persist a raft snapshot of the state, by result.",
+		Buckets: prometheus.ExponentialBuckets(1e-3, 3, 10),
+	}, []string{"result"})
+	m.agentEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_agent_connections_total",
+		Help: "Agent connections opened and closed on this node.",
+	}, []string{"event"})
+	m.reg.MustRegister(m.wsRequests, m.ignored, m.whereSeconds, m.fetchSeconds, m.writes, m.writeSeconds,
+		m.batchSize, m.purges, m.snapshots, m.agentEvents)
+
+	gauge := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	gauge("wsregistry_registrations", "Live registrations in this node's replicated state.", func() float64 { return float64(n.state.Stats().Registrations) })
+	gauge("wsregistry_namespaces", "Namespaces with at least one live instance.", func() float64 { return float64(n.state.Stats().Namespaces) })
+	gauge("wsregistry_sessions", "Agent sessions holding registrations, cluster-wide.", func() float64 { return float64(n.state.Stats().Sessions) })
+	gauge("wsregistry_agent_connections", "Agent connections open on this node.", func() float64 { return float64(n.ws.Len()) })
+	gauge("wsregistry_fenced", "1 while this node has fenced itself (cut off from the leader).", func() float64 { return boolFloat(n.fenced.Load()) })
+	gauge("wsregistry_ready", "1 when /readyz answers 200.", func() float64 { ok, _ := n.Ready(); return boolFloat(ok) })
+	m.reg.MustRegister(&raftCollector{n: n})
+	n.metrics = m
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (m *nodeMetrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// observeWrite records one submit.
+func (m *nodeMetrics) observeWrite(path string, took time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.writes.WithLabelValues(path, result).Inc()
+	m.writeSeconds.WithLabelValues(path).Observe(took.Seconds())
+}
+
+// observeRequest counts one agent request by its reply status.
+func (m *nodeMetrics) observeRequest(cmd string, err error) {
+	if err == nil {
+		switch cmd {
+		case "online":
+			m.onlineOK.Inc()
+			return
+		case "where":
+			m.whereOK.Inc()
+			return
+		}
+	}
+	m.wsRequests.WithLabelValues("ws", cmd, statusLabel(err)).Inc()
+}
+
+// statusLabel is bounded: iocore statuses are small integers or a few codes.
+func statusLabel(err error) string {
+	if err == nil {
+		return "200"
+	}
+	status, code, _ := failureOf(err)
+	if code != "" {
+		return code
+	}
+	if status < 100 || status > 999 {
+		return "other"
+	}
+	return strconv.Itoa(status)
+}
+
+// raftCollector reads raft's own state and counters per node on every scrape; raft's
+// go-metrics sink is process-global, which would mix the nodes of one process.
+type raftCollector struct{ n *Node }
+
+var (
+	raftStateDesc       = prometheus.NewDesc("wsregistry_raft_state", "Raft state of this node: 1 for the current one of follower, candidate, leader, shutdown.", []string{"state"}, nil)
+	raftTermDesc        = prometheus.NewDesc("wsregistry_raft_term", "Current raft term.", nil, nil)
+	raftCommitDesc      = prometheus.NewDesc("wsregistry_raft_commit_index", "Highest log index known committed.", nil, nil)
+	raftAppliedDesc     = prometheus.NewDesc("wsregistry_raft_applied_index", "Highest log index applied to this node's state.", nil, nil)
+	raftLastIndexDesc   = prometheus.NewDesc("wsregistry_raft_last_log_index", "Last index in this node's log.", nil, nil)
+	raftLastContactDesc = prometheus.NewDesc("wsregistry_raft_last_contact_seconds", "Time since this node heard from the leader (0 on the leader, -1 never).", nil, nil)
+	raftPeersDesc       = prometheus.NewDesc("wsregistry_raft_voters", "Voters in the configuration this node knows.", nil, nil)
+	raftSnapIndexDesc   = prometheus.NewDesc("wsregistry_raft_last_snapshot_index", "Index of the last snapshot.", nil, nil)
+	raftFSMPendingDesc  = prometheus.NewDesc("wsregistry_raft_fsm_pending", "Committed entries waiting to be applied.", nil, nil)
+	raftMemberSilence   = prometheus.NewDesc("wsregistry_raft_silent_members", "Members not answering the leader's heartbeats (leader only).", nil, nil)
+)
+
+func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{raftStateDesc, raftTermDesc, raftCommitDesc, raftAppliedDesc, raftLastIndexDesc,
+		raftLastContactDesc, raftPeersDesc, raftSnapIndexDesc, raftFSMPendingDesc, raftMemberSilence} {
+		ch <- d
+	}
+}
+
+func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	if n.raft == nil {
+		return
+	}
+	r := n.raft.Raft()
+	state := r.State()
+	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		ch <- prometheus.MustNewConstMetric(raftStateDesc, prometheus.GaugeValue, boolFloat(s == state), stateName(s))
+	}
+	ch <- prometheus.MustNewConstMetric(raftTermDesc, prometheus.GaugeValue, float64(r.CurrentTerm()))
+	ch <- prometheus.MustNewConstMetric(raftCommitDesc, prometheus.GaugeValue, float64(r.CommitIndex()))
+	ch <- prometheus.MustNewConstMetric(raftAppliedDesc, prometheus.GaugeValue, float64(n.raft.AppliedIndex()))
+	ch <- prometheus.MustNewConstMetric(raftLastIndexDesc, prometheus.GaugeValue, float64(r.LastIndex()))
+	lc := -1.0
+	if d := n.raft.SinceLeaderContact(); d >= 0 {
+		lc = d.Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(raftLastContactDesc, prometheus.GaugeValue, lc)
+	voters := 0
+	for _, s := range n.raft.Servers() {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(raftPeersDesc, prometheus.GaugeValue, float64(voters))
+	stats := r.Stats()
+	ch <- prometheus.MustNewConstMetric(raftSnapIndexDesc, prometheus.GaugeValue, parseStat(stats["last_snapshot_index"]))
+	ch <- prometheus.MustNewConstMetric(raftFSMPendingDesc, prometheus.GaugeValue, parseStat(stats["fsm_pending"]))
+	ch <- prometheus.MustNewConstMetric(raftMemberSilence, prometheus.GaugeValue, float64(len(n.raft.SilentMembers(n.cfg.NodeGrace))))
+}
+
+func stateName(s raft.RaftState) string {
+	switch s {
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	case raft.Leader:
+		return "leader"
+	}
+	return "shutdown"
+}
+
+func parseStat(s string) float64 {
+	v, _ := strconv.ParseFloat(s, 64)
+	return v
+}
+
+// failureOf is the iocore status a handler error is answered with.
+func failureOf(err error) (status int, code, message string) {
+	var e *wsserver.Error
+	if errors.As(err, &e) {
+		return e.Status, e.Code, e.Message
+	}
+	return 500, "", err.Error()
+}
+
+// protocolLabel keeps the protocol label bounded: agents may send any string.
+func protocolLabel(p string) string {
+	switch p {
+	case "ws", "http":
+		return p
+	}
+	return "other"
+}
+
+// fetchResult classifies a Fetch outcome for the latency histogram.
+func fetchResult(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var we *wsserver.Error
+	switch {
+	case errors.As(err, &we) && we.Code == "ECONNABORTED":
+		return "timeout"
+	case errors.As(err, &we) && we.Status == 404 && we.Code == "":
+		return "not_found"
+	case errors.As(err, &we) && we.Status == 400:
+		return "bad_request"
+	case errors.As(err, &we):
+		return "agent_error"
+	}
+	return "unreachable"
+}

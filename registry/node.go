@@ -80,6 +80,7 @@ type Node struct {
 	mux         *wsserver.Mux
 	ws          *wsserver.Server
 	peers       *wsserver.Pool // channels to agents for proxied calls
+	metrics     *nodeMetrics
 	wsHTTP      *http.Server
 	api         *http.Server
 	client      *cluster.Client
@@ -154,6 +155,14 @@ func Start(cfg Config) (*Node, error) {
 	if cc.Logger == nil {
 		cc.Logger = log
 	}
+	cc.OnBatch = func(commands int) { n.metrics.batchSize.Observe(float64(commands)) }
+	cc.OnSnapshot = func(took time.Duration, err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		n.metrics.snapshots.WithLabelValues(result).Observe(took.Seconds())
+	}
 	rn, err := cluster.Open(cc, n.state)
 	if err != nil {
 		cancel()
@@ -165,6 +174,9 @@ func Start(cfg Config) (*Node, error) {
 	n.mux = wsserver.NewMux()
 	n.mux.Handle("ws", "online", n.handleOnline)
 	n.mux.Handle("ws", "where", n.handleWhere)
+	n.mux.OnUnknown(func(protocol, _ string) {
+		n.metrics.wsRequests.WithLabelValues(protocolLabel(protocol), "other", "104").Inc()
+	})
 	n.ws = wsserver.NewServer(wsserver.ServerConfig{
 		Mux:          n.mux,
 		ReadLimit:    cfg.ReadLimit,
@@ -173,6 +185,7 @@ func Start(cfg Config) (*Node, error) {
 		WriteTimeout: cfg.WriteTimeout,
 		OnOpen:       n.agentOpened,
 		OnClose:      n.agentClosed,
+		OnIgnored:    func(*wsserver.Channel, string) { n.metrics.ignored.Inc() },
 		Logger:       log,
 	})
 	n.peers = wsserver.NewPool(n.ws, cfg.WSAdvertise, wsserver.DialConfig{
@@ -241,6 +254,7 @@ func (n *Node) announceOnce(ctx context.Context) error {
 	if _, err := n.submit(ctx, cmds...); err != nil {
 		return err
 	}
+	n.metrics.purges.WithLabelValues("restart").Inc()
 	n.log.Info("node announced", "incarnation", inc)
 	return nil
 }
@@ -267,6 +281,7 @@ var errNoLeader = errors.New("no raft leader available")
 func (n *Node) submit(ctx context.Context, cmds ...fsm.Command) ([]error, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitWait)
 	defer cancel()
+	start, path := time.Now(), "local"
 	backoff := 10 * time.Millisecond
 	var lastErr error
 	for {
@@ -280,18 +295,24 @@ func (n *Node) submit(ctx context.Context, cmds ...fsm.Command) ([]error, error)
 		} else if leader, lerr := n.raft.LeaderHTTP(); lerr != nil {
 			err = lerr
 		} else {
+			path = "forwarded"
 			index, errs, err = n.client.Forward(ctx, leader, cmds)
 		}
 		if err == nil {
 			if werr := n.raft.WaitApplied(ctx, index); werr != nil {
-				return nil, fmt.Errorf("committed at index %d but not yet applied here: %w", index, werr)
+				err = fmt.Errorf("committed at index %d but not yet applied here: %w", index, werr)
+				n.metrics.observeWrite(path, time.Since(start), err)
+				return nil, err
 			}
+			n.metrics.observeWrite(path, time.Since(start), nil)
 			return errs, nil
 		}
 		lastErr = err
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: %v", errNoLeader, lastErr)
+			err := fmt.Errorf("%w: %v", errNoLeader, lastErr)
+			n.metrics.observeWrite(path, time.Since(start), err)
+			return nil, err
 		case <-time.After(backoff):
 		}
 		if backoff < 200*time.Millisecond {

@@ -16,9 +16,14 @@ type HandlerFunc func(ctx context.Context, ch *Channel, props json.RawMessage) (
 // Mux maps (protocol, cmd) pairs to handlers. It is safe for concurrent use;
 // Handle may be called while channels are serving (lookups are lock-free).
 type Mux struct {
-	mu sync.Mutex // serialises writers
-	m  atomic.Pointer[map[string]map[string]HandlerFunc]
+	mu      sync.Mutex // serialises writers
+	m       atomic.Pointer[map[string]map[string]HandlerFunc]
+	unknown atomic.Pointer[func(protocol, cmd string)]
 }
+
+// OnUnknown observes requests for pairs that have no handler (for metrics). They are
+// still answered with 104.
+func (m *Mux) OnUnknown(fn func(protocol, cmd string)) { m.unknown.Store(&fn) }
 
 // NewMux returns an empty Mux: every request is answered with 104.
 func NewMux() *Mux { return &Mux{} }
@@ -52,10 +57,10 @@ func (m *Mux) Handle(protocol, cmd string, h HandlerFunc) {
 
 // Lookup returns the handler for (protocol, cmd) or nil.
 func (m *Mux) Lookup(protocol, cmd string) HandlerFunc {
-	return m.lookup([]byte(protocol), []byte(cmd))
+	return m.find([]byte(protocol), []byte(cmd))
 }
 
-func (m *Mux) lookup(protocol, cmd []byte) HandlerFunc {
+func (m *Mux) find(protocol, cmd []byte) HandlerFunc {
 	if m == nil {
 		return nil
 	}
@@ -64,6 +69,24 @@ func (m *Mux) lookup(protocol, cmd []byte) HandlerFunc {
 		return nil
 	}
 	return (*cur)[string(protocol)][string(cmd)]
+}
+
+// lookup is what a channel dispatches with: an unknown pair yields nil (answered 104),
+// or, when someone observes unknown pairs, a handler that tells them and answers 104.
+func (m *Mux) lookup(protocol, cmd []byte) HandlerFunc {
+	h := m.find(protocol, cmd)
+	if h != nil || m == nil {
+		return h
+	}
+	fn := m.unknown.Load()
+	if fn == nil {
+		return nil
+	}
+	p, c := string(protocol), string(cmd)
+	return func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) {
+		(*fn)(p, c)
+		return nil, notFound([]byte(p), []byte(c))
+	}
 }
 
 // notFound is the failure for an unknown pair.
