@@ -48,6 +48,7 @@ type handover struct {
 func (n *Node) agentOpened(ch *wsserver.Channel) {
 	s := &agentSession{id: fsm.SessionID{Node: n.cfg.NodeID, Incarnation: n.incarnation.Load(), Seq: n.sessionSeq.Add(1)}}
 	ch.SetValue(s)
+	n.live.Store(s.id, struct{}{})
 	n.metrics.agentEvents.WithLabelValues("opened").Inc()
 	n.log.Info("agent connected", "host", ch.Key(), "remote", ch.RemoteAddr(), "session", s.id.String())
 	n.handoverMu.Lock()
@@ -71,6 +72,7 @@ func (n *Node) agentClosed(ch *wsserver.Channel) {
 	n.log.Info("agent disconnected", "host", ch.Key(), "session", s.id.String(), "namespaces", namespaces, "reason", errString(ch.Err()))
 	if len(namespaces) == 0 || n.fenced.Load() {
 		// A fenced node's sessions are purged by the leader; writing now would only wait.
+		n.live.Delete(s.id)
 		return
 	}
 	// A newer connection from the same agent replaced this one: its registrations follow
@@ -107,7 +109,10 @@ func (n *Node) agentClosed(ch *wsserver.Channel) {
 // connection to take them.
 const handoverTimeout = 10 * time.Second
 
+// deregister removes a closed session's registrations. Until it returns the session counts
+// as live, so the reconciler never races it; if it fails, the reconciler retries.
 func (n *Node) deregister(id fsm.SessionID) {
+	defer n.live.Delete(id)
 	if _, err := n.submit(n.ctx, fsm.Deregister{RequestID: n.newRequestID(), Session: id}); err != nil {
 		// The leader purges this node's sessions if it stays unreachable; until then the
 		// entry may be missing: say so loudly.
@@ -127,7 +132,9 @@ func (n *Node) moveRegistrations(h handover, ch *wsserver.Channel, to *agentSess
 		}})
 	}
 	cmds = append(cmds, fsm.Deregister{RequestID: n.newRequestID(), Session: h.from})
-	if _, err := n.submit(n.ctx, cmds...); err != nil {
+	_, err := n.submit(n.ctx, cmds...)
+	n.live.Delete(h.from)
+	if err != nil {
 		n.log.Warn("could not move registrations to the replacing connection", "from", h.from.String(), "to", to.id.String(), "err", err)
 		return
 	}

@@ -18,6 +18,8 @@ func (n *Node) watchLiveness() {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	lastLeaderContact := time.Now()
+	reconcileEvery := max(n.cfg.NodeGrace/2, time.Second)
+	lastReconcile := time.Now()
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -34,6 +36,33 @@ func (n *Node) watchLiveness() {
 		}
 		n.purgeSilentMembers()
 		n.checkFence(now.Sub(lastLeaderContact))
+		if now.Sub(lastReconcile) >= reconcileEvery {
+			lastReconcile = now
+			n.reconcileOwnSessions()
+		}
+	}
+}
+
+// reconcileOwnSessions deregisters sessions the state says this node owns but that have no
+// open connection here: a deregistration that failed during an election, or sessions a
+// restored snapshot brought back. Without it such a session would be a ghost for good.
+func (n *Node) reconcileOwnSessions() {
+	if n.fenced.Load() || !n.announced.Load() {
+		return
+	}
+	var cmds []fsm.Command
+	for _, id := range n.state.SessionsOf(n.cfg.NodeID) {
+		if _, live := n.live.Load(id); !live {
+			cmds = append(cmds, fsm.Deregister{RequestID: n.newRequestID(), Session: id})
+		}
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	n.log.Warn("deregistering sessions that have no connection on this node", "sessions", len(cmds))
+	n.metrics.purges.WithLabelValues("reconcile").Inc()
+	if _, err := n.submit(n.ctx, cmds...); err != nil {
+		n.log.Warn("reconcile not committed; will retry", "err", err)
 	}
 }
 

@@ -94,6 +94,7 @@ type Node struct {
 	fenceMu    sync.Mutex // one fence or unfence transition at a time
 	handoverMu sync.Mutex
 	handovers  map[string]handover // agent key -> registrations a replaced connection left
+	live       sync.Map            // fsm.SessionID -> struct{}: sessions with an open connection here
 
 	ctx    context.Context // the node's lifetime
 	cancel context.CancelFunc
