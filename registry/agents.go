@@ -14,18 +14,38 @@ import (
 
 // agentSession is what a node remembers about one agent connection.
 type agentSession struct {
-	id fsm.SessionID
+	id      fsm.SessionID
+	limiter rateLimiter
 
 	mu         sync.Mutex
 	namespaces []string // what this connection asked to register, in order
 }
 
 func (s *agentSession) add(ns string) {
+	s.addUpTo(ns, -1)
+}
+
+// addUpTo remembers ns unless the session already holds max namespaces (max < 0: no limit).
+func (s *agentSession) addUpTo(ns string, max int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !slices.Contains(s.namespaces, ns) {
-		s.namespaces = append(s.namespaces, ns)
+	if slices.Contains(s.namespaces, ns) {
+		return true
 	}
+	if max >= 0 && len(s.namespaces) >= max {
+		return false
+	}
+	s.namespaces = append(s.namespaces, ns)
+	return true
+}
+
+// errRateLimited answers a request over the connection's rate.
+func (n *Node) rateLimited(s *agentSession) error {
+	if s == nil || s.limiter.allow(time.Now().UnixNano(), n.cfg.Limits.MaxRequestsPerSecondPerConn) {
+		return nil
+	}
+	n.metrics.refused.WithLabelValues("rate_limit").Inc()
+	return wsserver.NewError(429, "too many requests on this connection (limit %g/s)", n.cfg.Limits.MaxRequestsPerSecondPerConn)
 }
 
 func (s *agentSession) snapshot() []string {
@@ -155,15 +175,21 @@ func (n *Node) handleOnline(ctx context.Context, ch *wsserver.Channel, props jso
 }
 
 func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
-	ns, err := namespaceArg("online", props)
-	if err != nil {
-		return nil, err
-	}
 	s := sessionOf(ch)
 	if s == nil {
 		return nil, wsserver.NewError(500, "online: connection has no session")
 	}
-	s.add(ns)
+	if err := n.rateLimited(s); err != nil {
+		return nil, err
+	}
+	ns, err := namespaceArg("online", props)
+	if err != nil {
+		return nil, err
+	}
+	if max := n.cfg.Limits.MaxRegistrationsPerConn; !s.addUpTo(ns, max) {
+		n.metrics.refused.WithLabelValues("registration_limit").Inc()
+		return nil, wsserver.NewError(429, "online: this connection already registered %d namespaces (the limit)", max)
+	}
 	reg := fsm.Register{RequestID: n.newRequestID(), Reg: fsm.Registration{
 		Namespace: ns, Address: ch.Key(), Session: s.id, Since: time.Now().UnixMilli(),
 	}}
@@ -196,8 +222,12 @@ func firstError(errs []error) error {
 	return nil
 }
 
-func (n *Node) handleWhere(_ context.Context, _ *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+func (n *Node) handleWhere(_ context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
 	start := time.Now()
+	if err := n.rateLimited(sessionOf(ch)); err != nil {
+		n.metrics.observeRequest("where", err)
+		return nil, err
+	}
 	ns, err := namespaceArg("where", props)
 	if err != nil {
 		n.metrics.observeRequest("where", err)

@@ -306,13 +306,15 @@ func TestForward_WritesDuringLeaderChangeApplyExactlyOnce(t *testing.T) {
 				errs <- err
 				return
 			}
-			_, b, err := a.conn.Read(ctx)
-			if err != nil {
-				errs <- err
-				return
-			}
-			if !strings.Contains(string(b), `"status":200`) {
-				errs <- fmt.Errorf("agent %d: %s", i, b)
+			select {
+			case b, ok := <-a.msgs:
+				if !ok {
+					errs <- fmt.Errorf("agent %d: connection ended: %v", i, a.err)
+				} else if !strings.Contains(string(b), `"status":200`) {
+					errs <- fmt.Errorf("agent %d: %s", i, b)
+				}
+			case <-ctx.Done():
+				errs <- fmt.Errorf("agent %d: no reply", i)
 			}
 		}()
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/wsregistry/wsregistry/wsserver"
 )
@@ -153,6 +154,10 @@ func parseProps(body []byte) (json.RawMessage, error) {
 	trimmed := strings.TrimSpace(string(body))
 	if trimmed == "" {
 		return json.RawMessage("[]"), nil
+	}
+	// The props go to the agent in a text frame, which must be UTF-8.
+	if !utf8.ValidString(trimmed) {
+		return nil, errors.New("the body is not valid UTF-8")
 	}
 	var arr []json.RawMessage
 	if trimmed[0] != '[' || json.Unmarshal([]byte(trimmed), &arr) != nil {

@@ -89,12 +89,35 @@ func startNode(t testing.TB, dataDir string, opts ...nodeOption) *Node {
 }
 
 // rawAgent is a WebSocket client that speaks the frames by hand, as an iocore agent would.
+// Like an agent's WebSocket library it keeps reading in the background, so pings are
+// answered while the test is not waiting for a reply.
 type rawAgent struct {
 	t    testing.TB
 	conn *websocket.Conn
+	msgs chan []byte
+	err  error // why reading ended; set before msgs is closed
 }
 
 func dialRaw(t testing.TB, n *Node, path string) *rawAgent {
+	t.Helper()
+	a := dialSilent(t, n, path)
+	a.msgs = make(chan []byte, 1024)
+	go func() {
+		defer close(a.msgs)
+		for {
+			_, b, err := a.conn.Read(context.Background())
+			if err != nil {
+				a.err = err
+				return
+			}
+			a.msgs <- b
+		}
+	}()
+	return a
+}
+
+// dialSilent connects without reading: pings go unanswered, as from a vanished machine.
+func dialSilent(t testing.TB, n *Node, path string) *rawAgent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), scaled(5*time.Second))
 	defer cancel()
@@ -129,13 +152,16 @@ func (a *rawAgent) send(typ websocket.MessageType, b []byte) {
 // next reads one message as generic JSON.
 func (a *rawAgent) next() any {
 	a.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), scaled(5*time.Second))
-	defer cancel()
-	_, b, err := a.conn.Read(ctx)
-	if err != nil {
-		a.t.Fatalf("read: %v", err)
+	select {
+	case b, ok := <-a.msgs:
+		if !ok {
+			a.t.Fatalf("read: %v", a.err)
+		}
+		return mustJSON(a.t, b)
+	case <-time.After(scaled(10 * time.Second)):
+		a.t.Fatal("read: no message within 10 s")
 	}
-	return mustJSON(a.t, b)
+	return nil
 }
 
 // call sends a frame and expects the given reply (key order ignored, key presence not).
@@ -147,19 +173,23 @@ func (a *rawAgent) call(send, expect string) {
 	}
 }
 
-// closeStatus reads until the connection ends and returns its close status.
+// closeStatus waits until the connection ends and returns its close status.
 func (a *rawAgent) closeStatus() (websocket.StatusCode, string) {
 	a.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), scaled(10*time.Second))
-	defer cancel()
+	deadline := time.After(scaled(10 * time.Second))
 	for {
-		_, _, err := a.conn.Read(ctx)
-		if err != nil {
+		select {
+		case _, ok := <-a.msgs:
+			if ok {
+				continue
+			}
 			var ce websocket.CloseError
-			if errors.As(err, &ce) {
+			if errors.As(a.err, &ce) {
 				return ce.Code, ce.Reason
 			}
-			return -1, err.Error()
+			return -1, a.err.Error()
+		case <-deadline:
+			a.t.Fatal("connection still open after 10 s")
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"net/http"
 	"time"
 
 	"github.com/coder/websocket"
@@ -169,17 +168,6 @@ func (n *Node) unfence() {
 	}
 	n.fenced.Store(false)
 	n.log.Info("leader reachable again: serving agents", "incarnation", inc)
-}
-
-// agentGate refuses agent connections before the upgrade while this node is fenced.
-func (n *Node) agentGate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if n.fenced.Load() {
-			http.Error(w, "this registry node is fenced (cut off from the cluster leader): connect to another node", http.StatusServiceUnavailable)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // Fenced reports whether the node has fenced itself.

@@ -32,6 +32,7 @@ type nodeMetrics struct {
 	purges       *prometheus.CounterVec
 	snapshots    *prometheus.HistogramVec
 	agentEvents  *prometheus.CounterVec
+	refused      *prometheus.CounterVec
 }
 
 func (n *Node) startMetrics() {
@@ -87,6 +88,11 @@ func (n *Node) startMetrics() {
 		Name: "wsregistry_agent_connections_total",
 		Help: "Agent connections opened and closed on this node.",
 	}, []string{"event"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_limit_refusals_total",
+		Help: "Agent connections or requests refused by a limit, label reason: connection_limit, rate_limit, registration_limit.",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.refused)
 	m.reg.MustRegister(m.wsRequests, m.ignored, m.whereSeconds, m.fetchSeconds, m.writes, m.writeSeconds,
 		m.batchSize, m.purges, m.snapshots, m.agentEvents)
 

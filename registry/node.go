@@ -59,6 +59,14 @@ type Config struct {
 	// NodeGrace is how long a member may be silent before the leader purges its sessions,
 	// and how long a node cut off from the leader keeps serving before it fences itself.
 	NodeGrace time.Duration
+	// AgentToken, when set, is required of agents (path prefix /t/<token>, Bearer, ?token=).
+	AgentToken string
+	// VerifyAgentIP refuses agents whose advertised host is not their source address.
+	VerifyAgentIP bool
+	Limits        Limits
+	// HandshakeTimeout bounds how long a connection may take to send its upgrade request.
+	HandshakeTimeout time.Duration
+
 	// Pprof mounts /debug/pprof on the HTTP port (off by default: it exposes internals).
 	Pprof bool
 	// FaultInjection exposes POST /v1/debug/partition (tests and the chaos harness only).
@@ -95,6 +103,7 @@ type Node struct {
 	handoverMu sync.Mutex
 	handovers  map[string]handover // agent key -> registrations a replaced connection left
 	live       sync.Map            // fsm.SessionID -> struct{}: sessions with an open connection here
+	conns      connCounter
 
 	ctx    context.Context // the node's lifetime
 	cancel context.CancelFunc
@@ -116,6 +125,10 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if cfg.NodeGrace <= 0 {
 		cfg.NodeGrace = 10 * time.Second
+	}
+	cfg.Limits.setDefaults()
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	if cfg.ReadLimit <= 0 {
 		cfg.ReadLimit = wsserver.DefaultReadLimit
@@ -148,6 +161,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, state: fsm.New(), client: cluster.NewClient(cfg.ClusterKey), ctx: ctx, cancel: cancel}
 	n.incarnation.Store(inc)
 	n.handovers = map[string]handover{}
+	n.conns.perIP = map[string]int{}
 	n.startMetrics()
 	n.startUI() // observes the FSM, so it must be in place before raft replays the log
 
@@ -198,7 +212,7 @@ func Start(cfg Config) (*Node, error) {
 		DialTimeout:  cfg.FetchDialTimeout,
 		Logger:       log,
 	})
-	n.wsHTTP = &http.Server{Handler: n.agentGate(n.ws), ReadHeaderTimeout: 10 * time.Second}
+	n.wsHTTP = &http.Server{Handler: n.agentGate(n.ws), ReadHeaderTimeout: cfg.HandshakeTimeout}
 	n.api = &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
 
 	n.serve(n.wsHTTP, cfg.WSListener, "ws")

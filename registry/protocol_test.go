@@ -238,8 +238,13 @@ func TestOversizedMessage_ClosesOnlyThatConnection(t *testing.T) {
 
 func TestHeartbeat_SilentAgentIsClosedAndDeregistered(t *testing.T) {
 	n := startNode(t, t.TempDir(), func(c *Config) { c.PingInterval = 50 * time.Millisecond; c.PingMisses = 3 })
-	a := dialRaw(t, n, "/127.0.0.1/9001")
-	a.call(online(0, "ghost"), ok(0))
+	a := dialSilent(t, n, "/127.0.0.1/9001")
+	a.sendText(online(0, "ghost"))
+	ctx, cancel := context.WithTimeout(context.Background(), scaled(5*time.Second))
+	defer cancel()
+	if _, b, err := a.conn.Read(ctx); err != nil || !strings.Contains(string(b), `"status":200`) {
+		t.Fatalf("online: %s %v", b, err)
+	}
 	// coder/websocket answers pings only while something reads; stop reading, like a machine
 	// that vanished, and the node must give up on it.
 	eventually(t, 10*time.Second, func() bool { _, ok := n.Where("ghost"); return !ok }, "silent agent was never deregistered")

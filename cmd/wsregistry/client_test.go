@@ -44,7 +44,9 @@ func startTestNode(t *testing.T, adminToken string) *registry.Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	a.Handle("ws", "/echo", func(_ context.Context, _ *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) { return props, nil })
+	a.Handle("ws", "/echo", func(_ context.Context, _ *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+		return props, nil
+	})
 	if err := a.Online(context.Background(), "svc"); err != nil {
 		t.Fatal(err)
 	}

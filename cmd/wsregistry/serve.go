@@ -35,6 +35,10 @@ type serveConfig struct {
 	leaveOnTerm     bool
 	faultInjection  bool
 	pprof           bool
+	agentToken      string
+	verifyAgentIP   bool
+	limits          registry.Limits
+	handshake       time.Duration
 	fetchTimeoutMax time.Duration
 	fetchDial       time.Duration
 
@@ -85,6 +89,13 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.pingInterval, "ping-interval", 10*time.Second, "how often every agent connection is pinged")
 	fs.IntVar(&c.pingMisses, "ping-misses", 3, "missed pongs after which an agent connection is closed")
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "deadline for one write to an agent")
+	fs.StringVar(&c.agentToken, "agent-token", "", "token agents must present (registry address host:8427/t/<token>, Authorization: Bearer, or ?token=); empty: none")
+	fs.BoolVar(&c.verifyAgentIP, "verify-agent-ip", false, "refuse agents whose advertised host is not their connection's source address")
+	fs.IntVar(&c.limits.MaxConnections, "max-connections", 50000, "agent connections on this node (-1: no limit)")
+	fs.IntVar(&c.limits.MaxConnectionsPerIP, "max-connections-per-ip", 16384, "agent connections from one source address (-1: no limit)")
+	fs.IntVar(&c.limits.MaxRegistrationsPerConn, "max-registrations-per-connection", 1024, "namespaces one agent connection may register (-1: no limit)")
+	fs.Float64Var(&c.limits.MaxRequestsPerSecondPerConn, "max-requests-per-second", 10000, "sustained requests per agent connection, bursts of twice that (-1: no limit)")
+	fs.DurationVar(&c.handshake, "handshake-timeout", 10*time.Second, "time an agent connection has to send its upgrade request")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof on the HTTP port (exposes internals: keep off in production)")
 	fs.BoolVar(&c.faultInjection, "fault-injection", false, "expose POST /v1/debug/partition to cut this node off (tests and chaos runs only)")
 	fs.DurationVar(&c.fetchTimeoutMax, "fetch-timeout-max", 5*time.Minute, "cap on the timeout a proxied call may ask for")
@@ -274,6 +285,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		NodeGrace:    c.nodeGrace,
 		OnLeft:       func() { left <- struct{}{} },
 
+		AgentToken:       c.agentToken,
+		VerifyAgentIP:    c.verifyAgentIP,
+		Limits:           c.limits,
+		HandshakeTimeout: c.handshake,
 		FaultInjection:   c.faultInjection,
 		Pprof:            c.pprof,
 		FetchTimeoutMax:  c.fetchTimeoutMax,

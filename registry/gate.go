@@ -1,0 +1,158 @@
+package registry
+
+import (
+	"crypto/subtle"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/wsregistry/wsregistry/wsserver"
+)
+
+// Limits protect a node from one misbehaving agent or host. Zero values take defaults;
+// negative values disable a limit.
+type Limits struct {
+	MaxConnections              int     // agent connections on this node (default 50,000)
+	MaxConnectionsPerIP         int     // from one source address (default 16,384)
+	MaxRegistrationsPerConn     int     // namespaces one connection may register (default 1,024)
+	MaxRequestsPerSecondPerConn float64 // sustained requests per connection (default 10,000/s, bursts of twice that)
+}
+
+func (l *Limits) setDefaults() {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&l.MaxConnections, 50000)
+	def(&l.MaxConnectionsPerIP, 16384)
+	def(&l.MaxRegistrationsPerConn, 1024)
+	if l.MaxRequestsPerSecondPerConn == 0 {
+		l.MaxRequestsPerSecondPerConn = 10000
+	}
+}
+
+// connCounter counts open agent connections, in total and per source IP.
+type connCounter struct {
+	total atomic.Int64
+	mu    sync.Mutex
+	perIP map[string]int
+}
+
+func (c *connCounter) acquire(ip string, maxTotal, maxPerIP int) (ok bool, why string) {
+	if maxTotal > 0 && c.total.Add(1) > int64(maxTotal) {
+		c.total.Add(-1)
+		return false, "this registry node has reached its limit of " + strconv.Itoa(maxTotal) + " agent connections"
+	} else if maxTotal <= 0 {
+		c.total.Add(1)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if maxPerIP > 0 && c.perIP[ip] >= maxPerIP {
+		c.total.Add(-1)
+		return false, "too many agent connections from " + ip + " (limit " + strconv.Itoa(maxPerIP) + ")"
+	}
+	c.perIP[ip]++
+	return true, ""
+}
+
+func (c *connCounter) release(ip string) {
+	c.total.Add(-1)
+	c.mu.Lock()
+	if c.perIP[ip]--; c.perIP[ip] <= 0 {
+		delete(c.perIP, ip)
+	}
+	c.mu.Unlock()
+}
+
+// agentGate runs before the WebSocket upgrade: everything refused here costs the node no
+// goroutine, no channel and no registration, and the agent gets a status that says why.
+func (n *Node) agentGate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.fenced.Load() {
+			http.Error(w, "this registry node is fenced (cut off from the cluster leader): connect to another node", http.StatusServiceUnavailable)
+			return
+		}
+		if tok := n.cfg.AgentToken; tok != "" {
+			path, ok := agentTokenOK(r, tok)
+			if !ok {
+				// Never echo what was sent: it may be a real token with a typo.
+				http.Error(w, "missing or wrong agent token (use the registry address host:port/t/<token>, Authorization: Bearer, or ?token=)", http.StatusUnauthorized)
+				return
+			}
+			r.URL.Path, r.URL.RawPath = path, ""
+		}
+		srcIP, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			srcIP = r.RemoteAddr
+		}
+		if n.cfg.VerifyAgentIP {
+			key, err := wsserver.ParseKey(r.URL.Path)
+			if err == nil {
+				if host, _, _ := net.SplitHostPort(key); !sameIP(host, srcIP) {
+					http.Error(w, "advertised host "+host+" is not this connection's source address "+srcIP+" (--verify-agent-ip)", http.StatusForbidden)
+					return
+				}
+			}
+		}
+		ok, why := n.conns.acquire(srcIP, n.cfg.Limits.MaxConnections, n.cfg.Limits.MaxConnectionsPerIP)
+		if !ok {
+			n.metrics.refused.WithLabelValues("connection_limit").Inc()
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		defer n.conns.release(srcIP)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// agentTokenOK checks the token in the path prefix /t/<token>, the Authorization header or
+// the query, and returns the path without the prefix.
+func agentTokenOK(r *http.Request, token string) (string, bool) {
+	path := r.URL.Path
+	var got string
+	if rest, ok := strings.CutPrefix(path, "/t/"); ok {
+		got, path, _ = strings.Cut(rest, "/")
+		path = "/" + path
+	} else if h, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		got = h
+	} else {
+		got = r.URL.Query().Get("token")
+	}
+	return path, subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+func sameIP(a, b string) bool {
+	ia, ib := net.ParseIP(a), net.ParseIP(b)
+	return ia != nil && ib != nil && ia.Equal(ib)
+}
+
+// rateLimiter is a token bucket per connection: cheap, no goroutine, no allocation.
+type rateLimiter struct {
+	mu     sync.Mutex
+	tokens float64
+	last   int64 // unix nanos
+}
+
+func (l *rateLimiter) allow(now int64, perSecond float64) bool {
+	if perSecond < 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	burst := 2 * perSecond
+	if l.last == 0 {
+		l.tokens = burst
+	} else {
+		l.tokens = min(burst, l.tokens+float64(now-l.last)/1e9*perSecond)
+	}
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
