@@ -180,6 +180,13 @@ func (f *FSM) SessionsOf(node string) []SessionID {
 	return sortedSessions(f.st.byNode[node])
 }
 
+// NamespacesOf returns the namespaces session s holds, nil when it holds none.
+func (f *FSM) NamespacesOf(s SessionID) []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return slices.Clone(f.st.sessions[s])
+}
+
 // PurgeMark returns the incarnation up to which node's sessions are purged
 // for good. A node must register with a higher incarnation than this.
 func (f *FSM) PurgeMark(node string) (uint64, bool) {

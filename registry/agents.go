@@ -15,6 +15,8 @@ import (
 // agentSession is what a node remembers about one agent connection.
 type agentSession struct {
 	id      fsm.SessionID
+	addr    string // the agent's host:port
+	ch      *wsserver.Channel
 	limiter rateLimiter
 
 	mu         sync.Mutex
@@ -66,9 +68,9 @@ type handover struct {
 }
 
 func (n *Node) agentOpened(ch *wsserver.Channel) {
-	s := &agentSession{id: fsm.SessionID{Node: n.cfg.NodeID, Incarnation: n.incarnation.Load(), Seq: n.sessionSeq.Add(1)}}
+	s := &agentSession{addr: ch.Key(), ch: ch, id: fsm.SessionID{Node: n.cfg.NodeID, Incarnation: n.incarnation.Load(), Seq: n.sessionSeq.Add(1)}}
 	ch.SetValue(s)
-	n.live.Store(s.id, struct{}{})
+	n.live.Store(s.id, s)
 	n.metrics.agentEvents.WithLabelValues("opened").Inc()
 	n.log.Info("agent connected", "host", ch.Key(), "remote", ch.RemoteAddr(), "session", s.id.String())
 	n.handoverMu.Lock()

@@ -27,6 +27,8 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("POST /v1/join", n.adminOnly(n.handleAdminJoin))
 	mux.HandleFunc("POST /v1/leave", n.adminOnly(n.handleLeave))
 	mux.HandleFunc("POST /v1/remove/{id}", n.adminOnly(n.handleRemove))
+	mux.HandleFunc("GET /v1/snapshot", n.adminOnly(n.handleSnapshotSave))
+	mux.HandleFunc("POST /v1/snapshot", n.adminOnly(n.handleSnapshotRestore))
 
 	n.mountUI(mux)
 	if n.cfg.Pprof {

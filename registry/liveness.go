@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"errors"
+	"slices"
 	"time"
 
 	"github.com/coder/websocket"
@@ -42,26 +44,60 @@ func (n *Node) watchLiveness() {
 	}
 }
 
-// reconcileOwnSessions deregisters sessions the state says this node owns but that have no
-// open connection here: a deregistration that failed during an election, or sessions a
-// restored snapshot brought back. Without it such a session would be a ghost for good.
+// reconcileOwnSessions makes the replicated state agree with this node's connections: it
+// deregisters sessions the state says this node owns but that have no connection here (a
+// deregistration that failed during an election, sessions a restored snapshot brought back)
+// and registers what live connections asked for but the state lacks (a restored snapshot
+// older than their online). It also re-announces the node if its metadata is not current.
+// Without it such differences would last until the node restarts.
 func (n *Node) reconcileOwnSessions() {
 	if n.fenced.Load() || !n.announced.Load() {
 		return
 	}
+	if meta, ok := n.state.Node(n.cfg.NodeID); !ok || meta.Incarnation != n.incarnation.Load() {
+		if err := n.announceOnce(n.ctx); err != nil {
+			n.log.Warn("re-announce failed; will retry", "err", err)
+			return
+		}
+	}
 	var cmds []fsm.Command
+	var owners []*agentSession // for each Register in cmds, the session it restores
 	for _, id := range n.state.SessionsOf(n.cfg.NodeID) {
 		if _, live := n.live.Load(id); !live {
 			cmds = append(cmds, fsm.Deregister{RequestID: n.newRequestID(), Session: id})
 		}
 	}
+	stale := len(cmds)
+	now := time.Now().UnixMilli()
+	n.live.Range(func(k, v any) bool {
+		s := v.(*agentSession)
+		held := n.state.NamespacesOf(s.id)
+		for _, ns := range s.snapshot() {
+			if !slices.Contains(held, ns) {
+				cmds = append(cmds, fsm.Register{RequestID: n.newRequestID(), Reg: fsm.Registration{
+					Namespace: ns, Address: s.addr, Session: s.id, Since: now,
+				}})
+				owners = append(owners, s)
+			}
+		}
+		return len(cmds) < 4096 // bounded per round; the next round does the rest
+	})
 	if len(cmds) == 0 {
 		return
 	}
-	n.log.Warn("deregistering sessions that have no connection on this node", "sessions", len(cmds))
+	n.log.Warn("reconciling the state with this node's connections", "stale_sessions", stale, "missing_registrations", len(cmds)-stale)
 	n.metrics.purges.WithLabelValues("reconcile").Inc()
-	if _, err := n.submit(n.ctx, cmds...); err != nil {
+	errs, err := n.submit(n.ctx, cmds...)
+	if err != nil {
 		n.log.Warn("reconcile not committed; will retry", "err", err)
+		return
+	}
+	// A live connection whose session the cluster closed cannot register again: make the
+	// agent reconnect, which gives it a fresh session.
+	for i, s := range owners {
+		if stale+i < len(errs) && errors.Is(errs[stale+i], fsm.ErrSessionClosed) {
+			s.ch.Close(websocket.StatusServiceRestart, "session closed by the cluster: reconnect")
+		}
 	}
 }
 

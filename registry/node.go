@@ -102,7 +102,7 @@ type Node struct {
 	fenceMu    sync.Mutex // one fence or unfence transition at a time
 	handoverMu sync.Mutex
 	handovers  map[string]handover // agent key -> registrations a replaced connection left
-	live       sync.Map            // fsm.SessionID -> struct{}: sessions with an open connection here
+	live       sync.Map            // fsm.SessionID -> *agentSession: sessions with an open connection here
 	conns      connCounter
 
 	ctx    context.Context // the node's lifetime

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +115,42 @@ func TestCLI_NodeDownAndWrongTokenAreClearErrors(t *testing.T) {
 	code, _, errOut = runCLI("remove", "ghost", "--addr", n.HTTPAddr(), "--admin-token", "s3cret")
 	if code == 0 || !strings.Contains(errOut, "no member with id ghost") {
 		t.Fatalf("remove unknown with the right token: %d %q", code, errOut)
+	}
+}
+
+func TestCLI_SnapshotSaveRestoreAndWatchErrors(t *testing.T) {
+	n := startTestNode(t, "adm")
+	file := t.TempDir() + "/state.snap"
+	code, out, errOut := runCLI("snapshot", "save", file, "--addr", n.HTTPAddr(), "--admin-token", "adm")
+	if code != 0 || !strings.Contains(out, "saved") {
+		t.Fatalf("save: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = runCLI("snapshot", "restore", file, "--addr", n.HTTPAddr(), "--admin-token", "adm")
+	if code != 0 || !strings.Contains(out, "restored") {
+		t.Fatalf("restore: %d %q %q", code, out, errOut)
+	}
+	code, _, errOut = runCLI("snapshot", "save", file, "--addr", n.HTTPAddr())
+	if code == 0 || !strings.Contains(errOut, "401") {
+		t.Fatalf("save without token: %d %q", code, errOut)
+	}
+	bad := t.TempDir() + "/bad.snap"
+	os.WriteFile(bad, []byte("garbage"), 0o600)
+	code, _, errOut = runCLI("snapshot", "restore", bad, "--addr", n.HTTPAddr(), "--admin-token", "adm")
+	if code == 0 || !strings.Contains(errOut, "not a snapshot") {
+		t.Fatalf("restore garbage: %d %q", code, errOut)
+	}
+}
+
+func TestPrintSSE_EventsAndHeartbeats(t *testing.T) {
+	in := ": heartbeat\n\nid: 7\nevent: register\ndata: {\"ns\":\"a\"}\n\ndata: plain\n\n"
+	var out bytes.Buffer
+	printSSE(strings.NewReader(in), &out, false)
+	if got := out.String(); got != "7 register {\"ns\":\"a\"}\nmessage plain\n" {
+		t.Fatalf("human: %q", got)
+	}
+	out.Reset()
+	printSSE(strings.NewReader(in), &out, true)
+	if got := out.String(); got != "{\"ns\":\"a\"}\nplain\n" {
+		t.Fatalf("json: %q", got)
 	}
 }

@@ -27,6 +27,8 @@ Commands:
   leave          make the node at --addr leave the cluster and stop
   remove ID      remove a member that is gone for good
   fetch NS/PATH [PROPS]  call an agent through the registry, print its result
+  watch          stream changes of registrations and membership
+  snapshot save|restore FILE   back up or restore the replicated state
   agent-demo     a demo agent on the Go SDK (registers, serves ws:/echo)
 
 Client commands talk to --addr (env WSREGISTRY_ADDR, default 127.0.0.1:8428).
@@ -55,6 +57,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runRemove(args[1:], stdout, stderr)
 	case "fetch":
 		return runFetch(args[1:], stdout, stderr)
+	case "watch":
+		return runWatch(args[1:], stdout, stderr)
+	case "snapshot":
+		return runSnapshot(args[1:], stdout, stderr)
 	case "agent-demo":
 		return runAgentDemo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
