@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -92,13 +93,20 @@ type Client struct {
 var errBlocked = errors.New("internal call blocked by fault switch")
 
 // NewClient returns a client with short timeouts: a leader that does not answer within
-// them is treated as gone, and the write is retried on whoever leads next.
-func NewClient(clusterKey string) *Client {
-	return &Client{
-		HTTP:       &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}},
+// them is treated as gone, and the write is retried on whoever leads next. With tlsConfig
+// the calls go over HTTPS (presenting its client certificate).
+func NewClient(clusterKey string, tlsConfig *tls.Config) *Client {
+	c := &Client{
+		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute, TLSClientConfig: tlsConfig,
+		}},
 		ClusterKey: clusterKey,
 		Scheme:     "http",
 	}
+	if tlsConfig != nil {
+		c.Scheme = "https"
+	}
+	return c
 }
 
 func (c *Client) do(ctx context.Context, method, addr, path string, body any, out any) (int, error) {

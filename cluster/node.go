@@ -4,6 +4,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,11 @@ type Config struct {
 
 	Logger   *slog.Logger
 	RaftLogs hclog.Level // floor for raft's own log lines (default INFO)
+
+	// RaftServerTLS and RaftClientTLS, when set, make raft traffic mutual TLS: the server
+	// side should require and verify client certificates.
+	RaftServerTLS *tls.Config
+	RaftClientTLS *tls.Config
 
 	// Observers for metrics; nil is fine.
 	OnBatch    func(commands int)                  // a group-committed raft entry was proposed
@@ -125,6 +131,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	layer.serverTLS, layer.clientTLS = cfg.RaftServerTLS, cfg.RaftClientTLS
 	hlog := newHclogAdapter(cfg.Logger.With("subsystem", "raft"), cfg.RaftLogs)
 
 	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), NoSync: cfg.NoSync})

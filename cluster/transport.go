@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"time"
@@ -19,6 +21,8 @@ type streamLayer struct {
 	net.Listener
 	advertise   net.Addr
 	partitioned atomic.Bool
+	serverTLS   *tls.Config // mutual TLS between nodes when set
+	clientTLS   *tls.Config
 }
 
 func newStreamLayer(ln net.Listener, advertise string) (*streamLayer, error) {
@@ -42,6 +46,20 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
+	if s.clientTLS != nil {
+		cfg := s.clientTLS.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(string(address))
+		}
+		tc := tls.Client(conn, cfg)
+		tc.SetDeadline(time.Now().Add(timeout))
+		if err := tc.Handshake(); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("raft TLS handshake with %s: %w", address, err)
+		}
+		tc.SetDeadline(time.Time{})
+		conn = tc
+	}
 	return &faultConn{Conn: conn, layer: s}, nil
 }
 
@@ -54,6 +72,11 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 		if s.partitioned.Load() {
 			conn.Close()
 			continue
+		}
+		if s.serverTLS != nil {
+			// The handshake runs on the first read, in raft's connection goroutine, so a
+			// slow or certificate-less peer never blocks Accept.
+			conn = tls.Server(conn, s.serverTLS)
 		}
 		return &faultConn{Conn: conn, layer: s}, nil
 	}

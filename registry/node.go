@@ -4,6 +4,7 @@ package registry
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,6 +60,10 @@ type Config struct {
 	// NodeGrace is how long a member may be silent before the leader purges its sessions,
 	// and how long a node cut off from the leader keeps serving before it fences itself.
 	NodeGrace time.Duration
+	// ClientTLS, when set, is used for calls to other nodes' HTTP port (forwarding, join,
+	// consistent reads): they then go over HTTPS with its client certificate.
+	ClientTLS *tls.Config
+
 	// AgentToken, when set, is required of agents (path prefix /t/<token>, Bearer, ?token=).
 	AgentToken string
 	// VerifyAgentIP refuses agents whose advertised host is not their source address.
@@ -158,7 +163,7 @@ func Start(cfg Config) (*Node, error) {
 	log := cfg.Logger.With("node", cfg.NodeID)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: log, state: fsm.New(), client: cluster.NewClient(cfg.ClusterKey), ctx: ctx, cancel: cancel}
+	n := &Node{cfg: cfg, log: log, state: fsm.New(), client: cluster.NewClient(cfg.ClusterKey, cfg.ClientTLS), ctx: ctx, cancel: cancel}
 	n.incarnation.Store(inc)
 	n.handovers = map[string]handover{}
 	n.conns.perIP = map[string]int{}

@@ -77,7 +77,11 @@ func (c *clientFlags) raw(ctx context.Context, method, path string, body io.Read
 	if c.adminToken != "" {
 		req.Header.Set("Authorization", "Bearer "+c.adminToken)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := c.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("node at %s is not reachable: %w", c.addr, err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,6 +24,19 @@ type clientFlags struct {
 	adminToken string
 	asJSON     bool
 	timeout    time.Duration
+	tlsCA      string
+}
+
+// httpClient trusts --tls-ca for https:// addresses.
+func (c *clientFlags) httpClient() (*http.Client, error) {
+	if c.tlsCA == "" {
+		return http.DefaultClient, nil
+	}
+	pool, err := loadPool(c.tlsCA)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, nil
 }
 
 func newClientFlagSet(name, synopsis string, c *clientFlags, stderr io.Writer) *flag.FlagSet {
@@ -32,6 +46,7 @@ func newClientFlagSet(name, synopsis string, c *clientFlags, stderr io.Writer) *
 	fs.StringVar(&c.adminToken, "admin-token", "", "admin token for join, leave and remove")
 	fs.BoolVar(&c.asJSON, "json", false, "print JSON instead of a table")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "CA bundle to verify a node served over HTTPS (--addr https://host:8428)")
 	fs.Usage = usage(fs, stderr, synopsis)
 	return fs
 }
@@ -52,7 +67,11 @@ func (c *clientFlags) apiCall(method, path string, body []byte, out any) (int, e
 	if c.adminToken != "" {
 		req.Header.Set("Authorization", "Bearer "+c.adminToken)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := c.httpClient()
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("node at %s is not reachable: %w", c.addr, err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,6 +40,9 @@ type serveConfig struct {
 	verifyAgentIP   bool
 	limits          registry.Limits
 	handshake       time.Duration
+	tlsCert         string
+	tlsKey          string
+	tlsCA           string
 	fetchTimeoutMax time.Duration
 	fetchDial       time.Duration
 
@@ -96,6 +100,9 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.limits.MaxRegistrationsPerConn, "max-registrations-per-connection", 1024, "namespaces one agent connection may register (-1: no limit)")
 	fs.Float64Var(&c.limits.MaxRequestsPerSecondPerConn, "max-requests-per-second", 10000, "sustained requests per agent connection, bursts of twice that (-1: no limit)")
 	fs.DurationVar(&c.handshake, "handshake-timeout", 10*time.Second, "time an agent connection has to send its upgrade request")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate: serve HTTPS and WSS (with --tls-key); its SANs must cover the advertised addresses")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA bundle: with --tls-cert, raft between nodes becomes mutual TLS and calls between nodes verify peers")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof on the HTTP port (exposes internals: keep off in production)")
 	fs.BoolVar(&c.faultInjection, "fault-injection", false, "expose POST /v1/debug/partition to cut this node off (tests and chaos runs only)")
 	fs.DurationVar(&c.fetchTimeoutMax, "fetch-timeout-max", 5*time.Minute, "cap on the timeout a proxied call may ask for")
@@ -167,6 +174,12 @@ func (c *serveConfig) validate() error {
 	case "text", "json":
 	default:
 		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.logFormat))
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if c.tlsCA != "" && c.tlsCert == "" {
+		errs = append(errs, errors.New("--tls-ca needs --tls-cert and --tls-key (mutual TLS)"))
 	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		errs = append(errs, err)
@@ -246,6 +259,25 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
+	tlsCfg, err := loadTLS(c.tlsCert, c.tlsKey, c.tlsCA)
+	if err != nil {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+		log.Error("cannot load TLS material", "err", err)
+		return 1
+	}
+	var clientTLS *tls.Config
+	var raftServer, raftClient *tls.Config
+	if tlsCfg != nil {
+		wsLn = tls.NewListener(wsLn, tlsCfg.server)
+		httpLn = tls.NewListener(httpLn, tlsCfg.server)
+		clientTLS = tlsCfg.client
+		if tlsCfg.mutual {
+			raftServer, raftClient = tlsCfg.raftServer, tlsCfg.client
+		}
+	}
+
 	var join []string
 	for _, j := range strings.Split(c.join, ",") {
 		if j = strings.TrimSpace(j); j != "" {
@@ -262,7 +294,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		WSAdvertise:   advertiseFor(c.advertise, wsLn),
 		HTTPAdvertise: advertiseFor(c.advertise, httpLn),
 		RaftAdvertise: advertiseFor(c.advertise, raftLn),
+		ClientTLS:     clientTLS,
 		Cluster: cluster.Config{
+			RaftServerTLS:      raftServer,
+			RaftClientTLS:      raftClient,
 			BootstrapExpect:    c.bootstrapExpect,
 			HeartbeatTimeout:   c.heartbeat,
 			ElectionTimeout:    c.election,
