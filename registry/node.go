@@ -20,6 +20,7 @@ import (
 
 	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/watch"
 	"github.com/wsregistry/wsregistry/wsserver"
 )
 
@@ -72,6 +73,9 @@ type Config struct {
 	// HandshakeTimeout bounds how long a connection may take to send its upgrade request.
 	HandshakeTimeout time.Duration
 
+	// Watch configures the /v1/watch hub (coalescing window, heartbeat, history).
+	Watch watch.Config
+
 	// Pprof mounts /debug/pprof on the HTTP port (off by default: it exposes internals).
 	Pprof bool
 	// FaultInjection exposes POST /v1/debug/partition (tests and the chaos harness only).
@@ -94,6 +98,7 @@ type Node struct {
 	ws          *wsserver.Server
 	peers       *wsserver.Pool // channels to agents for proxied calls
 	metrics     *nodeMetrics
+	watchUI     *uiParts // the watch hub and dashboard (ui.go)
 	wsHTTP      *http.Server
 	api         *http.Server
 	client      *cluster.Client

@@ -1,12 +1,139 @@
 package registry
 
-import "net/http"
+import (
+	"net/http"
+	"sync"
+	"sync/atomic"
 
-// mountUI adds the watch stream and the dashboard to the HTTP API.
-func (n *Node) mountUI(mux *http.ServeMux) {}
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wsregistry/wsregistry/dashboard"
+	"github.com/wsregistry/wsregistry/watch"
+)
+
+// uiParts is what the watch stream and the dashboard need while the node runs.
+type uiParts struct {
+	hub      *watch.Hub
+	raftUp   atomic.Bool // n.raft is set: the cluster view may be read
+	observer *raft.Observer
+	done     chan struct{}
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+func (n *Node) ui() *uiParts { return n.watchUI }
+
+// watchConfig is the hub's configuration.
+func (n *Node) watchConfig() watch.Config { return n.cfg.Watch }
 
 // startUI starts what the watch stream needs; it runs before raft applies anything.
-func (n *Node) startUI() {}
+func (n *Node) startUI() {
+	u := &uiParts{done: make(chan struct{})}
+	cfg := n.watchConfig()
+	cfg.Logger = n.log
+	cfg.Cluster = func() any {
+		if !u.raftUp.Load() {
+			return nil
+		}
+		return n.watchClusterView()
+	}
+	u.hub = watch.New(cfg, n.state)
+	n.state.SetObserver(u.hub.Observe)
+	n.watchUI = u
+	if n.metrics != nil && n.metrics.reg != nil {
+		n.metrics.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wsregistry_watchers", Help: "Open /v1/watch streams on this node."},
+				func() float64 { return float64(u.hub.Stats().Watchers) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wsregistry_watch_events_encoded_total", Help: "Watch events encoded (once each, whatever the number of watchers)."},
+				func() float64 { return float64(u.hub.Stats().Frames) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wsregistry_watch_resyncs_total", Help: "Watchers that fell behind and were sent the full state again."},
+				func() float64 { return float64(u.hub.Stats().Resyncs) }),
+		)
+	}
+}
+
+// mountUI adds the watch stream and the dashboard to the HTTP API. raft is running by now,
+// so this is also where leader and membership changes start to be observed.
+func (n *Node) mountUI(mux *http.ServeMux) {
+	u := n.ui()
+	mux.Handle("GET /v1/watch", u.hub)
+	dash := dashboard.Handler()
+	mux.Handle("GET /{$}", dash)
+	mux.Handle("GET /assets/", dash)
+
+	ch := make(chan raft.Observation, 16)
+	// Not blocking: a dropped observation costs nothing, the hub re-reads the whole view
+	// (and polls it anyway).
+	u.observer = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.PeerObservation, raft.RaftState:
+			return true
+		}
+		return false
+	})
+	n.raft.Raft().RegisterObserver(u.observer)
+	u.raftUp.Store(true)
+	u.hub.ClusterChanged()
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		for {
+			select {
+			case <-u.done:
+				return
+			case <-ch:
+				u.hub.ClusterChanged()
+			}
+		}
+	}()
+}
 
 // stopUI ends watch streams on Close.
-func (n *Node) stopUI() {}
+func (n *Node) stopUI() {
+	u := n.ui()
+	if u == nil {
+		return
+	}
+	u.stopOnce.Do(func() {
+		if u.observer != nil {
+			n.raft.Raft().DeregisterObserver(u.observer)
+		}
+		close(u.done)
+		u.wg.Wait()
+		u.hub.Close()
+	})
+}
+
+// watchMember and watchCluster are the cluster view in watch events: GET /v1/cluster without
+// what changes all the time (last contact, commit and applied indexes), so an event means
+// that something changed.
+type watchMember struct {
+	ID          string `json:"id"`
+	Raft        string `json:"raft"`
+	WS          string `json:"ws,omitempty"`
+	HTTP        string `json:"http,omitempty"`
+	Suffrage    string `json:"suffrage"`
+	Leader      bool   `json:"leader"`
+	Incarnation uint64 `json:"incarnation,omitempty"`
+}
+
+type watchCluster struct {
+	Node    string        `json:"node"`
+	State   string        `json:"state"`
+	Leader  string        `json:"leader"`
+	Term    uint64        `json:"term"`
+	Fenced  bool          `json:"fenced"`
+	Members []watchMember `json:"members"`
+}
+
+func (n *Node) watchClusterView() watchCluster {
+	v := n.ClusterView()
+	out := watchCluster{Node: v.Node, State: v.State, Leader: v.Leader, Term: v.Term, Fenced: v.Fenced, Members: []watchMember{}}
+	for _, m := range v.Members {
+		out.Members = append(out.Members, watchMember{
+			ID: m.ID, Raft: m.Raft, WS: m.WS, HTTP: m.HTTP, Suffrage: m.Suffrage, Leader: m.Leader, Incarnation: m.Incarnation,
+		})
+	}
+	return out
+}

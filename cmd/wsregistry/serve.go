@@ -18,6 +18,7 @@ import (
 
 	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/registry"
+	"github.com/wsregistry/wsregistry/watch"
 )
 
 // serveConfig is everything `serve` reads from flags and environment.
@@ -43,6 +44,7 @@ type serveConfig struct {
 	tlsCert         string
 	tlsKey          string
 	tlsCA           string
+	watch           watch.Config
 	fetchTimeoutMax time.Duration
 	fetchDial       time.Duration
 
@@ -103,6 +105,9 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate: serve HTTPS and WSS (with --tls-key); its SANs must cover the advertised addresses")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA bundle: with --tls-cert, raft between nodes becomes mutual TLS and calls between nodes verify peers")
+	fs.DurationVar(&c.watch.Coalesce, "watch-coalesce", 50*time.Millisecond, "window over which /v1/watch coalesces changes into one event (negative: none)")
+	fs.DurationVar(&c.watch.Heartbeat, "watch-heartbeat", 15*time.Second, "idle time after which /v1/watch sends a heartbeat comment")
+	fs.IntVar(&c.watch.History, "watch-history", 8192, "changes kept so a watcher can resume with ?index=")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof on the HTTP port (exposes internals: keep off in production)")
 	fs.BoolVar(&c.faultInjection, "fault-injection", false, "expose POST /v1/debug/partition to cut this node off (tests and chaos runs only)")
 	fs.DurationVar(&c.fetchTimeoutMax, "fetch-timeout-max", 5*time.Minute, "cap on the timeout a proxied call may ask for")
@@ -320,6 +325,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		NodeGrace:    c.nodeGrace,
 		OnLeft:       func() { left <- struct{}{} },
 
+		Watch:            c.watch,
 		AgentToken:       c.agentToken,
 		VerifyAgentIP:    c.verifyAgentIP,
 		Limits:           c.limits,
