@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -94,6 +95,12 @@ type Channel struct {
 	// from it.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// ioCtx has ctx's values but is never done: reads and corked writes use
+	// it so that coder/websocket does not register a context.AfterFunc per
+	// message. Cancelling ctx drops the socket instead (see newChannel),
+	// which ends a blocked read just the same.
+	ioCtx     context.Context
+	readEnded atomic.Bool // set by teardown: the socket is left to the close handshake
 
 	nextID atomic.Int64 // our own message counter (requests and aborts)
 	sendq  chan []byte  // frames for the writer; full means slow consumer
@@ -155,6 +162,17 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 		dead:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	c.ioCtx = context.WithoutCancel(ctx)
+	context.AfterFunc(ctx, func() {
+		if c.readEnded.Load() {
+			return
+		}
+		if c.nc != nil {
+			_ = c.nc.Close()
+		} else {
+			_ = c.conn.CloseNow()
+		}
+	})
 	return c
 }
 
@@ -392,11 +410,16 @@ func (c *Channel) enqueue(frame []byte) error {
 	}
 }
 
+// writeBatch bounds how many queued frames go out in one system call.
+const writeBatch = 128
+
 // writeLoop is the only writer of data frames. It drains everything queued
-// before blocking again (the batch is where coalescing could go).
+// before blocking again; on an accepted connection the frames of one batch
+// leave in a single write (a system call costs more than encoding a reply).
 func (c *Channel) writeLoop() {
 	defer c.workers.Done()
-	batch := make([][]byte, 0, 16)
+	batch := make([][]byte, 0, writeBatch)
+	cc, _ := c.nc.(*corkConn)
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -407,14 +430,21 @@ func (c *Channel) writeLoop() {
 		case f := <-c.sendq:
 			batch = append(batch[:0], f)
 		}
-	drain:
-		for len(batch) < cap(batch) {
-			select {
-			case f := <-c.sendq:
-				batch = append(batch, f)
-			default:
-				break drain
+		c.drain(&batch)
+		if cc != nil && len(batch) == 1 {
+			// Replies to requests that arrived together are usually still
+			// being computed by handler goroutines made runnable by the
+			// same read; letting them run first turns several writes into
+			// one.
+			runtime.Gosched()
+			c.drain(&batch)
+		}
+		if cc != nil {
+			if !c.writeCorked(cc, batch) {
+				return
 			}
+			clear(batch)
+			continue
 		}
 		for i, f := range batch {
 			if !c.write(f) {
@@ -423,6 +453,42 @@ func (c *Channel) writeLoop() {
 			batch[i] = nil
 		}
 	}
+}
+
+// drain appends what is queued, without blocking, up to the batch's capacity.
+func (c *Channel) drain(batch *[][]byte) {
+	for len(*batch) < cap(*batch) {
+		select {
+		case f := <-c.sendq:
+			*batch = append(*batch, f)
+		default:
+			return
+		}
+	}
+}
+
+// writeCorked hands the batch to the library frame by frame into the cork
+// buffer (no socket I/O, so no per-frame deadline context is needed), then
+// sends it with one write under the write timeout.
+func (c *Channel) writeCorked(cc *corkConn, batch [][]byte) bool {
+	cc.cork()
+	var err error
+	for _, f := range batch {
+		if err = c.conn.Write(c.ioCtx, websocket.MessageText, f); err != nil {
+			break
+		}
+	}
+	if uerr := cc.uncork(c.cfg.writeTimeout); err == nil {
+		err = uerr
+	}
+	if err != nil {
+		if c.ctx.Err() == nil {
+			c.log.Debug("write failed, dropping connection", "err", err)
+		}
+		c.forceClose()
+		return false
+	}
+	return true
 }
 
 func (c *Channel) write(f []byte) bool {
@@ -501,8 +567,13 @@ func (c *Channel) pingLoop() {
 func (c *Channel) readLoop() error {
 	var scratch []byte
 	for {
-		typ, r, err := c.conn.Reader(c.ctx)
+		typ, r, err := c.conn.Reader(c.ioCtx)
 		if err != nil {
+			if c.ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+				// The socket was dropped because ctx ended: report it as
+				// the cancellation it is.
+				return fmt.Errorf("%w: %w", context.Canceled, err)
+			}
 			return err
 		}
 		scratch, err = readInto(r, scratch[:0])
@@ -729,6 +800,7 @@ func isConnErr(err error) bool {
 
 // teardown runs once, on the reader goroutine, after the read loop ended.
 func (c *Channel) teardown(readErr error) {
+	c.readEnded.Store(true)
 	e, libraryClosed := c.classify(readErr)
 	c.closeMu.Lock()
 	c.closing = true // no new close handshake from now on

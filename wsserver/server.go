@@ -283,6 +283,64 @@ type hijackRecorder struct {
 
 func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	h.nc = nc
-	return nc, brw, err
+	if err != nil {
+		return nc, brw, err
+	}
+	// Everything coder/websocket writes goes through the corkConn, so the
+	// channel's writer can send a batch of replies with one system call.
+	// net/http hands over a fresh writer on the raw socket; flush it in
+	// case, then replace it with one on the corkConn.
+	if err := brw.Writer.Flush(); err != nil {
+		return nc, brw, err
+	}
+	cc := &corkConn{Conn: nc}
+	h.nc = cc
+	return cc, bufio.NewReadWriter(brw.Reader, bufio.NewWriterSize(cc, 4096)), nil
+}
+
+// corkConn is the socket of an accepted connection. While corked (by the
+// channel's writer, around a batch of frames), writes are collected in memory;
+// uncork sends them with one write under a deadline. Control frames that
+// coder/websocket writes meanwhile (pongs) join the batch in order.
+type corkConn struct {
+	net.Conn
+	mu     sync.Mutex // orders writes; held during the socket write
+	corked bool
+	buf    []byte
+}
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		c.buf = append(c.buf, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// uncork writes what was collected; the deadline bounds that one write and
+// is cleared after it, so later writes of the library are not affected.
+func (c *corkConn) uncork(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.Conn.Write(c.buf)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	if cap(c.buf) > 256<<10 {
+		c.buf = nil // do not keep a burst's buffer for the connection's life
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
 }

@@ -1,0 +1,565 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wsregistry/wsregistry/wsserver"
+)
+
+// gen appends one request with the given id to b.
+type gen func(b []byte, id int64) []byte
+
+type bench struct {
+	cl       *cluster
+	keys     *agentKeys
+	keyIP    string // "127.0.7." prefix of fake agent identities
+	duration time.Duration
+	timeout  time.Duration
+	log      *slog.Logger
+	t0       time.Time
+}
+
+func (b *bench) now() int64 { return int64(time.Since(b.t0)) }
+
+func (b *bench) dial(node int, bufSize int) (*wsConn, error) {
+	return dialWS(b.cl.ws(node), b.keys.next(b.keyIP), b.timeout, bufSize)
+}
+
+// call sends one request and waits for its reply (setup, not measured).
+func (c *wsConn) call(id int64, cmd, ns string, timeout time.Duration) ([]byte, error) {
+	if err := c.write(appendRequest(nil, id, cmd, ns)); err != nil {
+		return nil, err
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
+	defer c.nc.SetReadDeadline(time.Time{})
+	for {
+		p, err := c.readMessage(nil)
+		if err != nil {
+			return nil, err
+		}
+		if rid, ok, err := parseReply(p); err == nil && rid == id {
+			if !ok {
+				return p, fmt.Errorf("%s %s: %s", cmd, ns, p)
+			}
+			return p, nil
+		}
+	}
+}
+
+// pipeline keeps depth requests outstanding on c until the generator's clock
+// passes until (ns), then waits for the outstanding ones. Replies that arrive
+// together are answered with new requests in one write.
+func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder, firstID int64) (nextID int64, err error) {
+	sent := make(map[int64]int64, depth)
+	id := firstID
+	wbuf := make([]byte, 0, 4096)
+	now := b.now()
+	for range depth {
+		wbuf = g(wbuf, id)
+		sent[id] = now
+		id++
+	}
+	if err := c.write(wbuf); err != nil {
+		rec.errors += int64(len(sent))
+		return id, err
+	}
+	wbuf = wbuf[:0]
+	_ = c.nc.SetReadDeadline(time.Now().Add(time.Duration(until-b.now()) + b.timeout))
+	defer c.nc.SetReadDeadline(time.Time{})
+	var scratch []byte
+	for len(sent) > 0 {
+		p, err := c.readMessage(scratch)
+		if err != nil {
+			rec.errors += int64(len(sent))
+			return id, err
+		}
+		scratch = p[:0]
+		rid, ok, perr := parseReply(p)
+		ts, found := sent[rid]
+		if perr != nil || !found {
+			continue
+		}
+		delete(sent, rid)
+		now := b.now()
+		if ok {
+			rec.lat = append(rec.lat, now-ts)
+			if rec.done != nil {
+				rec.done = append(rec.done, now)
+			}
+		} else {
+			rec.errors++
+		}
+		if now < until {
+			wbuf = g(wbuf, id)
+			sent[id] = now
+			id++
+		}
+		if c.br.Buffered() == 0 && len(wbuf) > 0 {
+			if err := c.write(wbuf); err != nil {
+				rec.errors += int64(len(sent))
+				return id, err
+			}
+			wbuf = wbuf[:0]
+		}
+	}
+	return id, nil
+}
+
+// connectAll dials n connections spread over the nodes (node i%len(nodes)).
+func (b *bench) connectAll(n int, nodes []int, bufSize int) ([]*wsConn, error) {
+	conns := make([]*wsConn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			conns[i], errs[i] = b.dial(nodes[i%len(nodes)], bufSize)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		closeAll(conns)
+		return nil, err
+	}
+	return conns, nil
+}
+
+func closeAll(conns []*wsConn) {
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+func (b *bench) allNodes() []int {
+	out := make([]int, b.cl.n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// runClosed runs a closed-loop workload: conns connections, c requests in
+// flight in total, for b.duration.
+func (b *bench) runClosed(workload string, c, nconns int, conns []*wsConn, mkGen func(i int) gen) Result {
+	res := Result{Workload: workload, Concurrency: c, Conns: nconns}
+	var m merged
+	var wg sync.WaitGroup
+	cpu := startCPU(b.cl.pids())
+	start := b.now()
+	until := start + int64(b.duration)
+	for i, conn := range conns {
+		depth := c / nconns
+		if i < c%nconns {
+			depth++
+		}
+		if depth == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := &recorder{lat: make([]int64, 0, 1<<14)}
+			if _, err := b.pipeline(conn, depth, until, mkGen(i), rec, 0); err != nil {
+				b.log.Warn("connection failed", "workload", workload, "err", err)
+			}
+			m.add(rec)
+		}()
+	}
+	wg.Wait()
+	res.Seconds = float64(b.now()-start) / 1e9
+	m.fill(&res)
+	cpu.fill(&res)
+	return res
+}
+
+// register: c agents (one connection each, spread over the nodes) each send
+// online back to back, cycling over 16 namespaces of their own: every online
+// is a raft write (the registry does not skip repeats).
+func (b *bench) register(c int) (Result, error) {
+	conns, err := b.connectAll(c, b.allNodes(), 4096)
+	if err != nil {
+		return Result{}, err
+	}
+	defer b.settle(conns)
+	res := b.runClosed("register", c, c, conns, func(i int) gen {
+		nss := make([]string, 16)
+		for j := range nss {
+			nss[j] = "bench-reg-" + strconv.Itoa(i) + "-" + strconv.Itoa(j)
+		}
+		return func(buf []byte, id int64) []byte { return appendRequest(buf, id, "online", nss[id%16]) }
+	})
+	return res, nil
+}
+
+// settle closes connections and gives the cluster a moment to apply their
+// deregistrations, so they do not bleed into the next run.
+func (b *bench) settle(conns []*wsConn) {
+	closeAll(conns)
+	time.Sleep(time.Duration(min(len(conns), 1000)) * time.Millisecond / 200)
+	time.Sleep(300 * time.Millisecond)
+}
+
+// seedNamespaces registers n namespaces from one agent on node and waits
+// until every node answers where for the last one.
+func (b *bench) seedNamespaces(node, n int, prefix string) (*wsConn, []string, error) {
+	c, err := b.dial(node, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	nss := make([]string, n)
+	for i := range nss {
+		nss[i] = prefix + strconv.Itoa(i)
+	}
+	rec := &recorder{}
+	i := 0
+	g := func(buf []byte, id int64) []byte {
+		ns := nss[i%n]
+		i++
+		return appendRequest(buf, id, "online", ns)
+	}
+	// One pass over the namespaces, 64 in flight.
+	if _, err := b.pipelineCount(c, 64, n, g, rec); err != nil || rec.errors > 0 {
+		c.Close()
+		return nil, nil, fmt.Errorf("seeding %d namespaces: %d errors, %v", n, rec.errors, err)
+	}
+	for node := range b.cl.n {
+		if err := b.waitVisible(node, nss[n-1]); err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+	}
+	return c, nss, nil
+}
+
+// pipelineCount sends exactly total requests with depth in flight.
+func (b *bench) pipelineCount(c *wsConn, depth, total int, g gen, rec *recorder) (int64, error) {
+	var sent int
+	counted := func(buf []byte, id int64) []byte {
+		if sent >= total {
+			return buf
+		}
+		sent++
+		return g(buf, id)
+	}
+	id := int64(0)
+	wbuf := make([]byte, 0, 64*96)
+	outstanding := 0
+	for outstanding < depth && sent < total {
+		wbuf = counted(wbuf, id)
+		id++
+		outstanding++
+	}
+	if err := c.write(wbuf); err != nil {
+		return id, err
+	}
+	wbuf = wbuf[:0]
+	_ = c.nc.SetReadDeadline(time.Now().Add(b.timeout * 4))
+	defer c.nc.SetReadDeadline(time.Time{})
+	var scratch []byte
+	for outstanding > 0 {
+		p, err := c.readMessage(scratch)
+		if err != nil {
+			return id, err
+		}
+		scratch = p[:0]
+		_, ok, perr := parseReply(p)
+		if perr != nil {
+			continue
+		}
+		outstanding--
+		if !ok {
+			rec.errors++
+		}
+		if sent < total {
+			wbuf = counted(wbuf, id)
+			id++
+			outstanding++
+		}
+		if c.br.Buffered() == 0 && len(wbuf) > 0 {
+			if err := c.write(wbuf); err != nil {
+				return id, err
+			}
+			wbuf = wbuf[:0]
+		}
+	}
+	return id, nil
+}
+
+func (b *bench) waitVisible(node int, ns string) error {
+	c, err := b.dial(node, 0)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for id := int64(0); time.Now().Before(deadline); id++ {
+		p, err := c.call(id, "where", ns, b.timeout)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(p, []byte(`"data":"`)) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("namespace %s not visible on node%d after 10 s", ns, node)
+}
+
+// where: c lookups in flight over k connections spread over the nodes, each
+// for a random one of 1000 existing namespaces.
+func (b *bench) where(c, k int) (Result, error) {
+	seed, nss, err := b.seedNamespaces(0, 1000, "bench-where-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer b.settle([]*wsConn{seed})
+	k = min(k, c)
+	conns, err := b.connectAll(k, b.allNodes(), 0)
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(conns)
+	mk := func(i int) gen {
+		r := rand.New(rand.NewPCG(uint64(i), 7))
+		return func(buf []byte, id int64) []byte {
+			return appendRequest(buf, id, "where", nss[r.IntN(len(nss))])
+		}
+	}
+	return b.runClosed("where", c, k, conns, mk), nil
+}
+
+// wherePaced sends lookups at a fixed total rate over k connections (open
+// loop, so latency is not hidden by the generator waiting).
+func (b *bench) wherePaced(rate float64, k int) (Result, error) {
+	seed, nss, err := b.seedNamespaces(0, 1000, "bench-where-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer b.settle([]*wsConn{seed})
+	conns, err := b.connectAll(k, b.allNodes(), 0)
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(conns)
+	res := Result{Workload: "where", Variant: fmt.Sprintf("paced %.0f/s", rate), Conns: k}
+	var m merged
+	var wg sync.WaitGroup
+	cpu := startCPU(b.cl.pids())
+	start := b.now()
+	until := start + int64(b.duration)
+	perConn := rate / float64(k)
+	var inflightMax atomic.Int64
+	for i, conn := range conns {
+		wg.Add(2)
+		var mu sync.Mutex
+		sent := make(map[int64]int64)
+		var writerDone atomic.Bool
+		rec := &recorder{lat: make([]int64, 0, 1<<14)}
+		go func() { // writer: catch up with the schedule every millisecond
+			defer wg.Done()
+			defer func() {
+				mu.Lock()
+				writerDone.Store(true)
+				if len(sent) == 0 { // the reader may be blocked with nothing to come
+					_ = conn.nc.SetReadDeadline(time.Now())
+				}
+				mu.Unlock()
+			}()
+			r := rand.New(rand.NewPCG(uint64(i), 9))
+			var id int64
+			buf := make([]byte, 0, 4096)
+			tick := time.NewTicker(time.Millisecond)
+			defer tick.Stop()
+			for range tick.C {
+				now := b.now()
+				if now >= until {
+					return
+				}
+				owed := int64(float64(now-start)/1e9*perConn) - id
+				if owed <= 0 {
+					continue
+				}
+				buf = buf[:0]
+				mu.Lock()
+				for range owed {
+					buf = appendRequest(buf, id, "where", nss[r.IntN(len(nss))])
+					sent[id] = now
+					id++
+				}
+				inflightMax.Store(max(inflightMax.Load(), int64(len(sent))))
+				mu.Unlock()
+				if err := conn.write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			defer m.add(rec)
+			_ = conn.nc.SetReadDeadline(time.Now().Add(b.duration + b.timeout))
+			var scratch []byte
+			for {
+				mu.Lock()
+				n := len(sent)
+				mu.Unlock()
+				if n == 0 && writerDone.Load() {
+					return
+				}
+				p, err := conn.readMessage(scratch)
+				if err != nil {
+					mu.Lock()
+					if !writerDone.Load() || len(sent) > 0 {
+						rec.errors += int64(len(sent))
+					}
+					mu.Unlock()
+					return
+				}
+				scratch = p[:0]
+				rid, ok, perr := parseReply(p)
+				if perr != nil {
+					continue
+				}
+				now := b.now()
+				mu.Lock()
+				ts, found := sent[rid]
+				delete(sent, rid)
+				last := len(sent) == 0 && writerDone.Load()
+				mu.Unlock()
+				if found {
+					if ok {
+						rec.lat = append(rec.lat, now-ts)
+					} else {
+						rec.errors++
+					}
+				}
+				if last {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res.Seconds = float64(b.now()-start) / 1e9
+	m.fill(&res)
+	cpu.fill(&res)
+	res.Concurrency = int(inflightMax.Load())
+	res.Note = "concurrency = most lookups in flight on one connection"
+	return res, nil
+}
+
+// fetch: c concurrent callers of an echo agent, either directly over a
+// channel of our own (variant direct) or through POST /v1/fetch on a node.
+func (b *bench) fetch(c int, variant string, viaNode int, quiet *slog.Logger) (Result, error) {
+	ctx := context.Background()
+	agent, err := wsserver.NewAgent(wsserver.AgentConfig{
+		Registry: b.cl.ws(0), Listen: b.cl.host + ":0", Advertise: b.cl.host, Logger: quiet,
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	defer agent.Close()
+	agent.Handle("ws", "/echo", func(_ context.Context, _ *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+		return props, nil
+	})
+	ns := "bench-echo-" + strconv.Itoa(rand.IntN(1e6))
+	if err := agent.Online(ctx, ns); err != nil {
+		return Result{}, err
+	}
+	for i := range b.cl.n {
+		if err := b.waitVisible(i, ns); err != nil {
+			return Result{}, err
+		}
+	}
+	props := json.RawMessage(`[1,"a"]`)
+	var call func() error
+	switch variant {
+	case "direct":
+		ch, err := wsserver.Dial(ctx, agent.Addr(), b.keys.next(b.keyIP), wsserver.DialConfig{Logger: quiet})
+		if err != nil {
+			return Result{}, err
+		}
+		defer ch.Close(1000, "")
+		call = func() error {
+			r, err := ch.Call(ctx, "ws", "/echo", props, b.timeout)
+			if err == nil && !bytes.Equal(r, props) {
+				err = fmt.Errorf("echo returned %s", r)
+			}
+			return err
+		}
+	default:
+		hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true, Proxy: nil}}
+		defer hc.CloseIdleConnections()
+		url := "http://" + b.cl.http(viaNode) + "/v1/fetch/" + ns + "/echo?timeout=" + strconv.Itoa(int(b.timeout.Milliseconds()))
+		call = func() error {
+			resp, err := hc.Post(url, "application/json", bytes.NewReader(props))
+			if err != nil {
+				return err
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && (resp.StatusCode != 200 || !bytes.Equal(bytes.TrimSpace(body), props)) {
+				err = fmt.Errorf("fetch: HTTP %d %s", resp.StatusCode, body)
+			}
+			return err
+		}
+	}
+	// Warm up the connections and the node's channel to the agent.
+	for range 10 {
+		if err := call(); err != nil {
+			return Result{}, fmt.Errorf("fetch warm-up: %w", err)
+		}
+	}
+	res := Result{Workload: "fetch", Variant: variant, Concurrency: c, Conns: 1}
+	if variant != "direct" {
+		res.Conns = c
+	}
+	var m merged
+	var wg sync.WaitGroup
+	var lastErr atomic.Pointer[error]
+	cpu := startCPU(b.cl.pids())
+	start := b.now()
+	until := start + int64(b.duration)
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := &recorder{lat: make([]int64, 0, 1<<12)}
+			for b.now() < until {
+				t := b.now()
+				if err := call(); err != nil {
+					rec.errors++
+					lastErr.Store(&err)
+					continue
+				}
+				rec.lat = append(rec.lat, b.now()-t)
+			}
+			m.add(rec)
+		}()
+	}
+	wg.Wait()
+	res.Seconds = float64(b.now()-start) / 1e9
+	m.fill(&res)
+	cpu.fill(&res)
+	if e := lastErr.Load(); e != nil {
+		res.Note = "last error: " + (*e).Error()
+	}
+	return res, nil
+}

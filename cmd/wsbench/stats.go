@@ -1,0 +1,186 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Result is one JSON line of bench/results/<date>.jsonl.
+type Result struct {
+	Time        string             `json:"time"`
+	Run         string             `json:"run,omitempty"` // groups the lines of one bench.sh invocation
+	Workload    string             `json:"workload"`
+	Variant     string             `json:"variant,omitempty"`
+	Concurrency int                `json:"concurrency"`
+	Conns       int                `json:"conns"`
+	Ops         int64              `json:"ops"`
+	Seconds     float64            `json:"seconds"`
+	OpsPerS     float64            `json:"ops_per_s"`
+	P50us       float64            `json:"p50_us"`
+	P90us       float64            `json:"p90_us"`
+	P99us       float64            `json:"p99_us"`
+	Maxus       float64            `json:"max_us"`
+	Errors      int64              `json:"errors"`
+	ServerCPUus float64            `json:"server_cpu_us_per_op"`
+	ClientCPUus float64            `json:"client_cpu_us_per_op"`
+	Extra       map[string]float64 `json:"extra,omitempty"`
+	Note        string             `json:"note,omitempty"`
+}
+
+// recorder collects latencies; one per goroutine, merged at the end.
+type recorder struct {
+	lat    []int64 // ns
+	errors int64
+	done   []int64 // completion times (ns since start), only when gaps are wanted
+}
+
+type merged struct {
+	mu   sync.Mutex
+	recs []*recorder
+}
+
+func (m *merged) add(r *recorder) {
+	m.mu.Lock()
+	m.recs = append(m.recs, r)
+	m.mu.Unlock()
+}
+
+func (m *merged) fill(res *Result) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var all []int64
+	for _, r := range m.recs {
+		all = append(all, r.lat...)
+		res.Errors += r.errors
+	}
+	slices.Sort(all)
+	res.Ops = int64(len(all))
+	q := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		i := min(int(p*float64(len(all))), len(all)-1)
+		return float64(all[i]) / 1e3
+	}
+	res.P50us, res.P90us, res.P99us = q(0.50), q(0.90), q(0.99)
+	if len(all) > 0 {
+		res.Maxus = float64(all[len(all)-1]) / 1e3
+	}
+	if res.Seconds > 0 {
+		res.OpsPerS = float64(res.Ops) / res.Seconds
+	}
+}
+
+// maxGap is the longest interval between consecutive completions of all
+// recorders (ns), and the longest one seen by a single recorder.
+func (m *merged) maxGap(start, end int64) (global, perWorker int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var all []int64
+	for _, r := range m.recs {
+		g := gapOf(append([]int64{start}, append(slices.Clone(r.done), end)...))
+		perWorker = max(perWorker, g)
+		all = append(all, r.done...)
+	}
+	all = append(all, start, end)
+	return gapOf(all), perWorker
+}
+
+func gapOf(ts []int64) int64 {
+	slices.Sort(ts)
+	var g int64
+	for i := 1; i < len(ts); i++ {
+		g = max(g, ts[i]-ts[i-1])
+	}
+	return g
+}
+
+// cpuTicks is utime+stime of pid in clock ticks (USER_HZ, 100 on Linux).
+func cpuTicks(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command (which may hold spaces) start after the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st, nil
+}
+
+const userHz = 100
+
+// cpuMeter measures the CPU the server processes and this process spend
+// between start and stop.
+type cpuMeter struct {
+	pids   []int
+	before map[int]int64
+	self   time.Duration
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func startCPU(pids []int) *cpuMeter {
+	m := &cpuMeter{pids: pids, before: map[int]int64{}, self: selfCPU()}
+	for _, p := range pids {
+		if t, err := cpuTicks(p); err == nil {
+			m.before[p] = t
+		}
+	}
+	return m
+}
+
+// sample records the current CPU of pid as its last known value (for a
+// process about to be killed).
+func (m *cpuMeter) stop() (server, client time.Duration) {
+	var ticks int64
+	for _, p := range m.pids {
+		b, ok := m.before[p]
+		if !ok {
+			continue
+		}
+		if t, err := cpuTicks(p); err == nil {
+			ticks += t - b
+		}
+	}
+	return time.Duration(ticks) * time.Second / userHz, selfCPU() - m.self
+}
+
+func (m *cpuMeter) fill(res *Result) {
+	s, c := m.stop()
+	if res.Ops > 0 {
+		res.ServerCPUus = float64(s.Microseconds()) / float64(res.Ops)
+		res.ClientCPUus = float64(c.Microseconds()) / float64(res.Ops)
+	}
+}
+
+// rssBytes is VmRSS of pid.
+func rssBytes(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for %d", pid)
+}
