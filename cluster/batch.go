@@ -12,14 +12,14 @@ import (
 	"github.com/wsregistry/wsregistry/fsm"
 )
 
-// batcher is group commit on the leader: proposals queued together become one raft entry,
-// so thousands of agents re-registering after a failure cost a few log writes, not thousands.
+// batcher coalesces proposals queued together into one commit: on the leader one raft entry
+// (group commit), on a follower one forwarded call to the leader. Thousands of agents
+// re-registering after a failure then cost a few log writes and calls, not thousands.
 type batcher struct {
-	raft         *raft.Raft
-	max          int
-	wait         time.Duration
-	applyTimeout time.Duration
-	onBatch      func(commands int)
+	commit  commitFunc
+	max     int
+	wait    time.Duration
+	onBatch func(commands int)
 
 	queue   chan *proposal
 	stop    chan struct{}
@@ -40,9 +40,13 @@ type proposalResult struct {
 // ErrClosed is returned for proposals made while the node shuts down.
 var ErrClosed = errors.New("cluster: node is shutting down")
 
-func newBatcher(r *raft.Raft, max int, wait, applyTimeout time.Duration) *batcher {
+// commitFunc starts committing cmds as one unit and returns how to wait for the outcome;
+// the batcher forms the next batch while earlier ones are still in flight.
+type commitFunc func(cmds []fsm.Command) (wait func() (index uint64, errs []error, err error))
+
+func newBatcher(max int, wait time.Duration, commit commitFunc) *batcher {
 	b := &batcher{
-		raft: r, max: max, wait: wait, applyTimeout: applyTimeout,
+		commit: commit, max: max, wait: wait,
 		queue: make(chan *proposal, 4*max),
 		stop:  make(chan struct{}),
 	}
@@ -122,36 +126,24 @@ func (b *batcher) collect(batch []*proposal, count int) ([]*proposal, int) {
 }
 
 func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) {
-	var cmd fsm.Command
-	if count == 1 {
-		cmd = batch[0].cmds[0]
-	} else {
-		all := make([]fsm.Command, 0, count)
+	all := batch[0].cmds
+	if len(batch) > 1 {
+		all = make([]fsm.Command, 0, count)
 		for _, p := range batch {
 			all = append(all, p.cmds...)
 		}
-		cmd = fsm.Batch{Commands: all}
 	}
 	if b.onBatch != nil {
 		b.onBatch(count)
 	}
-	data, err := fsm.Encode(cmd)
-	if err != nil {
-		inflight.Done()
-		finish(batch, proposalResult{err: fmt.Errorf("cluster: encode: %w", err)})
-		return
-	}
-	// raft.Apply only enqueues; the future is awaited elsewhere so the next batch can be
-	// formed while this one is being replicated and fsynced.
-	future := b.raft.Apply(data, b.applyTimeout)
+	wait := b.commit(all)
 	go func() {
 		defer inflight.Done()
-		if err := future.Error(); err != nil {
+		index, errs, err := wait()
+		if err != nil {
 			finish(batch, proposalResult{err: err})
 			return
 		}
-		errs, _ := future.Response().([]error)
-		index := future.Index()
 		off := 0
 		for _, p := range batch {
 			n := len(p.cmds)
@@ -165,6 +157,29 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 			p.done <- proposalResult{index: index, errs: mine}
 		}
 	}()
+}
+
+// raftCommit is the leader's commit: one raft entry for the whole batch.
+func raftCommit(r *raft.Raft, applyTimeout time.Duration) commitFunc {
+	return func(cmds []fsm.Command) func() (uint64, []error, error) {
+		var cmd fsm.Command = fsm.Batch{Commands: cmds}
+		if len(cmds) == 1 {
+			cmd = cmds[0]
+		}
+		data, err := fsm.Encode(cmd)
+		if err != nil {
+			return func() (uint64, []error, error) { return 0, nil, fmt.Errorf("cluster: encode: %w", err) }
+		}
+		// raft.Apply only enqueues; the future is awaited by the batcher's waiter.
+		future := r.Apply(data, applyTimeout)
+		return func() (uint64, []error, error) {
+			if err := future.Error(); err != nil {
+				return 0, nil, err
+			}
+			errs, _ := future.Response().([]error)
+			return future.Index(), errs, nil
+		}
+	}
 }
 
 func finish(batch []*proposal, r proposalResult) {

@@ -232,3 +232,33 @@ func (n *Node) ProposeHandler(clusterKey string) http.HandlerFunc {
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+// Forwarder coalesces a follower's concurrent writes into one call to the leader, as group
+// commit does on the leader itself.
+type Forwarder struct {
+	b *batcher
+}
+
+// NewForwarder forwards through c to whatever leader() answers at the time of each call.
+func NewForwarder(c *Client, leader func() (string, error), max int, wait time.Duration) *Forwarder {
+	return &Forwarder{b: newBatcher(max, wait, func(cmds []fsm.Command) func() (uint64, []error, error) {
+		addr, err := leader()
+		if err != nil {
+			return func() (uint64, []error, error) { return 0, nil, err }
+		}
+		return func() (uint64, []error, error) {
+			// The client's own timeout bounds the call; the callers' retries carry the same
+			// request ids, so a batch that committed without an answer is not applied twice.
+			return c.Forward(context.Background(), addr, cmds)
+		}
+	})}
+}
+
+// Forward commits cmds through the leader as one unit and returns the entry's index and
+// one result per command.
+func (f *Forwarder) Forward(ctx context.Context, cmds ...fsm.Command) (uint64, []error, error) {
+	return f.b.propose(ctx, cmds)
+}
+
+// Close stops the forwarder; queued writes fail with ErrClosed.
+func (f *Forwarder) Close() { f.b.close() }

@@ -181,7 +181,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
-	n.batcher = newBatcher(r, cfg.GroupCommitMax, cfg.GroupCommitWait, cfg.ApplyTimeout)
+	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout))
 	n.batcher.onBatch = cfg.OnBatch
 	n.watch = newMemberWatch(r)
 

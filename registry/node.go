@@ -102,6 +102,7 @@ type Node struct {
 	wsHTTP      *http.Server
 	api         *http.Server
 	client      *cluster.Client
+	forwarder   *cluster.Forwarder // a follower's writes, coalesced per call to the leader
 	incarnation atomic.Uint64
 
 	sessionSeq atomic.Uint64
@@ -196,6 +197,11 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.raft = rn
 	n.client.Blocked = rn.Partitioned
+	forwardMax := cc.GroupCommitMax
+	if forwardMax <= 0 {
+		forwardMax = 1024
+	}
+	n.forwarder = cluster.NewForwarder(n.client, rn.LeaderHTTP, forwardMax, cc.GroupCommitWait)
 	n.mux = wsserver.NewMux()
 	n.mux.Handle("ws", "online", n.handleOnline)
 	n.mux.Handle("ws", "where", n.handleWhere)
@@ -317,11 +323,11 @@ func (n *Node) submit(ctx context.Context, cmds ...fsm.Command) ([]error, error)
 		)
 		if n.raft.IsLeader() {
 			index, errs, err = n.raft.Propose(ctx, cmds...)
-		} else if leader, lerr := n.raft.LeaderHTTP(); lerr != nil {
+		} else if _, lerr := n.raft.LeaderHTTP(); lerr != nil {
 			err = lerr
 		} else {
 			path = "forwarded"
-			index, errs, err = n.client.Forward(ctx, leader, cmds)
+			index, errs, err = n.forwarder.Forward(ctx, cmds...)
 		}
 		if err == nil {
 			if werr := n.raft.WaitApplied(ctx, index); werr != nil {
@@ -397,6 +403,7 @@ func (n *Node) Close() error {
 		n.cancel()
 		n.stopUI()
 		n.api.Shutdown(ctx)
+		n.forwarder.Close()
 		n.closeErr = n.raft.Close()
 		n.wg.Wait()
 		n.log.Info("node stopped")
@@ -413,6 +420,7 @@ func (n *Node) Crash() error {
 		n.stopUI()
 		n.api.Close()
 		n.peers.Close()
+		n.forwarder.Close()
 		n.closeErr = n.raft.Close()
 		n.ws.CloseAll(websocket.StatusGoingAway, "crash")
 		n.wg.Wait()

@@ -39,13 +39,16 @@ start)
   echo "building wsregistry into $dir/wsregistry"
   CGO_ENABLED=0 go build -o "$dir/wsregistry" ./cmd/wsregistry
   join=""
-  for ((i = 0; i < n; i++)); do join+="${join:+,}$host:$(http_port "$i")"; done
+  # A one-node cluster bootstraps alone; --join would make it wait for peers.
+  if [ "$n" -gt 1 ]; then
+    for ((i = 0; i < n; i++)); do join+="${join:+,}$host:$(http_port "$i")"; done
+  fi
   for ((i = 0; i < n; i++)); do
     # shellcheck disable=SC2086
     "$dir/wsregistry" serve \
       --node-id "node$i" --data-dir "$dir/node$i" \
       --ws-addr "$host:$((8427 + 10 * i))" --http-addr "$host:$(http_port "$i")" --raft-addr "$host:$((8429 + 10 * i))" \
-      --bootstrap-expect "$n" --join "$join" ${WSREGISTRY_EXTRA_FLAGS:-} \
+      --bootstrap-expect "$n" ${join:+--join "$join"} ${WSREGISTRY_EXTRA_FLAGS:-} \
       >"$dir/node$i.log" 2>&1 &
     echo $! > "$dir/node$i.pid"
   done
