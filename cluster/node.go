@@ -252,7 +252,10 @@ func (n *Node) Ready() bool {
 	if _, addr := n.Leader(); addr == "" {
 		return false
 	}
-	return n.fsm.applied() >= n.raft.CommitIndex()
+	// raft's own applied index counts the entries our FSM never sees (a new leader's no-op,
+	// configuration changes): comparing the FSM's index would stay "behind" after an
+	// election until the next write, and a cluster nobody writes to would never be ready.
+	return n.raft.AppliedIndex() >= n.raft.CommitIndex()
 }
 
 // Barrier waits until every entry committed before it has been applied (leader only).

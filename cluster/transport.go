@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -26,15 +27,26 @@ type streamLayer struct {
 }
 
 func newStreamLayer(ln net.Listener, advertise string) (*streamLayer, error) {
-	addr, err := net.ResolveTCPAddr("tcp", advertise)
+	host, port, err := net.SplitHostPort(advertise)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("raft advertise address %q: %w", advertise, err)
 	}
-	if addr.IP == nil || addr.IP.IsUnspecified() {
-		return nil, errors.New("raft advertise address must be a routable ip:port, not " + advertise)
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return nil, fmt.Errorf("raft advertise address %q: port is not 1-65535", advertise)
 	}
-	return &streamLayer{Listener: ln, advertise: addr}, nil
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return nil, errors.New("raft advertise address must be a routable host:port, not " + advertise)
+	}
+	// A DNS name is kept as it is (resolved on every dial), so a cluster whose members come
+	// back with new IPs (Kubernetes pods, compose containers) still finds itself.
+	return &streamLayer{Listener: ln, advertise: advertiseAddr(advertise)}, nil
 }
+
+// advertiseAddr is the address raft stores for this node: an IP or a DNS name, with port.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
 

@@ -396,3 +396,43 @@ func TestLeave_LeaderHandsOverFirst(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, func() bool { return len(nl.raft.Servers()) == 2 }, "old leader still a member")
 }
+
+func TestCluster_ReadyAgainAfterAnElectionWithoutWrites(t *testing.T) {
+	tc := startCluster(t, 3, 5*time.Second)
+	l := tc.leader()
+	if err := l.raft.Raft().LeadershipTransfer().Error(); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is written after the election but the new leader's own no-op entry.
+	for _, n := range tc.nodes {
+		eventually(t, 5*time.Second, func() bool { ok, _ := n.Ready(); return ok }, "%s not ready after an election with no write", n.cfg.NodeID)
+	}
+}
+
+func TestCluster_RaftAdvertisesDNSNames(t *testing.T) {
+	tc := &testCluster{t: t}
+	var peers []string
+	for i := range 3 {
+		cfg := clusterConfig(t, fmt.Sprintf("dns%d", i), t.TempDir(), 5*time.Second)
+		_, port, _ := net.SplitHostPort(cfg.RaftListener.Addr().String())
+		cfg.RaftAdvertise = "localhost:" + port // kept as a name, resolved on every dial
+		cfg.Cluster.BootstrapExpect = 3
+		tc.cfgs = append(tc.cfgs, cfg)
+		peers = append(peers, cfg.HTTPAdvertise)
+	}
+	for i := range tc.cfgs {
+		tc.cfgs[i].Join = peers
+		n, err := Start(tc.cfgs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		tc.nodes = append(tc.nodes, n)
+	}
+	tc.waitReady(tc.nodes...)
+	for _, s := range tc.leader().raft.Servers() {
+		if !strings.HasPrefix(string(s.Address), "localhost:") {
+			t.Fatalf("raft stored %s for %s, want the advertised name", s.Address, s.ID)
+		}
+	}
+}

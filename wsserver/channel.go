@@ -10,6 +10,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,7 +25,10 @@ const (
 	DefaultPingInterval = 10 * time.Second
 	DefaultPingMisses   = 3
 	DefaultWriteTimeout = 10 * time.Second
-	DefaultSendQueue    = 1024
+	DefaultSendQueue    = 128
+	// DefaultMaxInflight bounds the requests one peer may have running at once; more are
+	// answered 429 at once, so a peer cannot make us hold unbounded goroutines.
+	DefaultMaxInflight  = 1024
 	DefaultCloseTimeout = time.Second
 	DefaultCallTimeout  = 30 * time.Second
 )
@@ -403,6 +407,17 @@ func (c *Channel) enqueue(frame []byte) error {
 	case c.sendq <- frame:
 		return nil
 	default:
+	}
+	// A full queue with a writer that is still writing is a burst, not a slow consumer: wait
+	// as long as one write may take. A peer that does not read makes it time out.
+	t := time.NewTimer(c.cfg.writeTimeout)
+	defer t.Stop()
+	select {
+	case c.sendq <- frame:
+		return nil
+	case <-c.dead:
+		return ErrClosed
+	case <-t.C:
 		if c.closeWith(websocket.StatusPolicyViolation, ReasonSlowConsumer) {
 			c.log.Warn("send queue full, closing", "queue", cap(c.sendq))
 		}
@@ -696,6 +711,15 @@ func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	in := &inflight{cancel: cancel}
 	c.inMu.Lock()
+	if len(c.inflight) >= DefaultMaxInflight {
+		c.inMu.Unlock()
+		cancel()
+		if twoway {
+			msg := "too many requests in flight on this connection (limit " + strconv.Itoa(DefaultMaxInflight) + ")"
+			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(msg)), id, 429, "", msg))
+		}
+		return
+	}
 	c.inflight[id] = in
 	c.inMu.Unlock()
 	c.handlers.Add(1)
