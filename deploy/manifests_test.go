@@ -1,0 +1,337 @@
+package deploy
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
+)
+
+const k8sDir = "k8s"
+
+// strictDecoder decodes the API groups the manifests use; unknown and duplicate fields are
+// errors, as `kubectl apply --validate=strict` would report them.
+func strictDecoder(t *testing.T) runtime.Decoder {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, policyv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+}
+
+// kustomization is the part of kustomize's Kustomization these manifests use; decoding it
+// strictly makes any other field (a typo, or a feature the tests do not know) fail.
+type kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Namespace  string   `json:"namespace,omitempty"`
+	Resources  []string `json:"resources"`
+	Images     []struct {
+		Name    string `json:"name"`
+		NewName string `json:"newName,omitempty"`
+		NewTag  string `json:"newTag,omitempty"`
+		Digest  string `json:"digest,omitempty"`
+	} `json:"images,omitempty"`
+}
+
+func readKustomization(t *testing.T) kustomization {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(k8sDir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k kustomization
+	if err := yaml.UnmarshalStrict(data, &k); err != nil {
+		t.Fatalf("kustomization.yaml: %v", err)
+	}
+	return k
+}
+
+// documents splits a YAML stream on its "---" separator lines, dropping empty documents.
+func documents(data []byte) [][]byte {
+	var docs [][]byte
+	for _, d := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
+		if strings.TrimSpace(regexp.MustCompile(`(?m)^\s*#.*$`).ReplaceAllString(d, "")) != "" {
+			docs = append(docs, []byte(d))
+		}
+	}
+	return docs
+}
+
+// manifests decodes every resource the kustomization lists.
+type manifests struct {
+	sts      *appsv1.StatefulSet
+	services map[string]*corev1.Service
+	pdb      *policyv1.PodDisruptionBudget
+}
+
+func loadManifests(t *testing.T) manifests {
+	t.Helper()
+	dec := strictDecoder(t)
+	m := manifests{services: map[string]*corev1.Service{}}
+	for _, res := range readKustomization(t).Resources {
+		data, err := os.ReadFile(filepath.Join(k8sDir, res))
+		if err != nil {
+			t.Fatalf("kustomization lists %s: %v", res, err)
+		}
+		docs := documents(data)
+		if len(docs) == 0 {
+			t.Fatalf("%s holds no object", res)
+		}
+		for i, doc := range docs {
+			obj, gvk, err := dec.Decode(doc, nil, nil)
+			if err != nil {
+				t.Fatalf("%s document %d does not decode strictly: %v", res, i, err)
+			}
+			switch o := obj.(type) {
+			case *appsv1.StatefulSet:
+				if m.sts != nil {
+					t.Fatalf("%s: a second StatefulSet", res)
+				}
+				m.sts = o
+			case *corev1.Service:
+				m.services[o.Name] = o
+			case *policyv1.PodDisruptionBudget:
+				m.pdb = o
+			default:
+				t.Fatalf("%s: unexpected kind %s", res, gvk)
+			}
+		}
+	}
+	if m.sts == nil || m.pdb == nil || len(m.services) != 2 {
+		t.Fatalf("want one StatefulSet, two Services and one PodDisruptionBudget; got sts=%v services=%d pdb=%v", m.sts != nil, len(m.services), m.pdb != nil)
+	}
+	return m
+}
+
+func TestKustomizationListsEveryManifest(t *testing.T) {
+	k := readKustomization(t)
+	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
+		t.Errorf("kustomization.yaml is %s %s", k.APIVersion, k.Kind)
+	}
+	files, err := filepath.Glob(filepath.Join(k8sDir, "*.y*ml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, f := range files {
+		if b := filepath.Base(f); b != "kustomization.yaml" {
+			want = append(want, b)
+		}
+	}
+	got := slices.Clone(k.Resources)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("kustomization resources %v, manifest files %v: every file must be listed once", got, want)
+	}
+	for _, img := range k.Images {
+		if img.Name != "wsregistry" {
+			t.Errorf("kustomization rewrites image %q, which no manifest uses", img.Name)
+		}
+	}
+}
+
+func TestManifestsDecodeStrictly(t *testing.T) {
+	m := loadManifests(t)
+	for _, meta := range []string{m.sts.Name, m.pdb.Name} {
+		if errs := validation.IsDNS1123Subdomain(meta); len(errs) > 0 {
+			t.Errorf("name %q: %v", meta, errs)
+		}
+	}
+	for name := range m.services {
+		if errs := validation.IsDNS1035Label(name); len(errs) > 0 {
+			t.Errorf("service name %q: %v", name, errs)
+		}
+	}
+}
+
+// The decoder must really be strict, or the test above proves nothing.
+func TestStrictDecoderRefusesUnknownAndDuplicateFields(t *testing.T) {
+	dec := strictDecoder(t)
+	data, err := os.ReadFile(filepath.Join(k8sDir, "statefulset.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string]func([]byte) []byte{
+		"unknown field": func(b []byte) []byte {
+			return bytes.Replace(b, []byte("\n  replicas: 3"), []byte("\n  replicas: 3\n  replica: 3"), 1)
+		},
+		"duplicate field": func(b []byte) []byte {
+			return bytes.Replace(b, []byte("\n  replicas: 3"), []byte("\n  replicas: 3\n  replicas: 4"), 1)
+		},
+	} {
+		bad := edit(data)
+		if bytes.Equal(bad, data) {
+			t.Fatalf("%s: the edit did not apply; update the test", name)
+		}
+		if _, _, err := dec.Decode(bad, nil, nil); err == nil || !runtime.IsStrictDecodingError(err) {
+			t.Errorf("%s: decoded without a strict decoding error (err=%v)", name, err)
+		}
+	}
+}
+
+func container(t *testing.T, sts *appsv1.StatefulSet) corev1.Container {
+	t.Helper()
+	cs := sts.Spec.Template.Spec.Containers
+	if len(cs) != 1 {
+		t.Fatalf("want one container, got %d", len(cs))
+	}
+	return cs[0]
+}
+
+func containerPort(t *testing.T, c corev1.Container, p intstr.IntOrString) int32 {
+	t.Helper()
+	for _, cp := range c.Ports {
+		if (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) {
+			return cp.ContainerPort
+		}
+	}
+	t.Fatalf("port %s is not a container port", p.String())
+	return 0
+}
+
+func TestStatefulSetShape(t *testing.T) {
+	m := loadManifests(t)
+	sts := m.sts
+	spec := sts.Spec
+	if spec.Replicas == nil || *spec.Replicas != 3 {
+		t.Errorf("replicas %v, want 3", spec.Replicas)
+	}
+	if spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Errorf("podManagementPolicy %q, want Parallel", spec.PodManagementPolicy)
+	}
+	sel, err := metaSelector(spec.Selector.MatchLabels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	podLabels := labels.Set(spec.Template.Labels)
+	if !sel.Matches(podLabels) {
+		t.Errorf("selector %v does not match the pod labels %v", sel, podLabels)
+	}
+	if len(spec.VolumeClaimTemplates) != 1 {
+		t.Fatalf("want one volumeClaimTemplate, got %d", len(spec.VolumeClaimTemplates))
+	}
+	if q, ok := spec.VolumeClaimTemplates[0].Spec.Resources.Requests[corev1.ResourceStorage]; !ok || q.IsZero() {
+		t.Errorf("the volume claim requests no storage")
+	}
+	pod := spec.Template.Spec
+	if pod.TerminationGracePeriodSeconds == nil || *pod.TerminationGracePeriodSeconds < 35 {
+		t.Errorf("terminationGracePeriodSeconds %v: must cover the 30 s preStop leave", pod.TerminationGracePeriodSeconds)
+	}
+	if pod.Affinity == nil || pod.Affinity.PodAntiAffinity == nil ||
+		len(pod.Affinity.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) == 0 {
+		t.Fatal("no pod anti-affinity")
+	}
+	for _, term := range pod.Affinity.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution {
+		s, err := metaSelector(term.LabelSelector.MatchLabels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.Matches(podLabels) || term.TopologyKey != corev1.LabelHostname {
+			t.Errorf("anti-affinity term %+v does not keep the pods on different hosts", term)
+		}
+	}
+	ann := spec.Template.Annotations
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/path"] != "/metrics" || ann["prometheus.io/port"] != "8428" {
+		t.Errorf("prometheus annotations %v", ann)
+	}
+
+	c := container(t, sts)
+	for _, cp := range c.Ports {
+		if errs := validation.IsValidPortName(cp.Name); len(errs) > 0 {
+			t.Errorf("port name %q: %v", cp.Name, errs)
+		}
+	}
+	probes := map[string]*corev1.Probe{"/readyz": c.ReadinessProbe, "/healthz": c.LivenessProbe}
+	for path, p := range probes {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || containerPort(t, c, p.HTTPGet.Port) != 8428 {
+			t.Errorf("probe for %s: %+v", path, p)
+		}
+	}
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Exec == nil ||
+		!slices.Contains(c.Lifecycle.PreStop.Exec.Command, "leave") {
+		t.Errorf("preStop does not make the node leave: %+v", c.Lifecycle)
+	}
+	var mounted bool
+	for _, vm := range c.VolumeMounts {
+		mounted = mounted || vm.Name == spec.VolumeClaimTemplates[0].Name
+	}
+	if !mounted {
+		t.Errorf("the claim %q is not mounted", spec.VolumeClaimTemplates[0].Name)
+	}
+	// Every pod runs the same command: nothing in it may name one pod.
+	for _, a := range append(slices.Clone(c.Command), c.Args...) {
+		if regexp.MustCompile(sts.Name+`-\d+(\.|$)`).MatchString(a) && !strings.Contains(a, "--join=") {
+			t.Errorf("argument %q names one pod", a)
+		}
+	}
+}
+
+func metaSelector(ml map[string]string) (labels.Selector, error) {
+	if len(ml) == 0 {
+		return nil, fmt.Errorf("empty selector")
+	}
+	return labels.SelectorFromSet(ml), nil
+}
+
+func TestServicesAndBudget(t *testing.T) {
+	m := loadManifests(t)
+	c := container(t, m.sts)
+	podLabels := labels.Set(m.sts.Spec.Template.Labels)
+
+	peers, ok := m.services[m.sts.Spec.ServiceName]
+	if !ok {
+		t.Fatalf("the StatefulSet's serviceName %q is not among the Services", m.sts.Spec.ServiceName)
+	}
+	if peers.Spec.ClusterIP != corev1.ClusterIPNone || !peers.Spec.PublishNotReadyAddresses {
+		t.Errorf("peer Service %s: clusterIP %q, publishNotReadyAddresses %v; want headless and publishing not-ready pods",
+			peers.Name, peers.Spec.ClusterIP, peers.Spec.PublishNotReadyAddresses)
+	}
+	var client *corev1.Service
+	for name, s := range m.services {
+		if name != peers.Name {
+			client = s
+		}
+	}
+	ports := map[int32]int32{}
+	for _, p := range client.Spec.Ports {
+		ports[p.Port] = containerPort(t, c, p.TargetPort)
+	}
+	if ports[8427] != 8427 || ports[8428] != 8428 || len(ports) != 2 {
+		t.Errorf("client Service %s ports %v, want 8427 (agents) and 8428 (HTTP)", client.Name, ports)
+	}
+	for _, s := range m.services {
+		if !labels.SelectorFromSet(s.Spec.Selector).Matches(podLabels) || len(s.Spec.Selector) == 0 {
+			t.Errorf("Service %s selector %v does not select the pods %v", s.Name, s.Spec.Selector, podLabels)
+		}
+		for _, p := range s.Spec.Ports {
+			containerPort(t, c, p.TargetPort)
+		}
+	}
+
+	pdb := m.pdb.Spec
+	if pdb.MaxUnavailable == nil || pdb.MaxUnavailable.String() != "1" || pdb.MinAvailable != nil {
+		t.Errorf("PodDisruptionBudget maxUnavailable %v minAvailable %v, want maxUnavailable 1", pdb.MaxUnavailable, pdb.MinAvailable)
+	}
+	if pdb.Selector == nil || !labels.SelectorFromSet(pdb.Selector.MatchLabels).Matches(podLabels) {
+		t.Errorf("PodDisruptionBudget selector %v does not select the pods", pdb.Selector)
+	}
+}

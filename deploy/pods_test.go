@@ -1,0 +1,414 @@
+package deploy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+)
+
+// podIP is what the downward API gives pod i in this test: its own loopback address, so
+// three processes can listen on the same ports as three pods do.
+func podIP(i int) string {
+	prefix := os.Getenv("WSREGISTRY_K8S_TEST_PREFIX") // e.g. 127.0.5 (addresses .1 .2 .3)
+	if prefix == "" {
+		prefix = "127.0.5"
+	}
+	return fmt.Sprintf("%s.%d", prefix, i+1)
+}
+
+func scaled(d time.Duration) time.Duration {
+	if s, err := strconv.Atoi(os.Getenv("WSREGISTRY_TEST_SCALE")); err == nil && s > 1 {
+		return d * time.Duration(s)
+	}
+	return d
+}
+
+// expand replaces $(VAR) with VAR's value as the kubelet does in env values, command and
+// args: an undefined $(VAR) stays as written and $$ is a literal $.
+func expand(s string, vars map[string]string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i++
+		case '(':
+			end := strings.IndexByte(s[i+2:], ')')
+			if end < 0 {
+				b.WriteString(s[i:])
+				return b.String()
+			}
+			name := s[i+2 : i+2+end]
+			if v, ok := vars[name]; ok {
+				b.WriteString(v)
+			} else {
+				b.WriteString(s[i : i+3+end])
+			}
+			i += 2 + end
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String()
+}
+
+func TestExpand(t *testing.T) {
+	vars := map[string]string{"A": "x", "B": "y"}
+	for in, want := range map[string]string{
+		"$(A):8428": "x:8428", "--a=$(A)$(B)": "--a=xy", "$(C)": "$(C)", "$$(A)": "$(A)", "a$": "a$", "$(A": "$(A",
+	} {
+		if got := expand(in, vars); got != want {
+			t.Errorf("expand(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// imageEnv is the ENV of deploy/Dockerfile: a container starts with it under the pod's env.
+func imageEnv(t *testing.T) [][2]string {
+	t.Helper()
+	f, err := os.Open("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var env [][2]string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if rest, ok := strings.CutPrefix(line, "ENV "); ok {
+			for _, kv := range strings.Fields(rest) {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					t.Fatalf("Dockerfile: ENV %q: use the KEY=value form", rest)
+				}
+				env = append(env, [2]string{k, v})
+			}
+		}
+	}
+	return env
+}
+
+// pod is one StatefulSet replica run as a local process.
+type pod struct {
+	name, ip string
+	env      []string // KEY=value, as the container gets it
+	argv     []string // command + args, expanded
+	preStop  []string
+	httpPort int32
+	log      string
+	cmd      *exec.Cmd
+	done     chan error
+}
+
+// podsFor builds what the kubelet would run for replica i: image env, then the container's
+// env in order (downward API and optional, absent Secrets resolved like the kubelet does),
+// then $(VAR) expansion of command and args. The claim's mountPath is replaced by a
+// directory of the test, the only liberty taken.
+func podFor(t *testing.T, sts *appsv1.StatefulSet, i int, dir string) *pod {
+	t.Helper()
+	c := container(t, sts)
+	p := &pod{name: fmt.Sprintf("%s-%d", sts.Name, i), ip: podIP(i)}
+	dataDir := filepath.Join(dir, p.name, "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mounts := map[string]string{}
+	for _, vm := range c.VolumeMounts {
+		mounts[vm.MountPath] = dataDir
+	}
+	remapPath := func(s string) string {
+		for from, to := range mounts {
+			if s == from || strings.HasPrefix(s, from+"/") {
+				return to + strings.TrimPrefix(s, from)
+			}
+		}
+		return s
+	}
+	remap := func(s string) string {
+		if k, v, ok := strings.Cut(s, "="); ok && strings.HasPrefix(k, "-") {
+			return k + "=" + remapPath(v) // --data-dir=/data
+		}
+		return remapPath(s)
+	}
+	vars := map[string]string{"HOSTNAME": p.name}
+	order := []string{"HOSTNAME"}
+	set := func(k, v string) {
+		if _, ok := vars[k]; !ok {
+			order = append(order, k)
+		}
+		vars[k] = v
+	}
+	for _, kv := range imageEnv(t) {
+		set(kv[0], remap(kv[1]))
+	}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom == nil:
+			set(e.Name, remap(expand(e.Value, vars)))
+		case e.ValueFrom.FieldRef != nil:
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "metadata.name":
+				set(e.Name, p.name)
+			case "metadata.namespace":
+				set(e.Name, "default")
+			case "status.podIP":
+				set(e.Name, p.ip)
+			default:
+				t.Fatalf("env %s: the test does not know field %s", e.Name, e.ValueFrom.FieldRef.FieldPath)
+			}
+		case e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Optional != nil && *e.ValueFrom.SecretKeyRef.Optional:
+			// The Secret does not exist in a fresh namespace: the kubelet leaves it unset.
+		default:
+			t.Fatalf("env %s: the test does not know this source %+v", e.Name, e.ValueFrom)
+		}
+	}
+	// PATH lets the test's own wrapper (sh, mount) run; the image's binaries use absolute paths.
+	set("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+	for _, k := range order {
+		p.env = append(p.env, k+"="+vars[k])
+	}
+	for _, a := range append(slices.Clone(c.Command), c.Args...) {
+		p.argv = append(p.argv, remap(expand(a, vars)))
+	}
+	if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Exec != nil {
+		p.preStop = c.Lifecycle.PreStop.Exec.Command // the kubelet does not expand exec commands
+	}
+	for _, cp := range c.Ports {
+		if cp.Name == "http" {
+			p.httpPort = cp.ContainerPort
+		}
+	}
+	p.log = filepath.Join(dir, p.name+".log")
+	return p
+}
+
+// inPod runs argv with the pod's env, in a private mount namespace whose /etc/hosts is the
+// test's (the pods' DNS names), and with the image's /wsregistry mapped to bin.
+func (p *pod) command(bin, hosts string, argv []string) *exec.Cmd {
+	if len(argv) > 0 && argv[0] == "/wsregistry" {
+		argv = append([]string{bin}, argv[1:]...)
+	}
+	script := `mount --bind "$0" /etc/hosts && exec "$@"`
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script, hosts}, argv...)...)
+	cmd.Env = p.env
+	return cmd
+}
+
+func (p *pod) get(path string) (int, []byte, error) {
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(fmt.Sprintf("http://%s:%d%s", p.ip, p.httpPort, path))
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	var buf strings.Builder
+	_, err = bufio.NewReader(resp.Body).WriteTo(&buf)
+	return resp.StatusCode, []byte(buf.String()), err
+}
+
+func (p *pod) tail() string {
+	data, _ := os.ReadFile(p.log)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	return strings.Join(lines[max(0, len(lines)-15):], "\n")
+}
+
+type clusterView struct {
+	Node    string `json:"node"`
+	Leader  string `json:"leader"`
+	Fenced  bool   `json:"fenced"`
+	Members []struct {
+		ID       string `json:"id"`
+		Raft     string `json:"raft"`
+		Suffrage string `json:"suffrage"`
+	} `json:"members"`
+}
+
+// waitFor polls check until it returns nil or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, pods []*pod, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(scaled(d))
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, p := range pods {
+				t.Logf("--- %s log tail:\n%s", p.name, p.tail())
+			}
+			t.Fatalf("%s: not within %v: %v", what, scaled(d), err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// oneCluster checks that every pod is ready (its readiness probe) and alive (liveness),
+// names the same leader, and has exactly the expected pods as voters at their pod IPs.
+func oneCluster(pods []*pod, want []*pod) error {
+	leader := ""
+	for _, p := range pods {
+		for _, path := range []string{"/readyz", "/healthz"} {
+			if code, body, err := p.get(path); err != nil || code != http.StatusOK {
+				return fmt.Errorf("%s %s: %d %s %v", p.name, path, code, body, err)
+			}
+		}
+		code, body, err := p.get("/v1/cluster")
+		if err != nil || code != http.StatusOK {
+			return fmt.Errorf("%s /v1/cluster: %d %v", p.name, code, err)
+		}
+		var v clusterView
+		if err := json.Unmarshal(body, &v); err != nil {
+			return fmt.Errorf("%s /v1/cluster: %v", p.name, err)
+		}
+		if v.Node != p.name {
+			return fmt.Errorf("%s calls itself %q", p.name, v.Node)
+		}
+		if v.Leader == "" || (leader != "" && v.Leader != leader) {
+			return fmt.Errorf("%s names leader %q, others %q", p.name, v.Leader, leader)
+		}
+		leader = v.Leader
+		var got, exp []string
+		for _, m := range v.Members {
+			got = append(got, m.ID+"@"+m.Raft+"/"+m.Suffrage)
+		}
+		for _, w := range want {
+			// Each pod advertises its stable DNS name, as the StatefulSet tells it to.
+			exp = append(exp, w.name+"@"+w.name+".wsregistry-peers:8429/Voter")
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, exp) {
+			return fmt.Errorf("%s sees members %v, want %v", p.name, got, exp)
+		}
+	}
+	if !slices.ContainsFunc(pods, func(p *pod) bool { return p.name == leader }) {
+		return fmt.Errorf("leader %q is not a running pod", leader)
+	}
+	return nil
+}
+
+// TestStatefulSetPodsFormOneCluster starts three wsregistry processes with exactly the
+// command, args and env the StatefulSet gives its pods (downward API: POD_NAME
+// wsregistry-i, POD_IP 127.0.5.i+1), each in a mount namespace whose /etc/hosts maps the
+// pods' stable DNS names (<pod>.<serviceName>) to those addresses, and checks they form one
+// cluster; then it runs the preStop hook of one pod and checks that the pod leaves.
+func TestStatefulSetPodsFormOneCluster(t *testing.T) {
+	need := func(ok bool, why string) {
+		if ok {
+			return
+		}
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and %s", why)
+		}
+		t.Skipf("!!! SKIPPED: %s", why)
+	}
+	need(runtime.GOOS == "linux", "not Linux (needs mount namespaces)")
+	need(os.Geteuid() == 0, "not root (needs unshare --mount and mount --bind)")
+	_, err := exec.LookPath("unshare")
+	need(err == nil, "unshare (util-linux) is missing")
+
+	m := loadManifests(t)
+	sts := m.sts
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "wsregistry")
+	build := exec.Command("go", "build", "-C", "..", "-o", bin, "./cmd/wsregistry")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the image's static binary, pure-Go resolver
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the binary: %v\n%s", err, out)
+	}
+
+	n := int(*sts.Spec.Replicas)
+	var pods []*pod
+	hosts := "127.0.0.1 localhost\n"
+	for i := range n {
+		p := podFor(t, sts, i, dir)
+		pods = append(pods, p)
+		// What the headless Service publishes (publishNotReadyAddresses: from the start).
+		hosts += fmt.Sprintf("%s %s.%s %s.%s.default.svc.cluster.local\n", p.ip, p.name, sts.Spec.ServiceName, p.name, sts.Spec.ServiceName)
+	}
+	hostsFile := filepath.Join(dir, "hosts")
+	if err := os.WriteFile(hostsFile, []byte(hosts), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, p := range pods {
+		logf, err := os.Create(p.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.cmd = p.command(bin, hostsFile, p.argv)
+		p.cmd.Stdout, p.cmd.Stderr = logf, logf
+		if err := p.cmd.Start(); err != nil {
+			t.Fatalf("start %s: %v", p.name, err)
+		}
+		logf.Close()
+		p.done = make(chan error, 1)
+		go func(p *pod) { p.done <- p.cmd.Wait() }(p)
+		t.Logf("%s: %s", p.name, strings.Join(p.argv, " "))
+		t.Cleanup(func() { stop(t, p) })
+	}
+	t.Logf("env of %s: %v", pods[0].name, pods[0].env)
+
+	waitFor(t, 60*time.Second, "three pods form one cluster with a leader", pods, func() error { return oneCluster(pods, pods) })
+
+	// The preStop hook of the last pod: it must make that node leave and stop by itself.
+	last := pods[n-1]
+	if len(last.preStop) == 0 {
+		t.Fatal("no preStop exec hook")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), scaled(40*time.Second))
+	defer cancel()
+	hook := last.command(bin, hostsFile, last.preStop)
+	hookCmd := exec.CommandContext(ctx, hook.Path, hook.Args[1:]...)
+	hookCmd.Env = hook.Env
+	if out, err := hookCmd.CombinedOutput(); err != nil {
+		t.Fatalf("preStop %v: %v\n%s", last.preStop, err, out)
+	}
+	select {
+	case err := <-last.done:
+		last.done <- err
+		if err != nil {
+			t.Errorf("%s exited with %v after leaving", last.name, err)
+		}
+	case <-time.After(scaled(30 * time.Second)):
+		t.Fatalf("%s still runs %v after its preStop leave", last.name, scaled(30*time.Second))
+	}
+	rest := pods[:n-1]
+	waitFor(t, 30*time.Second, "the other pods keep a leader without the one that left", rest, func() error { return oneCluster(rest, rest) })
+}
+
+// stop interrupts a pod's process (SIGINT: stop without leaving) and kills it if it hangs.
+func stop(t *testing.T, p *pod) {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-p.done:
+		p.done <- err
+	case <-time.After(10 * time.Second):
+		t.Logf("%s did not stop on SIGINT; killing it", p.name)
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}

@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# End-to-end test of docker-compose.yml on the local Docker engine (no registry pulls: the
+# image is built FROM scratch by scripts/image.sh). The scenario of issue 6:
+#   up -> one leader -> a demo agent (Go SDK) registers through the alias "registry" ->
+#   `where` answers on all three nodes -> docker kill the leader -> a new leader, the agent
+#   is found again -> the killed node is started and rejoins -> `compose restart` of the
+#   agent's node -> it rejoins, the agent reconnects through the alias -> docker network
+#   disconnect of one node -> it fences itself (/readyz 503, fenced:true) while the other two
+#   serve -> reconnect -> it recovers.
+# The project is always removed with `down -v`, failure or not.
+# Environment:
+#   WSREGISTRY_COMPOSE_TEST_BIND  host address the nodes' ports are published on (127.0.0.1)
+#   WSREGISTRY_COMPOSE_TEST_PORT  first host port (18427): node i gets PORT+10i (agents)
+#                                 and PORT+10i+1 (HTTP), so the defaults 8427.. stay free
+#   WSREGISTRY_TEST_SCALE         multiplies every deadline (slow machines)
+#   WSREGISTRY_TEST_ARTIFACTS     where the logs of a failed run are saved
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+started=$(date +%s)
+
+# The host environment must not leak into the client calls or the compose file: only the
+# variables below decide how the cluster runs.
+while read -r v; do
+  case "$v" in
+  WSREGISTRY_COMPOSE_TEST_* | WSREGISTRY_TEST_*) ;;
+  WSREGISTRY_*) unset "$v" ;;
+  esac
+done < <(compgen -e)
+
+bind="${WSREGISTRY_COMPOSE_TEST_BIND:-127.0.0.1}"
+port0="${WSREGISTRY_COMPOSE_TEST_PORT:-18427}"
+scale="${WSREGISTRY_TEST_SCALE:-1}"
+project="wsregistry-ct-$$"
+tag="composetest-$$"
+nodes=(node1 node2 node3)
+tmp=$(mktemp -d /tmp/wsregistry-compose-test.XXXXXX)
+bin="$tmp/wsregistry"
+
+export WSREGISTRY_TAG="$tag" WSREGISTRY_BIND="$bind" WSREGISTRY_NODE_GRACE=4s
+declare -A http ws cid
+for i in 0 1 2; do
+  n=${nodes[$i]}
+  ws[$n]=$((port0 + 10 * i))
+  http[$n]=$((port0 + 10 * i + 1))
+  export "WSREGISTRY_NODE$((i + 1))_WS_PORT=${ws[$n]}" "WSREGISTRY_NODE$((i + 1))_HTTP_PORT=${http[$n]}"
+done
+
+log() { printf '[compose-test %3ss] %s\n' "$(($(date +%s) - started))" "$*"; }
+fail() {
+  printf '\nFAIL compose-test: %s\n' "$*" >&2
+  exit 1
+}
+
+# Compose v2 (`docker compose`) when the engine has the plugin, else Compose v1.
+if docker compose version >/dev/null 2>&1; then
+  compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose_cmd=(docker-compose)
+else
+  fail "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+compose() { "${compose_cmd[@]}" -p "$project" -f "$root/docker-compose.yml" --profile demo "$@"; }
+network="${project}_default"
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  if [ "$rc" -ne 0 ] && [ -n "${compose_cmd[*]:-}" ]; then
+    local out="${WSREGISTRY_TEST_ARTIFACTS:-$tmp}/compose-test-$project.log"
+    mkdir -p "$(dirname "$out")"
+    { compose ps; compose logs --no-color --timestamps; } >"$out" 2>&1
+    echo "--- compose ps and the last log lines (all logs: $out)" >&2
+    compose ps >&2
+    compose logs --no-color --tail 25 >&2 2>&1
+  fi
+  log "down -v"
+  compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || echo "WARNING: compose down failed for project $project" >&2
+  docker image rm "wsregistry:$tag" >/dev/null 2>&1
+  # A failed run without an artifacts directory keeps its log in $tmp.
+  if [ "$rc" -eq 0 ] || [ -n "${WSREGISTRY_TEST_ARTIFACTS:-}" ]; then rm -rf "$tmp"; else rm -f "$bin"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for SECONDS WHAT CMD...: run CMD until it succeeds; fail naming WHAT and CMD's last
+# output when it has not within the (scaled) deadline.
+wait_for() {
+  local secs=$(($1 * scale)) what=$2
+  shift 2
+  local deadline=$(($(date +%s) + secs)) out
+  while :; do
+    if out=$("$@" 2>&1); then
+      log "ok: $what"
+      return 0
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      fail "$what: not true after ${secs}s; last check said: $out"
+    fi
+    sleep 0.5
+  done
+}
+
+# Client calls through the published HTTP port of a node, or inside its container (the
+# only way to reach a node cut off from the network).
+api() {
+  local n=$1
+  shift
+  "$bin" "$@" --addr "$bind:${http[$n]}" --timeout 3s
+}
+inside() {
+  local n=$1
+  shift
+  docker exec "${cid[$n]}" /wsregistry "$@" --addr 127.0.0.1:8428 --timeout 3s
+}
+json_field() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p"; } # top-level field of pretty JSON
+
+# cluster_ok NODE...: every NODE is ready, they all name the same leader, the leader is one
+# of them, and each has all three nodes as voters in its configuration.
+cluster_ok() {
+  local leader="" n m l voters
+  for n in "$@"; do
+    api "$n" healthcheck >/dev/null || { echo "$n not ready: $(api "$n" healthcheck 2>&1)"; return 1; }
+    m=$(api "$n" members --json) || return 1
+    l=$(json_field leader <<<"$m")
+    [ -n "$l" ] || { echo "$n knows no leader"; return 1; }
+    [ -z "$leader" ] || [ "$l" = "$leader" ] || { echo "leaders differ: $leader vs $l (by $n)"; return 1; }
+    leader=$l
+    voters=$(grep -c '"suffrage": "Voter"' <<<"$m" || true)
+    [ "$voters" -eq 3 ] || { echo "$n sees $voters voters, want 3"; return 1; }
+  done
+  [[ " $* " == *" $leader "* ]] || { echo "leader $leader is not one of $*"; return 1; }
+  echo "$leader"
+}
+leader_of() { cluster_ok "$@" | tail -1; }
+
+where_ok() {
+  local n got
+  for n in "$@"; do
+    got=$(api "$n" where demo) || { echo "$n: $got"; return 1; }
+    [ "$got" = "$agent" ] || { echo "$n: where demo = $got, want $agent"; return 1; }
+  done
+}
+
+# registration NODE: "<node>|<session>" of the agent's registration as NODE sees it.
+registration() {
+  api "$1" list --json | awk -v want="$agent" '
+    /"host":/ { gsub(/[",]/, "", $2); host = $2 }
+    /"node":/ { gsub(/[",]/, "", $2); node = $2 }
+    /"session":/ { gsub(/[",]/, "", $2); if (host == want) { print node "|" $2; found = 1 } }
+    END { exit !found }'
+}
+# registered_elsewhere NODE GONE OLD_SESSION...: NODE sees exactly one registration of the
+# agent, not on node GONE and with none of the old sessions.
+registered_elsewhere() {
+  local n=$1 gone=$2 r
+  shift 2
+  r=$(registration "$n") || { echo "$n: agent not registered"; return 1; }
+  [ "$(wc -l <<<"$r")" -eq 1 ] || { echo "$n: several registrations: $r"; return 1; }
+  [ "${r%%|*}" != "$gone" ] || { echo "$n: still registered on $gone ($r)"; return 1; }
+  for s in "$@"; do [ "${r#*|}" != "$s" ] || { echo "$n: still the old session $s"; return 1; }; done
+  echo "$r"
+}
+
+fenced() {
+  local m
+  m=$(inside "$1" members --json 2>&1) || { echo "$m"; return 1; }
+  [ "$(json_field fenced <<<"$m")" = true ] || { echo "$1 is not fenced: $m"; return 1; }
+  # /readyz must say 503 too (the healthcheck exits non-zero with the status).
+  if out=$(inside "$1" healthcheck 2>&1); then echo "$1 still ready: $out"; return 1; fi
+  grep -q 503 <<<"$out" || { echo "$1 healthcheck failed without a 503: $out"; return 1; }
+}
+unfenced() {
+  local m
+  m=$(api "$1" members --json) || return 1
+  [ "$(json_field fenced <<<"$m")" = false ] || { echo "$1 still fenced"; return 1; }
+}
+ip_of() { docker inspect -f "{{with index .NetworkSettings.Networks \"$network\"}}{{.IPAddress}}{{end}}" "$1"; }
+running() { [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ] || { echo "not running"; return 1; }; }
+
+log "using ${compose_cmd[*]}; project $project; ports on $bind from $port0"
+WSREGISTRY_BINARY_OUT="$bin" scripts/image.sh "$tag" >/dev/null || fail "scripts/image.sh could not build the image"
+log "image wsregistry:$tag built"
+
+# --- up: three nodes, one leader ---
+compose up -d node1 node2 node3 2>&1 | sed 's/^/  /'
+for n in "${nodes[@]}"; do cid[$n]=$(compose ps -q "$n"); done
+wait_for 90 "three nodes formed one cluster with a leader" cluster_ok "${nodes[@]}"
+leader=$(leader_of "${nodes[@]}")
+log "leader: $leader"
+
+# --- a demo agent registers through the alias ---
+compose up -d agent-demo 2>&1 | sed 's/^/  /'
+agent_cid=$(compose ps -q agent-demo)
+agent="$(ip_of "$agent_cid"):9000"
+wait_for 60 "agent $agent registered through registry:8427; where demo answers on all three" where_ok "${nodes[@]}"
+reg=$(registration node1)
+log "agent registered on ${reg%%|*} (session ${reg#*|})"
+
+# The kill below should cut the agent's own connection: restart the agent until the alias
+# lands it on the leader (each try picks one of three; a miss only weakens this step, the
+# restart step below always moves the agent).
+for try in 1 2 3 4 5 6 7 8 9 10; do
+  [ "${reg%%|*}" != "$leader" ] || break
+  docker restart -t 5 "$agent_cid" >/dev/null
+  wait_for 30 "agent re-registered after its restart (try $try)" registered_elsewhere node1 none "${reg#*|}" >/dev/null
+  reg=$(registration node1)
+done
+if [ "${reg%%|*}" = "$leader" ]; then
+  log "agent is on the leader $leader (session ${reg#*|})"
+else
+  log "WARNING: the agent did not land on the leader in 10 tries; the kill does not cut its connection this run"
+fi
+
+# --- docker kill the leader ---
+survivors=()
+for n in "${nodes[@]}"; do [ "$n" = "$leader" ] || survivors+=("$n"); done
+log "docker kill $leader (the leader)"
+docker kill "${cid[$leader]}" >/dev/null
+wait_for 60 "a new leader among ${survivors[*]}" cluster_ok "${survivors[@]}"
+new_leader=$(leader_of "${survivors[@]}")
+[ "$new_leader" != "$leader" ] || fail "the killed node $leader is still named leader"
+log "new leader: $new_leader"
+old_sessions=()
+[ "${reg%%|*}" = "$leader" ] && old_sessions+=("${reg#*|}")
+wait_for 60 "agent found again, registered on a live node" registered_elsewhere "${survivors[0]}" "$leader" "${old_sessions[@]}"
+wait_for 30 "where demo answers on ${survivors[*]}" where_ok "${survivors[@]}"
+reg=$(registration "${survivors[0]}")
+log "agent now on ${reg%%|*} (session ${reg#*|})"
+
+# A killed container stays down (docker kill counts as a manual stop): start it again.
+compose start "$leader" 2>&1 | sed 's/^/  /'
+wait_for 90 "killed node $leader rejoined (ready, same leader, 3 voters)" cluster_ok "${nodes[@]}"
+wait_for 30 "where demo answers on all three" where_ok "${nodes[@]}"
+
+# --- compose restart of the agent's node: it rejoins, the agent reconnects via the alias ---
+reg=$(registration node1)
+target=${reg%%|*}
+log "compose restart $target (the agent's node)"
+compose restart -t 20 "$target" 2>&1 | sed 's/^/  /'
+wait_for 90 "restarted node $target rejoined (ready, same leader, 3 voters)" cluster_ok "${nodes[@]}"
+wait_for 60 "agent reconnected through the alias (new session)" registered_elsewhere "$target" none "${reg#*|}"
+wait_for 30 "where demo answers on all three" where_ok "${nodes[@]}"
+reg=$(registration node1)
+log "agent now on ${reg%%|*} (session ${reg#*|})"
+
+# --- docker network disconnect: the node fences itself, the other two serve ---
+leader=$(leader_of "${nodes[@]}")
+target=""
+for n in "$leader" "${nodes[@]}"; do
+  # Not the agent's node: a connection into a cut-off node only dies by ping timeout.
+  if [ "$n" != "${reg%%|*}" ]; then target=$n && break; fi
+done
+others=()
+for n in "${nodes[@]}"; do [ "$n" = "$target" ] || others+=("$n"); done
+ip_before=$(ip_of "${cid[$target]}")
+log "docker network disconnect $target ($ip_before; leader is $leader)"
+docker network disconnect "$network" "${cid[$target]}"
+wait_for 60 "$target fenced itself (fenced:true, /readyz 503)" fenced "$target"
+wait_for 60 "${others[*]} keep serving with a leader" cluster_ok "${others[@]}"
+wait_for 30 "where demo answers on ${others[*]}" where_ok "${others[@]}"
+running "${cid[$target]}" >/dev/null || fail "$target stopped instead of fencing itself"
+
+# --- reconnect: it recovers ---
+log "docker network connect $target"
+docker network connect --alias registry --alias "$target" "$network" "${cid[$target]}"
+ip_after=$(ip_of "${cid[$target]}")
+# The node advertised its address at start; Docker hands the freed address back (lowest
+# free first), and the scenario depends on it.
+[ "$ip_after" = "$ip_before" ] || fail "Docker gave $target a new address on reconnect ($ip_before -> $ip_after)"
+wait_for 60 "$target recovered (not fenced)" unfenced "$target"
+wait_for 60 "all three ready with one leader" cluster_ok "${nodes[@]}"
+wait_for 30 "where demo answers on all three" where_ok "${nodes[@]}"
+
+log "PASS in $(($(date +%s) - started))s"
