@@ -72,6 +72,13 @@ func (b *batcher) propose(ctx context.Context, cmds []fsm.Command) (uint64, []er
 	select {
 	case r := <-p.done:
 		return r.index, r.errs, r.err
+	case <-b.stop: // shutting down: the loop may have drained the queue before we joined it
+		select {
+		case r := <-p.done:
+			return r.index, r.errs, r.err
+		case <-time.After(time.Second):
+			return 0, nil, ErrClosed
+		}
 	case <-ctx.Done():
 		return 0, nil, ctx.Err()
 	}

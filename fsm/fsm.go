@@ -196,6 +196,15 @@ func (f *FSM) PurgeMark(node string) (uint64, bool) {
 	return m, ok
 }
 
+// Rebase sets the applied index recorded in the state. Only for an uploaded snapshot about
+// to be restored into a running cluster: its index belongs to the cluster it came from and
+// must not run ahead of this cluster's log.
+func (f *FSM) Rebase(index uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st.index = index
+}
+
 // AppliedIndex is the index of the last applied log entry (or of the restored
 // snapshot).
 func (f *FSM) AppliedIndex() uint64 {

@@ -50,6 +50,16 @@ func (n *Node) rateLimited(s *agentSession) error {
 	return wsserver.NewError(429, "too many requests on this connection (limit %g/s)", n.cfg.Limits.MaxRequestsPerSecondPerConn)
 }
 
+// remove forgets ns: its registration failed, so neither reconcile nor a handover should
+// try it again (the agent is told and may ask again).
+func (s *agentSession) remove(ns string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.Index(s.namespaces, ns); i >= 0 {
+		s.namespaces = slices.Delete(s.namespaces, i, i+1)
+	}
+}
+
 func (s *agentSession) snapshot() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -199,10 +209,13 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 	// must come after it (OnClose waits for this handler).
 	errs, err := n.submit(context.WithoutCancel(ctx), reg)
 	if err != nil {
+		// Not committed within the commit wait (no leader): the namespace stays on the
+		// session, so the reconciler registers it once a leader is back.
 		n.log.Warn("register failed", "namespace", ns, "host", ch.Key(), "session", s.id.String(), "err", err)
 		return nil, wsserver.NewError(503, "online: registration of %q was not committed: %v", ns, err)
 	}
 	if err := firstError(errs); err != nil {
+		s.remove(ns) // refused for good: nobody should retry it behind the agent's back
 		switch {
 		case errors.Is(err, fsm.ErrInvalid):
 			return nil, wsserver.NewError(400, "online: %v", err)

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/pprof"
@@ -23,6 +24,7 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/namespaces", n.read(n.handleNamespaces))
 	mux.HandleFunc("GET /v1/namespaces/{namespace...}", n.read(n.handleNamespace))
 	mux.HandleFunc("POST /v1/fetch/{namespace}/{path...}", n.handleFetch)
+	mux.HandleFunc("POST /v1/fetch/{namespace}", n.handleFetch)
 	mux.HandleFunc("GET /v1/cluster", n.read(n.handleCluster))
 	mux.HandleFunc("POST /v1/join", n.adminOnly(n.handleAdminJoin))
 	mux.HandleFunc("POST /v1/leave", n.adminOnly(n.handleLeave))
@@ -82,6 +84,12 @@ func (n *Node) read(h http.HandlerFunc) http.HandlerFunc {
 		hdr.Set("X-Wsregistry-Last-Contact", strconv.FormatInt(n.lastContactMillis(), 10))
 		if r.URL.Query().Get("consistent") == "true" {
 			n.consistentRead(w, r, h)
+			return
+		}
+		if n.fenced.Load() && r.URL.Path != "/v1/cluster" {
+			// Its registrations are being purged by the majority: a local answer could be a
+			// ghost for as long as the partition lasts.
+			writeError(w, http.StatusServiceUnavailable, "this node is fenced (cut off from the leader): read from another node, or use ?consistent=true")
 			return
 		}
 		h(w, r)
@@ -182,6 +190,9 @@ func (n *Node) consistentRead(w http.ResponseWriter, r *http.Request, h http.Han
 		return
 	}
 	leader, err := n.raft.LeaderHTTP()
+	if err == nil && (r.Header.Get("X-Wsregistry-Forwarded") != "" || n.raft.Partitioned()) {
+		err = errors.New("this node is not the leader either")
+	}
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "consistent read: "+err.Error())
 		return
@@ -191,6 +202,7 @@ func (n *Node) consistentRead(w http.ResponseWriter, r *http.Request, h http.Han
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	req.Header.Set("X-Wsregistry-Forwarded", "1")
 	resp, err := n.client.HTTP.Do(req)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, "consistent read: leader "+leader+": "+err.Error())

@@ -306,3 +306,16 @@ func TestAuth_ClusterKeyAndAdminToken(t *testing.T) {
 		t.Errorf("remove of an unknown member with the admin token: %d, want 404", got)
 	}
 }
+
+func TestAccept_HostWithColonIsRefusedBeforeTheUpgrade(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	resp, err := http.Get("http://" + n.WSAddr() + "/a:b/9001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "contains ':'") {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}

@@ -102,6 +102,9 @@ func (n *Node) Leave(ctx context.Context) error {
 		}
 	}
 	for {
+		if len(n.raft.Servers()) <= 1 {
+			return nil // the others left first: nobody to leave
+		}
 		err := n.removeViaLeader(ctx, n.cfg.NodeID)
 		if err == nil {
 			n.log.Info("left the cluster")

@@ -114,7 +114,10 @@ func (n *Node) handleFetch(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "timeout must be a positive number of milliseconds, got "+strconv.Quote(t))
 			return
 		}
-		timeout = time.Duration(ms) * time.Millisecond
+		timeout = n.cfg.FetchTimeoutMax // also where ms*1e6 would overflow a Duration
+		if ms < int64(n.cfg.FetchTimeoutMax/time.Millisecond) {
+			timeout = time.Duration(ms) * time.Millisecond
+		}
 	}
 	timeout = min(timeout, n.cfg.FetchTimeoutMax)
 	body, err := io.ReadAll(io.LimitReader(r.Body, n.cfg.ReadLimit+1))

@@ -77,7 +77,7 @@ func (n *Node) startMetrics() {
 	})
 	m.purges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wsregistry_purges_total",
-		Help: "Purges proposed by this node: silent_member (leader), restart (own older incarnations), removed (node left).",
+		Help: "Purges proposed by this node: silent_member (leader), restart (own older incarnations), removed (node left), reconcile (state fixed to match this node's connections).",
 	}, []string{"reason"})
 	m.snapshots = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "wsregistry_snapshot_duration_seconds",

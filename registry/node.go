@@ -282,7 +282,11 @@ func (n *Node) announceOnce(ctx context.Context) error {
 		fsm.SetNode{RequestID: n.newRequestID(), Meta: meta},
 		fsm.PurgeNode{RequestID: n.newRequestID(), Node: n.cfg.NodeID, UpToIncarnation: inc - 1},
 	}
-	if _, err := n.submit(ctx, cmds...); err != nil {
+	errs, err := n.submit(ctx, cmds...)
+	if err == nil {
+		err = firstError(errs)
+	}
+	if err != nil {
 		return err
 	}
 	n.metrics.purges.WithLabelValues("restart").Inc()

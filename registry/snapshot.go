@@ -56,7 +56,8 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, "snapshot larger than 1 GiB")
 		return
 	}
-	if err := fsm.New().Restore(io.NopCloser(bytes.NewReader(body))); err != nil {
+	scratch := fsm.New()
+	if err := scratch.Restore(io.NopCloser(bytes.NewReader(body))); err != nil {
 		writeError(w, http.StatusBadRequest, "not a snapshot this version can restore: "+err.Error())
 		return
 	}
@@ -64,6 +65,20 @@ func (n *Node) handleSnapshotRestore(w http.ResponseWriter, r *http.Request) {
 		n.proxyToLeader(w, r, body)
 		return
 	}
+	// The upload's index is its old cluster's: rebased to ours, so applied-index waits
+	// (read-your-write) and the index headers stay true.
+	scratch.Rebase(n.raft.AppliedIndex())
+	snap, err := scratch.Snapshot()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "restore: "+err.Error())
+		return
+	}
+	sink := &bufferSink{}
+	if err := snap.Persist(sink); err != nil {
+		writeError(w, http.StatusInternalServerError, "restore: "+err.Error())
+		return
+	}
+	body = sink.Bytes()
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(body))}
 	if err := n.raft.Raft().Restore(meta, bytes.NewReader(body), n.cfg.CommitWait); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "restore: "+err.Error())

@@ -116,6 +116,11 @@ func ParseKey(path string) (string, error) {
 	case port == "":
 		return "", errors.New("path must be /<host>/<port>: empty port")
 	}
+	if strings.ContainsAny(host, ":[]") {
+		// The key is host:port; a colon in the host would make an address that where could
+		// never hand out usefully (agents advertise IPv4 addresses or names).
+		return "", errors.New("host " + strconv.Quote(host) + " contains ':' (want an IPv4 address or a name)")
+	}
 	for _, r := range host {
 		if r <= ' ' || r == 0x7f {
 			return "", errors.New("host contains a control character or space")
