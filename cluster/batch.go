@@ -86,8 +86,9 @@ func (b *batcher) propose(ctx context.Context, cmds []fsm.Command) (uint64, []er
 
 func (b *batcher) loop() {
 	defer b.stopped.Done()
+	// Batches in flight are not waited for on close: each ends by its own timeout and
+	// delivers to its proposals' buffered channels, so stopping never waits on a dead leader.
 	var inflight sync.WaitGroup
-	defer inflight.Wait()
 	for {
 		var first *proposal
 		select {
