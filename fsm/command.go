@@ -21,6 +21,7 @@ const (
 	TypeSetNode    CommandType = 4
 	TypeBatch      CommandType = 5
 	TypeRemoveNode CommandType = 6
+	TypeUnregister CommandType = 7
 )
 
 var (
@@ -71,6 +72,14 @@ type RemoveNode struct {
 	Node      string `json:"node"`
 }
 
+// Unregister removes one namespace of a session and leaves the rest of the session alone
+// (a replacing connection dropping registrations it inherited but never asked for).
+type Unregister struct {
+	RequestID string    `json:"rid,omitempty"`
+	Session   SessionID `json:"session"`
+	Namespace string    `json:"ns"`
+}
+
 // Batch is a group commit: many commands in one log entry, applied in order,
 // each with its own result. Batches do not nest.
 type Batch struct {
@@ -89,6 +98,7 @@ func (Deregister) Type() CommandType { return TypeDeregister }
 func (PurgeNode) Type() CommandType  { return TypePurgeNode }
 func (SetNode) Type() CommandType    { return TypeSetNode }
 func (RemoveNode) Type() CommandType { return TypeRemoveNode }
+func (Unregister) Type() CommandType { return TypeUnregister }
 func (Batch) Type() CommandType      { return TypeBatch }
 func (u Unknown) Type() CommandType  { return u.T }
 
@@ -176,7 +186,7 @@ func encodeBatch(b Batch) ([]byte, error) {
 
 func known(t CommandType) bool {
 	switch t {
-	case TypeRegister, TypeDeregister, TypePurgeNode, TypeSetNode, TypeBatch, TypeRemoveNode:
+	case TypeRegister, TypeDeregister, TypePurgeNode, TypeSetNode, TypeBatch, TypeRemoveNode, TypeUnregister:
 		return true
 	}
 	return false
@@ -234,6 +244,10 @@ func decodeBody(t CommandType, body []byte) (Command, error) {
 		cmd = c
 	case TypeRemoveNode:
 		var c RemoveNode
+		err = json.Unmarshal(body, &c)
+		cmd = c
+	case TypeUnregister:
+		var c Unregister
 		err = json.Unmarshal(body, &c)
 		cmd = c
 	default:

@@ -107,7 +107,7 @@ func TestDecode_Errors(t *testing.T) {
 		{"batch not an array", "\x05{}", ErrMalformed, "batch"},
 		{"nested batch", "\x05[{\"t\":1,\"b\":{}},{\"t\":5,\"b\":[]}]", ErrMalformed, "batch command 1: nested batch"},
 		{"bad command in batch", "\x05[{\"t\":4,\"b\":{\"meta\":1}}]", ErrMalformed, "batch command 0"},
-		{"unknown type in batch", "\x05[{\"t\":7,\"b\":{}}]", ErrUnknownType, "batch command 0"},
+		{"unknown type in batch", "\x05[{\"t\":9,\"b\":{}}]", ErrUnknownType, "batch command 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

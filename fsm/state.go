@@ -68,6 +68,8 @@ func (st *state) apply(cmd Command, ch *[]Change) error {
 		rid = c.RequestID
 	case RemoveNode:
 		rid = c.RequestID
+	case Unregister:
+		rid = c.RequestID
 	case Unknown:
 		return nil
 	default:
@@ -92,6 +94,8 @@ func (st *state) apply(cmd Command, ch *[]Change) error {
 		err = st.setNode(c.Meta, ch)
 	case RemoveNode:
 		err = st.removeNode(c.Node, ch)
+	case Unregister:
+		err = st.unregister(c.Session, c.Namespace, ch)
 	}
 	if rid != "" {
 		st.requests.add(rid, resultOf(err))
@@ -147,6 +151,43 @@ func (st *state) deregister(s SessionID, ch *[]Change) error {
 	st.tombstones.add(s, struct{}{})
 	if _, ok := st.sessions[s]; ok {
 		st.removeSessions(map[SessionID]struct{}{s: {}}, ch)
+	}
+	return nil
+}
+
+// unregister drops one namespace of a live session; unknown pairs are a no-op.
+func (st *state) unregister(s SessionID, ns string, ch *[]Change) error {
+	if s.Node == "" {
+		return invalidf("session has an empty node")
+	}
+	names := st.sessions[s]
+	i := slices.Index(names, ns)
+	if i < 0 {
+		return nil
+	}
+	if names = slices.Delete(names, i, i+1); len(names) == 0 {
+		delete(st.sessions, s)
+		if set := st.byNode[s.Node]; set != nil {
+			delete(set, s)
+			if len(set) == 0 {
+				delete(st.byNode, s.Node)
+			}
+		}
+	} else {
+		st.sessions[s] = names
+	}
+	list := slices.DeleteFunc(st.namespaces[ns], func(r Registration) bool {
+		if r.Session != s {
+			return false
+		}
+		st.regCount--
+		*ch = append(*ch, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: r.Session.String(), Node: r.Session.Node})
+		return true
+	})
+	if len(list) == 0 {
+		delete(st.namespaces, ns)
+	} else {
+		st.namespaces[ns] = list
 	}
 	return nil
 }

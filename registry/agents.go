@@ -20,7 +20,31 @@ type agentSession struct {
 	limiter rateLimiter
 
 	mu         sync.Mutex
-	namespaces []string // what this connection asked to register, in order
+	namespaces []string        // what this connection asked to register, in order
+	inherited  map[string]bool // namespaces moved here from a replaced connection, not yet confirmed by an online
+}
+
+// confirm marks ns as asked for by this connection itself.
+func (s *agentSession) confirm(ns string) {
+	s.mu.Lock()
+	delete(s.inherited, ns)
+	s.mu.Unlock()
+}
+
+// unconfirmed returns and forgets the inherited namespaces the connection never asked for.
+func (s *agentSession) unconfirmed() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for ns := range s.inherited {
+		out = append(out, ns)
+		if i := slices.Index(s.namespaces, ns); i >= 0 {
+			s.namespaces = slices.Delete(s.namespaces, i, i+1)
+		}
+	}
+	s.inherited = nil
+	slices.Sort(out)
+	return out
 }
 
 func (s *agentSession) add(ns string) {
@@ -157,6 +181,16 @@ func (n *Node) deregister(id fsm.SessionID) {
 func (n *Node) moveRegistrations(h handover, ch *wsserver.Channel, to *agentSession) {
 	now := time.Now().UnixMilli()
 	cmds := make([]fsm.Command, 0, len(h.namespaces)+1)
+	to.mu.Lock()
+	if to.inherited == nil {
+		to.inherited = map[string]bool{}
+	}
+	for _, name := range h.namespaces {
+		if !slices.Contains(to.namespaces, name) {
+			to.inherited[name] = true
+		}
+	}
+	to.mu.Unlock()
 	for _, name := range h.namespaces {
 		to.add(name)
 		cmds = append(cmds, fsm.Register{RequestID: n.newRequestID(), Reg: fsm.Registration{
@@ -171,6 +205,31 @@ func (n *Node) moveRegistrations(h handover, ch *wsserver.Channel, to *agentSess
 		return
 	}
 	n.log.Info("registrations moved to the replacing connection", "host", ch.Key(), "from", h.from.String(), "to", to.id.String(), "namespaces", h.namespaces)
+	// The same agent reconnecting says online again at once; a different process that now
+	// has this address does not. What is not confirmed within the window is dropped, so it
+	// never stays registered under another service's namespaces.
+	time.AfterFunc(n.cfg.InheritWindow, func() { n.dropUnconfirmed(ch, to) })
+}
+
+func (n *Node) dropUnconfirmed(ch *wsserver.Channel, s *agentSession) {
+	select {
+	case <-ch.Done():
+		return // closed: its deregistration removes everything
+	default:
+	}
+	names := s.unconfirmed()
+	if len(names) == 0 {
+		return
+	}
+	cmds := make([]fsm.Command, 0, len(names))
+	for _, ns := range names {
+		cmds = append(cmds, fsm.Unregister{RequestID: n.newRequestID(), Session: s.id, Namespace: ns})
+	}
+	if _, err := n.submit(n.ctx, cmds...); err != nil {
+		n.log.Warn("could not drop inherited namespaces", "session", s.id.String(), "err", err)
+		return
+	}
+	n.log.Info("dropped inherited namespaces the replacing connection never asked for", "host", ch.Key(), "session", s.id.String(), "namespaces", names)
 }
 
 func errString(err error) string {
@@ -224,6 +283,7 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 		}
 		return nil, wsserver.NewError(500, "online: %v", err)
 	}
+	s.confirm(ns)
 	n.log.Info("agent registered", "namespace", ns, "host", ch.Key(), "session", s.id.String())
 	return nil, nil // "undefined" result: {"status":200}
 }

@@ -73,6 +73,10 @@ type Config struct {
 	// HandshakeTimeout bounds how long a connection may take to send its upgrade request.
 	HandshakeTimeout time.Duration
 
+	// InheritWindow is how long a connection that replaced an older one (same host:port) has
+	// to confirm, with online, the namespaces it inherited; the rest are dropped (10 s).
+	InheritWindow time.Duration
+
 	// Watch configures the /v1/watch hub (coalescing window, heartbeat, history).
 	Watch watch.Config
 
@@ -138,6 +142,9 @@ func Start(cfg Config) (*Node, error) {
 		cfg.NodeGrace = 10 * time.Second
 	}
 	cfg.Limits.setDefaults()
+	if cfg.InheritWindow <= 0 {
+		cfg.InheritWindow = 10 * time.Second
+	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}

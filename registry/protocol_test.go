@@ -332,3 +332,29 @@ func TestShutdown_ClosesAgentsWith1001(t *testing.T) {
 		t.Fatal("Close did not return")
 	}
 }
+
+func TestReplacedConnection_InheritedNamespacesMustBeConfirmed(t *testing.T) {
+	n := startNode(t, t.TempDir(), func(c *Config) { c.InheritWindow = 300 * time.Millisecond })
+	old := dialRaw(t, n, "/127.0.0.1/9001")
+	old.call(online(0, "svc-a"), ok(0))
+	old.call(online(1, "svc-b"), ok(1))
+	fresh := dialRaw(t, n, "/127.0.0.1/9001")
+	if code, _ := old.closeStatus(); code != websocket.StatusPolicyViolation {
+		t.Fatalf("older connection closed with %d", code)
+	}
+	// Findable at once through the inherited registrations...
+	eventually(t, 5*time.Second, func() bool {
+		regs := n.State().Instances("svc-b")
+		return len(regs) == 1 && regs[0].Session.Seq != 1
+	}, "registrations did not move")
+	// ...and the new connection confirms one of them and asks for something else.
+	fresh.call(online(0, "svc-a"), ok(0))
+	fresh.call(online(1, "svc-c"), ok(1))
+	eventually(t, 5*time.Second, func() bool { _, ok := n.Where("svc-b"); return !ok },
+		"a namespace the replacing connection never asked for stayed registered")
+	for _, ns := range []string{"svc-a", "svc-c"} {
+		if _, ok := n.Where(ns); !ok {
+			t.Fatalf("%s, asked for by the new connection, is gone", ns)
+		}
+	}
+}
