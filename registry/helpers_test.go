@@ -18,29 +18,15 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsregistry/wsregistry/cluster"
+	"github.com/wsregistry/wsregistry/internal/testutil"
 )
 
 // scaled stretches test deadlines on slow machines (WSREGISTRY_TEST_SCALE=3).
-func scaled(d time.Duration) time.Duration {
-	if f, err := strconv.ParseFloat(os.Getenv("WSREGISTRY_TEST_SCALE"), 64); err == nil && f > 0 {
-		return time.Duration(float64(d) * f)
-	}
-	return d
-}
+func scaled(d time.Duration) time.Duration { return testutil.Scaled(d) }
 
-// eventually waits for cond, failing the test with msg when the deadline passes.
 func eventually(t testing.TB, within time.Duration, cond func() bool, msg string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(scaled(within))
-	for {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+msg, append([]any{within}, args...)...)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, within, cond, msg, args...)
 }
 
 func listen(t testing.TB) net.Listener {

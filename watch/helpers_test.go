@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,25 +14,15 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/testutil"
 )
 
 // scaled stretches deadlines on slow machines (WSREGISTRY_TEST_SCALE=3).
-func scaled(d time.Duration) time.Duration {
-	if f, err := strconv.ParseFloat(os.Getenv("WSREGISTRY_TEST_SCALE"), 64); err == nil && f > 0 {
-		return time.Duration(float64(d) * f)
-	}
-	return d
-}
+func scaled(d time.Duration) time.Duration { return testutil.Scaled(d) }
 
 func eventually(t testing.TB, within time.Duration, cond func() bool, msg string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(scaled(within))
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+msg, append([]any{within}, args...)...)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.Eventually(t, within, cond, msg, args...)
 }
 
 // world is a real FSM fed with encoded commands at increasing raft indexes, a hub observing it

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsregistry/wsregistry/internal/testutil"
 )
 
 var binary string
@@ -40,22 +41,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func scaled(d time.Duration) time.Duration {
-	if f, err := strconv.ParseFloat(os.Getenv("WSREGISTRY_TEST_SCALE"), 64); err == nil && f > 0 {
-		return time.Duration(float64(d) * f)
-	}
-	return d
-}
+func scaled(d time.Duration) time.Duration { return testutil.Scaled(d) }
 
 func eventually(t testing.TB, within time.Duration, cond func() bool, msg string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(scaled(within))
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+msg, append([]any{within}, args...)...)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, within, cond, msg, args...)
 }
 
 // proc is one wsregistry process.
