@@ -109,7 +109,14 @@ func NewClient(clusterKey string, tlsConfig *tls.Config) *Client {
 	return c
 }
 
+// forwardedHeader marks a request a node passed on to its leader, so it is never passed on again.
+const forwardedHeader = "X-Wsregistry-Forwarded"
+
 func (c *Client) do(ctx context.Context, method, addr, path string, body any, out any) (int, error) {
+	return c.send(ctx, method, addr, path, body, out, false)
+}
+
+func (c *Client) send(ctx context.Context, method, addr, path string, body any, out any, forwarded bool) (int, error) {
 	if c.Blocked != nil && c.Blocked() {
 		return 0, errBlocked
 	}
@@ -132,6 +139,9 @@ func (c *Client) do(ctx context.Context, method, addr, path string, body any, ou
 	}
 	if c.ClusterKey != "" {
 		req.Header.Set(ClusterKeyHeader, c.ClusterKey)
+	}
+	if forwarded {
+		req.Header.Set(forwardedHeader, "1")
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
@@ -230,8 +240,6 @@ func (n *Node) ProposeHandler(clusterKey string) http.HandlerFunc {
 		writeJSON(w, http.StatusOK, proposeReply{Index: index, Results: encodeResults(errs)})
 	}
 }
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
 
 // Forwarder coalesces a follower's concurrent writes into one call to the leader, as group
 // commit does on the leader itself.

@@ -146,7 +146,7 @@ func (n *Node) leaderOnly(clusterKey string, client *Client, path string, decode
 			return
 		}
 		if !n.IsLeader() {
-			if r.Header.Get("X-Wsregistry-Forwarded") != "" {
+			if r.Header.Get(forwardedHeader) != "" {
 				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "not the leader either"})
 				return
 			}
@@ -156,7 +156,7 @@ func (n *Node) leaderOnly(clusterKey string, client *Client, path string, decode
 				return
 			}
 			var out map[string]string
-			status, err := client.doForwarded(r.Context(), addr, path, body, &out)
+			status, err := client.send(r.Context(), http.MethodPost, addr, path, body, &out, true)
 			if err != nil {
 				writeJSON(w, http.StatusBadGateway, map[string]string{"error": err.Error()})
 				return
@@ -170,30 +170,6 @@ func (n *Node) leaderOnly(clusterKey string, client *Client, path string, decode
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}
-}
-
-func (c *Client) doForwarded(ctx context.Context, addr, path string, body []byte, out any) (int, error) {
-	if c.Blocked != nil && c.Blocked() {
-		return 0, errBlocked
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.Scheme+"://"+addr+path, bytesReader(body))
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("X-Wsregistry-Forwarded", "1")
-	if c.ClusterKey != "" {
-		req.Header.Set(ClusterKeyHeader, c.ClusterKey)
-	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if len(data) > 0 {
-		json.Unmarshal(data, out)
-	}
-	return resp.StatusCode, nil
 }
 
 // JoinHandler adds the calling node as a voter (forwarded to the leader when needed).
