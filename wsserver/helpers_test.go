@@ -12,32 +12,22 @@ import (
 	"net/http/httptest"
 	"os"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsregistry/wsregistry/internal/testutil"
 )
 
-// scaled stretches a test deadline by WSREGISTRY_TEST_TIMEOUT_SCALE (for slow machines).
-func scaled(d time.Duration) time.Duration {
-	if f, err := strconv.ParseFloat(os.Getenv("WSREGISTRY_TEST_TIMEOUT_SCALE"), 64); err == nil && f > 0 {
-		return time.Duration(float64(d) * f)
-	}
-	return d
-}
+// scaled and eventually use the project's helpers, so WSREGISTRY_TEST_SCALE stretches the
+// deadlines here as everywhere else.
+func scaled(d time.Duration) time.Duration { return testutil.Scaled(d) }
 
-// eventually waits until cond holds or fails the test after d.
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(scaled(d))
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", scaled(d), what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.Eventually(t, d, cond, "waiting for %s", what)
 }
 
 // recv waits for a value on c or fails.
