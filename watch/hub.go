@@ -351,7 +351,8 @@ func (h *Hub) flush() {
 		h.historyFrom = old.max
 	}
 	h.lastFlushed = b.max
-	h.stateCache = nil
+	// The state cache stays: sendState rebuilds it only when the applied index moved, and a
+	// state built after these changes were applied already holds them.
 	for w := range h.ws {
 		h.deliver(w, b)
 	}
