@@ -211,7 +211,7 @@ func Start(cfg Config) (*Node, error) {
 	n.forwarder = cluster.NewForwarder(n.client, rn.LeaderHTTP, forwardMax, cc.GroupCommitWait)
 	n.mux = wsserver.NewMux()
 	n.mux.Handle("ws", "online", n.handleOnline)
-	n.mux.Handle("ws", "where", n.handleWhere)
+	n.mux.HandleInline("ws", "where", n.handleWhere) // a local lookup: no goroutine per request
 	n.mux.OnUnknown(func(protocol, _ string) {
 		n.metrics.wsRequests.WithLabelValues(protocolLabel(protocol), "other", "104").Inc()
 	})

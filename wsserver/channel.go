@@ -104,10 +104,18 @@ type Channel struct {
 	// message. Cancelling ctx drops the socket instead (see newChannel),
 	// which ends a blocked read just the same.
 	ioCtx     context.Context
-	readEnded atomic.Bool // set by teardown: the socket is left to the close handshake
+	readEnded atomic.Bool           // set by teardown: the socket is left to the close handshake
+	writeErr  atomic.Pointer[error] // the write that failed and dropped the socket
 
 	nextID atomic.Int64 // our own message counter (requests and aborts)
 	sendq  chan []byte  // frames for the writer; full means slow consumer
+
+	// On an accepted connection, replies of inline handlers are held until the
+	// reader is about to read from the socket again, then written in one batch
+	// (cc calls flushHeld). wmu orders those writes with the writer's.
+	cc   *corkConn
+	wmu  sync.Mutex
+	held [][]byte // guarded by wmu
 
 	pendMu  sync.Mutex
 	pending map[int64]chan callResult // our outstanding requests
@@ -167,6 +175,10 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 		done:     make(chan struct{}),
 	}
 	c.ioCtx = context.WithoutCancel(ctx)
+	if cc, ok := nc.(*corkConn); ok {
+		c.cc = cc
+		cc.beforeRead = c.flushHeld
+	}
 	context.AfterFunc(ctx, func() {
 		if c.readEnded.Load() {
 			return
@@ -434,7 +446,7 @@ const writeBatch = 128
 func (c *Channel) writeLoop() {
 	defer c.workers.Done()
 	batch := make([][]byte, 0, writeBatch)
-	cc, _ := c.nc.(*corkConn)
+	cc := c.cc
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -455,10 +467,17 @@ func (c *Channel) writeLoop() {
 			c.drain(&batch)
 		}
 		if cc != nil {
-			if !c.writeCorked(cc, batch) {
+			c.wmu.Lock()
+			batch = append(batch, c.held...) // replies of inline handlers ride along
+			clear(c.held)
+			c.held = c.held[:0]
+			ok := c.writeCorked(cc, batch)
+			c.wmu.Unlock()
+			if !ok {
 				return
 			}
 			clear(batch)
+			batch = batch[:0]
 			continue
 		}
 		for i, f := range batch {
@@ -482,6 +501,33 @@ func (c *Channel) drain(batch *[][]byte) {
 	}
 }
 
+// hold keeps an inline handler's reply for the next flushHeld; a full batch goes
+// at once.
+func (c *Channel) hold(frame []byte) {
+	c.wmu.Lock()
+	c.held = append(c.held, frame)
+	full := len(c.held) >= writeBatch
+	c.wmu.Unlock()
+	if full {
+		c.flushHeld()
+	}
+}
+
+// flushHeld writes the held replies with one system call. The corkConn calls it
+// before every socket read, so the replies to what one read brought leave
+// together. While a close is under way the writer's flushAndClose takes them
+// (a data frame after the close frame would break the close handshake).
+func (c *Channel) flushHeld() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.held) == 0 || c.isClosing() {
+		return
+	}
+	c.writeCorked(c.cc, c.held) // a failure closes the channel
+	clear(c.held)
+	c.held = c.held[:0]
+}
+
 // writeCorked hands the batch to the library frame by frame into the cork
 // buffer (no socket I/O, so no per-frame deadline context is needed), then
 // sends it with one write under the write timeout.
@@ -497,13 +543,20 @@ func (c *Channel) writeCorked(cc *corkConn, batch [][]byte) bool {
 		err = uerr
 	}
 	if err != nil {
-		if c.ctx.Err() == nil {
-			c.log.Debug("write failed, dropping connection", "err", err)
-		}
-		c.forceClose()
+		c.writeFailed(err)
 		return false
 	}
 	return true
+}
+
+// writeFailed drops the connection after a failed write (it is unusable) and
+// remembers why, so Err blames the write rather than the peer.
+func (c *Channel) writeFailed(err error) {
+	if c.ctx.Err() == nil {
+		c.log.Debug("write failed, dropping connection", "err", err)
+		c.writeErr.CompareAndSwap(nil, &err)
+	}
+	c.forceClose()
 }
 
 func (c *Channel) write(f []byte) bool {
@@ -511,10 +564,7 @@ func (c *Channel) write(f []byte) bool {
 	err := c.conn.Write(ctx, websocket.MessageText, f)
 	cancel()
 	if err != nil {
-		if c.ctx.Err() == nil {
-			c.log.Debug("write failed, dropping connection", "err", err)
-		}
-		c.forceClose() // a failed write leaves the connection unusable
+		c.writeFailed(err)
 		return false
 	}
 	return true
@@ -522,6 +572,15 @@ func (c *Channel) write(f []byte) bool {
 
 // flushAndClose writes what is queued, then does the close handshake.
 func (c *Channel) flushAndClose() {
+	c.wmu.Lock()
+	held := c.held
+	c.held = nil
+	c.wmu.Unlock()
+	for _, f := range held {
+		if !c.write(f) {
+			return
+		}
+	}
 	for flushed := false; !flushed; {
 		select {
 		case f := <-c.sendq:
@@ -700,12 +759,17 @@ func (c *Channel) dispatch(msg []byte) {
 }
 
 func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
-	h := c.cfg.mux.lookup(req.protocol, req.cmd)
+	r := c.cfg.mux.lookup(req.protocol, req.cmd)
+	h := r.h
 	if h == nil {
 		if twoway {
 			e := notFound(req.protocol, req.cmd)
 			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(e.Message)), id, e.Status, "", e.Message))
 		}
+		return
+	}
+	if r.inline {
+		c.runInline(id, twoway, h, req.props)
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -726,6 +790,20 @@ func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
 	go c.runHandler(ctx, in, id, twoway, h, req.props)
 }
 
+// runInline serves a request on the reader (see Mux.HandleInline).
+func (c *Channel) runInline(id int64, twoway bool, h HandlerFunc, props []byte) {
+	res, err := c.callHandler(c.ctx, h, props)
+	if !twoway {
+		return
+	}
+	frame := c.replyFrame(id, res, err)
+	if c.cc != nil {
+		c.hold(frame)
+		return
+	}
+	_ = c.enqueue(frame)
+}
+
 func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway bool, h HandlerFunc, props []byte) {
 	defer c.handlers.Done()
 	res, err := c.callHandler(ctx, h, props)
@@ -739,18 +817,20 @@ func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway
 	if aborted || !twoway {
 		return
 	}
-	var frame []byte
+	_ = c.enqueue(c.replyFrame(id, res, err))
+}
+
+// replyFrame encodes a handler's answer to request id.
+func (c *Channel) replyFrame(id int64, res json.RawMessage, err error) []byte {
 	if err == nil && res != nil && !json.Valid(res) {
 		c.log.Error("handler returned invalid JSON")
 		err = NewError(500, "handler returned invalid JSON")
 	}
 	if err != nil {
 		status, code, msg := toFailure(err)
-		frame = appendFailure(make([]byte, 0, 96+len(msg)), id, status, code, msg)
-	} else {
-		frame = appendSuccess(make([]byte, 0, 64+len(res)), id, res)
+		return appendFailure(make([]byte, 0, 96+len(msg)), id, status, code, msg)
 	}
-	_ = c.enqueue(frame)
+	return appendSuccess(make([]byte, 0, 64+len(res)), id, res)
 }
 
 func (c *Channel) callHandler(ctx context.Context, h HandlerFunc, props []byte) (res json.RawMessage, err error) {
@@ -799,6 +879,10 @@ func (c *Channel) classify(readErr error) (e *closeError, librarySentClose bool)
 	switch {
 	case closing:
 		return &closeError{ce: websocket.CloseError{Code: code, Reason: reason}, local: true}, false
+	case c.writeErr.Load() != nil:
+		// We dropped the socket because a write failed (e.g. timed out on a peer
+		// that does not read); the read error that follows is only the echo.
+		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, local: true, cause: *c.writeErr.Load()}, false
 	case websocket.CloseStatus(readErr) != -1:
 		var ce websocket.CloseError
 		errors.As(readErr, &ce)

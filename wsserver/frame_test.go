@@ -159,7 +159,7 @@ func TestDecode_NoAllocations(t *testing.T) {
 			t.Fatal(err)
 		}
 		r, err := decodeRequest(f.Data)
-		if err != nil || mux.lookup(r.protocol, r.cmd) == nil {
+		if err != nil || mux.lookup(r.protocol, r.cmd).h == nil {
 			t.Fatal("lookup failed")
 		}
 		f, _ = DecodeFrame(resp)

@@ -17,8 +17,13 @@ type HandlerFunc func(ctx context.Context, ch *Channel, props json.RawMessage) (
 // Handle may be called while channels are serving (lookups are lock-free).
 type Mux struct {
 	mu      sync.Mutex // serialises writers
-	m       atomic.Pointer[map[string]map[string]HandlerFunc]
+	m       atomic.Pointer[map[string]map[string]route]
 	unknown atomic.Pointer[func(protocol, cmd string)]
+}
+
+type route struct {
+	h      HandlerFunc
+	inline bool
 }
 
 // OnUnknown observes requests for pairs that have no handler (for metrics). They are
@@ -30,63 +35,77 @@ func NewMux() *Mux { return &Mux{} }
 
 // Handle registers h for (protocol, cmd), e.g. ("ws", "/users"). A nil h
 // removes the pair. A request for an unknown pair is answered with status 104
-// "Cannot find the url '<protocol>:/<cmd>'".
-func (m *Mux) Handle(protocol, cmd string, h HandlerFunc) {
+// "Cannot find the url '<protocol>:/<cmd>'". Each request runs in its own
+// goroutine; ctx ends when the peer aborts it or the channel closes.
+func (m *Mux) Handle(protocol, cmd string, h HandlerFunc) { m.set(protocol, cmd, route{h: h}) }
+
+// HandleInline registers h like Handle, for a handler that only computes (no
+// I/O, no waiting, no locks held for long): it runs on the connection's reader,
+// in arrival order, without a goroutine or context of its own, and on an
+// accepted connection its replies to the messages of one socket read leave in
+// one write. ctx is the channel's; an abort cannot reach it because it answers
+// before the next message is read. A handler that blocks stalls its connection.
+func (m *Mux) HandleInline(protocol, cmd string, h HandlerFunc) {
+	m.set(protocol, cmd, route{h: h, inline: true})
+}
+
+func (m *Mux) set(protocol, cmd string, r route) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next := make(map[string]map[string]HandlerFunc)
+	next := make(map[string]map[string]route)
 	if cur := m.m.Load(); cur != nil {
 		for p, cmds := range *cur {
-			c := make(map[string]HandlerFunc, len(cmds))
+			c := make(map[string]route, len(cmds))
 			for k, v := range cmds {
 				c[k] = v
 			}
 			next[p] = c
 		}
 	}
-	if h == nil {
+	if r.h == nil {
 		delete(next[protocol], cmd)
 	} else {
 		if next[protocol] == nil {
-			next[protocol] = make(map[string]HandlerFunc)
+			next[protocol] = make(map[string]route)
 		}
-		next[protocol][cmd] = h
+		next[protocol][cmd] = r
 	}
 	m.m.Store(&next)
 }
 
 // Lookup returns the handler for (protocol, cmd) or nil.
 func (m *Mux) Lookup(protocol, cmd string) HandlerFunc {
-	return m.find([]byte(protocol), []byte(cmd))
+	return m.find([]byte(protocol), []byte(cmd)).h
 }
 
-func (m *Mux) find(protocol, cmd []byte) HandlerFunc {
+func (m *Mux) find(protocol, cmd []byte) route {
 	if m == nil {
-		return nil
+		return route{}
 	}
 	cur := m.m.Load()
 	if cur == nil {
-		return nil
+		return route{}
 	}
 	return (*cur)[string(protocol)][string(cmd)]
 }
 
-// lookup is what a channel dispatches with: an unknown pair yields nil (answered 104),
-// or, when someone observes unknown pairs, a handler that tells them and answers 104.
-func (m *Mux) lookup(protocol, cmd []byte) HandlerFunc {
-	h := m.find(protocol, cmd)
-	if h != nil || m == nil {
-		return h
+// lookup is what a channel dispatches with: an unknown pair yields a nil handler
+// (answered 104), or, when someone observes unknown pairs, a handler that tells them
+// and answers 104.
+func (m *Mux) lookup(protocol, cmd []byte) route {
+	r := m.find(protocol, cmd)
+	if r.h != nil || m == nil {
+		return r
 	}
 	fn := m.unknown.Load()
 	if fn == nil {
-		return nil
+		return route{}
 	}
 	p, c := string(protocol), string(cmd)
-	return func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) {
+	return route{h: func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) {
 		(*fn)(p, c)
 		return nil, notFound([]byte(p), []byte(c))
-	}
+	}, inline: true}
 }
 
 // notFound is the failure for an unknown pair.

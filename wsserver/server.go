@@ -312,6 +312,16 @@ type corkConn struct {
 	mu     sync.Mutex // orders writes; held during the socket write
 	corked bool
 	buf    []byte
+	// beforeRead runs before every socket read (the channel's flushHeld): what
+	// was answered from the bytes of the last read goes out before waiting for more.
+	beforeRead func()
+}
+
+func (c *corkConn) Read(p []byte) (int, error) {
+	if c.beforeRead != nil {
+		c.beforeRead()
+	}
+	return c.Conn.Read(p)
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {

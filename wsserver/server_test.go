@@ -3,9 +3,11 @@ package wsserver
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -278,7 +280,8 @@ func TestSlowConsumer_IsCutOff(t *testing.T) {
 	if err == nil {
 		t.Fatal("slow consumer closed without an error")
 	}
-	if code := websocket.CloseStatus(err); code != -1 && code != websocket.StatusPolicyViolation {
+	slow := websocket.CloseStatus(err) == websocket.StatusPolicyViolation && strings.Contains(err.Error(), ReasonSlowConsumer)
+	if !slow && !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Err = %v, want 1008 slow consumer or a write timeout", err)
 	}
 }
