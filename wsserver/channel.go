@@ -1,6 +1,7 @@
 package wsserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -113,9 +114,13 @@ type Channel struct {
 	// On an accepted connection, replies of inline handlers are held until the
 	// reader is about to read from the socket again, then written in one batch
 	// (cc calls flushHeld). wmu orders those writes with the writer's.
-	cc   *corkConn
-	wmu  sync.Mutex
-	held [][]byte // guarded by wmu
+	cc  *corkConn
+	wmu sync.Mutex
+	// The held replies, encoded back to back in heldBuf (no allocation per
+	// reply): frame i ends at heldEnds[i]. Guarded by wmu.
+	heldBuf    []byte
+	heldEnds   []int
+	heldFrames [][]byte // scratch for writing them
 
 	pendMu  sync.Mutex
 	pending map[int64]chan callResult // our outstanding requests
@@ -397,7 +402,7 @@ func marshalProps(props any) ([]byte, error) {
 		if v == nil {
 			return []byte("[]"), nil
 		}
-		if !json.Valid(v) {
+		if !validJSON(v) {
 			return nil, errors.New("invalid JSON in json.RawMessage")
 		}
 		return v, nil
@@ -468,10 +473,9 @@ func (c *Channel) writeLoop() {
 		}
 		if cc != nil {
 			c.wmu.Lock()
-			batch = append(batch, c.held...) // replies of inline handlers ride along
-			clear(c.held)
-			c.held = c.held[:0]
+			batch = c.appendHeld(batch) // replies of inline handlers ride along
 			ok := c.writeCorked(cc, batch)
+			c.resetHeld()
 			c.wmu.Unlock()
 			if !ok {
 				return
@@ -503,13 +507,35 @@ func (c *Channel) drain(batch *[][]byte) {
 
 // hold keeps an inline handler's reply for the next flushHeld; a full batch goes
 // at once.
-func (c *Channel) hold(frame []byte) {
+func (c *Channel) hold(id int64, res json.RawMessage, err error) {
 	c.wmu.Lock()
-	c.held = append(c.held, frame)
-	full := len(c.held) >= writeBatch
+	c.heldBuf = c.appendReply(c.heldBuf, id, res, err)
+	c.heldEnds = append(c.heldEnds, len(c.heldBuf))
+	full := len(c.heldEnds) >= writeBatch
 	c.wmu.Unlock()
 	if full {
 		c.flushHeld()
+	}
+}
+
+// appendHeld appends the held frames to batch (slices of heldBuf: valid until
+// resetHeld). The caller holds wmu.
+func (c *Channel) appendHeld(batch [][]byte) [][]byte {
+	start := 0
+	for _, end := range c.heldEnds {
+		batch = append(batch, c.heldBuf[start:end:end])
+		start = end
+	}
+	return batch
+}
+
+// resetHeld forgets the held frames once written. The caller holds wmu.
+func (c *Channel) resetHeld() {
+	c.heldEnds = c.heldEnds[:0]
+	if cap(c.heldBuf) > 256<<10 {
+		c.heldBuf = nil // do not keep a burst's buffer for the connection's life
+	} else {
+		c.heldBuf = c.heldBuf[:0]
 	}
 }
 
@@ -520,12 +546,13 @@ func (c *Channel) hold(frame []byte) {
 func (c *Channel) flushHeld() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if len(c.held) == 0 || c.isClosing() {
+	if len(c.heldEnds) == 0 || c.isClosing() {
 		return
 	}
-	c.writeCorked(c.cc, c.held) // a failure closes the channel
-	clear(c.held)
-	c.held = c.held[:0]
+	c.heldFrames = c.appendHeld(c.heldFrames[:0])
+	c.writeCorked(c.cc, c.heldFrames) // a failure closes the channel
+	clear(c.heldFrames)
+	c.resetHeld()
 }
 
 // writeCorked hands the batch to the library frame by frame into the cork
@@ -573,8 +600,8 @@ func (c *Channel) write(f []byte) bool {
 // flushAndClose writes what is queued, then does the close handshake.
 func (c *Channel) flushAndClose() {
 	c.wmu.Lock()
-	held := c.held
-	c.held = nil
+	held := c.appendHeld(nil)
+	c.heldBuf, c.heldEnds = nil, nil // held keeps the old buffer
 	c.wmu.Unlock()
 	for _, f := range held {
 		if !c.write(f) {
@@ -662,9 +689,7 @@ func (c *Channel) readLoop() error {
 			c.closeWith(websocket.StatusInvalidFramePayloadData, ReasonInvalidUTF8)
 			continue
 		}
-		msg := make([]byte, len(scratch))
-		copy(msg, scratch)
-		c.dispatch(msg)
+		c.dispatch(scratch)
 		if cap(scratch) > 64<<10 {
 			scratch = nil
 		}
@@ -697,7 +722,9 @@ func (c *Channel) ignored(reason string, msg []byte) {
 	}
 }
 
-// dispatch handles one message; msg is owned by the call.
+// dispatch handles one message. msg is the reader's buffer, reused for the next
+// message: what outlives the call (a handler goroutine's props, a response's data)
+// is copied.
 func (c *Channel) dispatch(msg []byte) {
 	f, err := DecodeFrame(msg)
 	if err != nil {
@@ -731,7 +758,7 @@ func (c *Channel) dispatch(msg []byte) {
 		if f.Data == nil {
 			r.err = malformed("response without data")
 		} else {
-			r.resp, r.err = decodeResponse(f.Data)
+			r.resp, r.err = decodeResponse(bytes.Clone(f.Data))
 		}
 		if r.err != nil {
 			r.err = fmt.Errorf("wsserver: bad response from %s: %w", c.key, r.err)
@@ -787,7 +814,7 @@ func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
 	c.inflight[id] = in
 	c.inMu.Unlock()
 	c.handlers.Add(1)
-	go c.runHandler(ctx, in, id, twoway, h, req.props)
+	go c.runHandler(ctx, in, id, twoway, h, bytes.Clone(req.props))
 }
 
 // runInline serves a request on the reader (see Mux.HandleInline).
@@ -796,12 +823,11 @@ func (c *Channel) runInline(id int64, twoway bool, h HandlerFunc, props []byte) 
 	if !twoway {
 		return
 	}
-	frame := c.replyFrame(id, res, err)
 	if c.cc != nil {
-		c.hold(frame)
+		c.hold(id, res, err)
 		return
 	}
-	_ = c.enqueue(frame)
+	_ = c.enqueue(c.appendReply(nil, id, res, err))
 }
 
 func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway bool, h HandlerFunc, props []byte) {
@@ -817,20 +843,26 @@ func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway
 	if aborted || !twoway {
 		return
 	}
-	_ = c.enqueue(c.replyFrame(id, res, err))
+	_ = c.enqueue(c.appendReply(nil, id, res, err))
 }
 
-// replyFrame encodes a handler's answer to request id.
-func (c *Channel) replyFrame(id int64, res json.RawMessage, err error) []byte {
-	if err == nil && res != nil && !json.Valid(res) {
+// appendReply appends the frame that answers request id with a handler's result.
+func (c *Channel) appendReply(b []byte, id int64, res json.RawMessage, err error) []byte {
+	if err == nil && res != nil && !validJSON(res) {
 		c.log.Error("handler returned invalid JSON")
 		err = NewError(500, "handler returned invalid JSON")
 	}
 	if err != nil {
 		status, code, msg := toFailure(err)
-		return appendFailure(make([]byte, 0, 96+len(msg)), id, status, code, msg)
+		if b == nil {
+			b = make([]byte, 0, 96+len(msg))
+		}
+		return appendFailure(b, id, status, code, msg)
 	}
-	return appendSuccess(make([]byte, 0, 64+len(res)), id, res)
+	if b == nil {
+		b = make([]byte, 0, 64+len(res))
+	}
+	return appendSuccess(b, id, res)
 }
 
 func (c *Channel) callHandler(ctx context.Context, h HandlerFunc, props []byte) (res json.RawMessage, err error) {

@@ -46,7 +46,7 @@ func malformed(format string, args ...any) error {
 // see DecodeRequest and the channel, which check it where it is used.
 func DecodeFrame(b []byte) (Frame, error) {
 	var f Frame
-	if !json.Valid(b) {
+	if !validJSON(b) {
 		return f, malformed("not JSON")
 	}
 	b = trimWS(b)
@@ -312,7 +312,7 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// ---- a small scanner over JSON already checked by json.Valid ----
+// ---- a small scanner over JSON already checked by validJSON ----
 
 func isWS(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 

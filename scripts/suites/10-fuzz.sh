@@ -13,6 +13,7 @@ targets=(
   "./wsserver FuzzDecodeFrame"
   "./wsserver FuzzDecodeRequest"
   "./wsserver FuzzEncodeResponse"
+  "./wsserver FuzzValidJSON"
   "./fsm FuzzDecode"
   "./fsm FuzzRestore"
   "./registry FuzzParseProps"
