@@ -79,8 +79,16 @@ func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder
 	_ = c.nc.SetReadDeadline(time.Now().Add(time.Duration(until-b.now()) + b.timeout))
 	defer c.nc.SetReadDeadline(time.Time{})
 	var scratch []byte
+	flush := func() error {
+		if len(wbuf) == 0 {
+			return nil
+		}
+		err := c.write(wbuf)
+		wbuf = wbuf[:0]
+		return err
+	}
 	for len(sent) > 0 {
-		p, err := c.readMessage(scratch)
+		p, err := c.readMessageFlushing(scratch, flush)
 		if err != nil {
 			rec.errors += int64(len(sent))
 			return id, err
@@ -106,12 +114,11 @@ func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder
 			sent[id] = now
 			id++
 		}
-		if c.br.Buffered() == 0 && len(wbuf) > 0 {
-			if err := c.write(wbuf); err != nil {
+		if c.br.Buffered() == 0 {
+			if err := flush(); err != nil {
 				rec.errors += int64(len(sent))
 				return id, err
 			}
-			wbuf = wbuf[:0]
 		}
 	}
 	return id, nil

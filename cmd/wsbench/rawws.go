@@ -107,7 +107,19 @@ func (c *wsConn) write(b []byte) error {
 // readMessage returns the next text/binary payload (valid until the next
 // call), answering pings on the way.
 func (c *wsConn) readMessage(scratch []byte) ([]byte, error) {
+	return c.readMessageFlushing(scratch, nil)
+}
+
+// readMessageFlushing is readMessage that calls flush before it would wait for the
+// socket: a pipelining caller's unsent requests must leave before it waits for
+// their replies (a ping read between replies once left them unsent for good).
+func (c *wsConn) readMessageFlushing(scratch []byte, flush func() error) ([]byte, error) {
 	for {
+		if flush != nil && c.br.Buffered() < 2 {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
 		var h [2]byte
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			return nil, err
