@@ -168,7 +168,8 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 }
 
 // raftCommit is the leader's commit: one raft entry for the whole batch.
-func raftCommit(r *raft.Raft, applyTimeout time.Duration) commitFunc {
+// committed, when set, is called after each entry is committed and applied here.
+func raftCommit(r *raft.Raft, applyTimeout time.Duration, committed func()) commitFunc {
 	return func(cmds []fsm.Command) func() (uint64, []error, error) {
 		var cmd fsm.Command = fsm.Batch{Commands: cmds}
 		if len(cmds) == 1 {
@@ -183,6 +184,9 @@ func raftCommit(r *raft.Raft, applyTimeout time.Duration) commitFunc {
 		return func() (uint64, []error, error) {
 			if err := future.Error(); err != nil {
 				return 0, nil, err
+			}
+			if committed != nil {
+				committed()
 			}
 			errs, _ := future.Response().([]error)
 			return future.Index(), errs, nil

@@ -109,6 +109,12 @@ type Node struct {
 	watch     *memberWatch
 	log       *slog.Logger
 
+	nudge struct {
+		mu      sync.Mutex
+		want    uint64 // the highest last index a forwarded write asked to be carried
+		running bool   // nudgeLoop is running
+	}
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -181,7 +187,9 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
-	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout))
+	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, func() {
+		n.nudgeFollowers(r.LastIndex())
+	}))
 	n.batcher.onBatch = cfg.OnBatch
 	n.watch = newMemberWatch(r)
 
@@ -260,6 +268,49 @@ func (n *Node) Ready() bool {
 
 // Barrier waits until every entry committed before it has been applied (leader only).
 func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
+
+// nudgeFollowers makes sure the followers hear soon that everything up to last is
+// committed. hashicorp/raft sends a follower the commit index only with the entries that
+// follow, or after CommitTimeout (20-40 ms) when none do. A follower answers its agent's
+// online only once the entry is applied there (read-your-write), so on a quiet cluster
+// every forwarded write would wait that long, and a registration on the leader would be
+// missing on the followers for as long. last is the leader's last index when the
+// entry was known committed: any entry appended after it carries the news. After a short
+// pause, if none was, the leader appends a barrier (an entry the FSM never sees). A busy
+// leader appends entries all the time and sends no barriers.
+func (n *Node) nudgeFollowers(last uint64) {
+	n.nudge.mu.Lock()
+	n.nudge.want = max(n.nudge.want, last)
+	start := !n.nudge.running
+	n.nudge.running = true
+	n.nudge.mu.Unlock()
+	if start {
+		go n.nudgeLoop()
+	}
+}
+
+// nudgeDelay is how long the leader waits for an entry that would carry the commit
+// index anyway before it appends a barrier.
+const nudgeDelay = time.Millisecond
+
+func (n *Node) nudgeLoop() {
+	var done uint64
+	for {
+		n.nudge.mu.Lock()
+		want := n.nudge.want
+		if want <= done {
+			n.nudge.running = false
+			n.nudge.mu.Unlock()
+			return
+		}
+		n.nudge.mu.Unlock()
+		time.Sleep(nudgeDelay)
+		if n.raft.LastIndex() <= want {
+			_ = n.raft.Barrier(n.cfg.ApplyTimeout).Error()
+		}
+		done = want
+	}
+}
 
 // Close stops group commit and raft and releases the bolt file.
 func (n *Node) Close() error {

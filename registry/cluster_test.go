@@ -45,13 +45,16 @@ func clusterConfig(t *testing.T, id string, dir string, grace time.Duration) Con
 
 // startCluster forms an n-node cluster the way operators do: every node gets the same
 // --bootstrap-expect n and --join list, and none is special.
-func startCluster(t *testing.T, n int, grace time.Duration) *testCluster {
+func startCluster(t *testing.T, n int, grace time.Duration, adjust ...func(*Config)) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t, grace: grace}
 	var peers []string
 	for i := range n {
 		cfg := clusterConfig(t, fmt.Sprintf("node%d", i), t.TempDir(), grace)
 		cfg.Cluster.BootstrapExpect = n
+		for _, fn := range adjust {
+			fn(&cfg)
+		}
 		tc.cfgs = append(tc.cfgs, cfg)
 		peers = append(peers, cfg.HTTPAdvertise)
 	}
@@ -195,6 +198,25 @@ func TestCluster_RegistrationOnAnyNodeVisibleEverywhere(t *testing.T) {
 	if code != 200 || body.(map[string]any)["host"] != "127.0.0.1:9100" {
 		t.Fatalf("consistent where on follower: %d %s", code, js(body))
 	}
+}
+
+func TestForward_QuietClusterDoesNotWaitForCommitTimeout(t *testing.T) {
+	// raft tells followers what is committed only with the entries that follow or after
+	// CommitTimeout. With a CommitTimeout far beyond the write deadline (CommitWait), a
+	// follower acknowledges a forwarded online on a quiet cluster only because the leader
+	// nudges the followers.
+	tc := startCluster(t, 3, 2*time.Second, func(c *Config) { c.Cluster.CommitTimeout = 10 * time.Minute })
+	f := tc.followers()[0]
+	a := dialRaw(t, f, "/127.0.0.1/9150")
+	for i := range 3 {
+		ns := fmt.Sprintf("quiet-%d", i)
+		a.call(online(2*i, ns), ok(2*i))
+		a.call(where(2*i+1, ns), found(2*i+1, "127.0.0.1:9150"))
+	}
+	// A registration on the leader reaches the followers without waiting either.
+	l := dialRaw(t, tc.leader(), "/127.0.0.1/9151")
+	l.call(online(0, "quiet-on-leader"), ok(0))
+	eventually(t, 5*time.Second, func() bool { _, ok := f.Where("quiet-on-leader"); return ok }, "registration on the leader not visible on a follower")
 }
 
 func TestCluster_LeaderCrashPurgesItsAgentsAndOthersServe(t *testing.T) {
