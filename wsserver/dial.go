@@ -56,12 +56,16 @@ func Dial(ctx context.Context, target, own string, cfg DialConfig) (*Channel, er
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, network, addr)
-			if err == nil {
-				mu.Lock()
-				nc = c
-				mu.Unlock()
+			if err != nil {
+				return nil, err
 			}
-			return c, err
+			// As on accepted connections: the writer sends a batch of frames with one
+			// write (the SDK's replies, the node's proxied calls).
+			cc := &corkConn{Conn: c}
+			mu.Lock()
+			nc = cc
+			mu.Unlock()
+			return cc, nil
 		},
 		DisableCompression: true,
 	}
