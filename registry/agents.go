@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -285,9 +284,7 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 		return nil, wsserver.NewError(500, "online: %v", err)
 	}
 	s.confirm(ns)
-	if n.log.Enabled(context.Background(), slog.LevelDebug) { // no session formatting per online otherwise
-		n.log.Debug("agent registered", "namespace", ns, "host", ch.Key(), "session", s.id.String())
-	}
+	n.log.Info("agent registered", "namespace", ns, "host", ch.Key(), "session", s.id.String())
 	return nil, nil // "undefined" result: {"status":200}
 }
 
