@@ -289,6 +289,21 @@ func (n *Node) nudgeFollowers(last uint64) {
 	}
 }
 
+// hasPeers reports whether the configuration has any server but this one (a one-node
+// cluster has nobody to nudge).
+func (n *Node) hasPeers() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return true
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) != n.cfg.NodeID {
+			return true
+		}
+	}
+	return false
+}
+
 // nudgeDelay is how long the leader waits for an entry that would carry the commit
 // index anyway before it appends a barrier.
 const nudgeDelay = time.Millisecond
@@ -305,7 +320,7 @@ func (n *Node) nudgeLoop() {
 		}
 		n.nudge.mu.Unlock()
 		time.Sleep(nudgeDelay)
-		if n.raft.LastIndex() <= want {
+		if n.raft.LastIndex() <= want && n.hasPeers() {
 			_ = n.raft.Barrier(n.cfg.ApplyTimeout).Error()
 		}
 		done = want
