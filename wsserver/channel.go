@@ -911,16 +911,18 @@ func (c *Channel) classify(readErr error) (e *closeError, librarySentClose bool)
 	switch {
 	case closing:
 		return &closeError{ce: websocket.CloseError{Code: code, Reason: reason}, local: true}, false
-	case c.writeErr.Load() != nil:
-		// We dropped the socket because a write failed (e.g. timed out on a peer
-		// that does not read); the read error that follows is only the echo.
-		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, local: true, cause: *c.writeErr.Load()}, false
 	case websocket.CloseStatus(readErr) != -1:
 		var ce websocket.CloseError
 		errors.As(readErr, &ce)
 		return &closeError{ce: ce}, false
 	case errors.Is(readErr, websocket.ErrMessageTooBig):
 		return &closeError{ce: websocket.CloseError{Code: websocket.StatusMessageTooBig, Reason: "message too big"}, local: true, cause: readErr}, true
+	case isConnErr(readErr) && c.writeErr.Load() != nil:
+		// We dropped the socket because a write failed (e.g. timed out on a peer that
+		// does not read); the read error is only the echo. A close frame or a protocol
+		// error the reader saw first wins over it (a write fails too once the library
+		// closes the socket after the close handshake).
+		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, local: true, cause: *c.writeErr.Load()}, false
 	case isConnErr(readErr):
 		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, cause: readErr}, false
 	default:

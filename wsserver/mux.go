@@ -45,6 +45,7 @@ func (m *Mux) Handle(protocol, cmd string, h HandlerFunc) { m.set(protocol, cmd,
 // accepted connection its replies to the messages of one socket read leave in
 // one write. ctx is the channel's; an abort cannot reach it because it answers
 // before the next message is read. A handler that blocks stalls its connection.
+// props is only valid during the call (it is the reader's buffer): copy what you keep.
 func (m *Mux) HandleInline(protocol, cmd string, h HandlerFunc) {
 	m.set(protocol, cmd, route{h: h, inline: true})
 }
