@@ -113,6 +113,8 @@ type Node struct {
 		mu      sync.Mutex
 		want    uint64 // the highest last index a forwarded write asked to be carried
 		running bool   // nudgeLoop is running
+		stopped bool   // Close began: no more barriers
+		loop    sync.WaitGroup
 	}
 
 	closeOnce sync.Once
@@ -263,8 +265,23 @@ func (n *Node) Ready() bool {
 	// raft's own applied index counts the entries our FSM never sees (a new leader's no-op,
 	// configuration changes): comparing the FSM's index would stay "behind" after an
 	// election until the next write, and a cluster nobody writes to would never be ready.
-	return n.raft.AppliedIndex() >= n.raft.CommitIndex()
+	// raft advances the commit index before it hands the entries to the FSM, so a write
+	// being applied right now looks like lag for a moment: wait that moment out for the
+	// index seen now (later writes do not extend the wait). A node catching up stays behind
+	// for longer.
+	commit := n.raft.CommitIndex()
+	deadline := time.Now().Add(readyApplyGrace)
+	for n.raft.AppliedIndex() < commit {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
+
+// readyApplyGrace is how long Ready waits for entries already committed to be applied.
+const readyApplyGrace = 100 * time.Millisecond
 
 // Barrier waits until every entry committed before it has been applied (leader only).
 func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
@@ -280,13 +297,14 @@ func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(time
 // leader appends entries all the time and sends no barriers.
 func (n *Node) nudgeFollowers(last uint64) {
 	n.nudge.mu.Lock()
+	defer n.nudge.mu.Unlock()
 	n.nudge.want = max(n.nudge.want, last)
-	start := !n.nudge.running
-	n.nudge.running = true
-	n.nudge.mu.Unlock()
-	if start {
-		go n.nudgeLoop()
+	if n.nudge.running || n.nudge.stopped {
+		return
 	}
+	n.nudge.running = true
+	n.nudge.loop.Add(1)
+	go n.nudgeLoop()
 }
 
 // hasPeers reports whether the configuration has any server but this one (a one-node
@@ -309,11 +327,12 @@ func (n *Node) hasPeers() bool {
 const nudgeDelay = time.Millisecond
 
 func (n *Node) nudgeLoop() {
+	defer n.nudge.loop.Done()
 	var done uint64
 	for {
 		n.nudge.mu.Lock()
 		want := n.nudge.want
-		if want <= done {
+		if want <= done || n.nudge.stopped {
 			n.nudge.running = false
 			n.nudge.mu.Unlock()
 			return
@@ -321,9 +340,29 @@ func (n *Node) nudgeLoop() {
 		n.nudge.mu.Unlock()
 		time.Sleep(nudgeDelay)
 		if n.raft.LastIndex() <= want && n.hasPeers() {
+			// While raft runs a barrier is answered (applied, or failed when leadership is
+			// lost); after Shutdown it may never be, so Close waits for this loop first.
 			_ = n.raft.Barrier(n.cfg.ApplyTimeout).Error()
 		}
 		done = want
+	}
+}
+
+// stopNudging ends nudgeLoop before raft shuts down, waiting at most a few seconds (a
+// barrier waits for its commit, or for the leader to lose its lease).
+func (n *Node) stopNudging() {
+	n.nudge.mu.Lock()
+	n.nudge.stopped = true
+	n.nudge.mu.Unlock()
+	finished := make(chan struct{})
+	go func() {
+		n.nudge.loop.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+	case <-time.After(5 * time.Second):
+		n.log.Warn("closing while a commit notice to the followers is still pending")
 	}
 }
 
@@ -331,6 +370,7 @@ func (n *Node) nudgeLoop() {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.batcher.close()
+		n.stopNudging()
 		err := n.raft.Shutdown().Error()
 		n.watch.close(n.raft)
 		if terr := n.transport.Close(); err == nil {
