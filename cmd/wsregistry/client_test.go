@@ -94,8 +94,8 @@ func TestCLI_ReadCommandsTablesAndJSON(t *testing.T) {
 	if code, out, _ := runCLI("members", "--addr", addr); code != 0 || !strings.Contains(out, "leader") || !strings.Contains(out, "n1") {
 		t.Fatalf("members: %d %q", code, out)
 	}
-	if code, out, _ := runCLI("healthcheck", "--addr", addr); code != 0 || !strings.Contains(out, "ready") {
-		t.Fatalf("healthcheck: %d %q", code, out)
+	if code, out, errOut := runCLI("healthcheck", "--addr", addr); code != 0 || !strings.Contains(out, "ready") {
+		t.Fatalf("healthcheck: %d %q %q", code, out, errOut)
 	}
 	if code, _, errOut := runCLI("where", "nobody", "--addr", addr); code != 1 || !strings.Contains(errOut, "404") {
 		t.Fatalf("where unknown: %d %q", code, errOut)
