@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // CommandType is the first byte of every log entry.
@@ -168,20 +169,27 @@ func encodeUnknown(u Unknown) ([]byte, error) {
 	return u.Body, nil
 }
 
+// encodeBatch writes the array of batchItem by hand, with every body verbatim:
+// json.Marshal would compact and HTML-escape a body it passes through (an Unknown
+// command's, from a newer node), so decoding and encoding again would change the entry.
+// For known commands the bytes are what json.Marshal(items) gives.
 func encodeBatch(b Batch) ([]byte, error) {
-	items := make([]batchItem, len(b.Commands))
+	out := []byte{byte(TypeBatch), '['}
 	for i, c := range b.Commands {
 		body, err := encodeBody(c)
 		if err != nil {
 			return nil, fmt.Errorf("batch command %d: %w", i, err)
 		}
-		items[i] = batchItem{T: c.Type(), B: body}
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `{"t":`...)
+		out = strconv.AppendUint(out, uint64(c.Type()), 10)
+		out = append(out, `,"b":`...)
+		out = append(out, body...)
+		out = append(out, '}')
 	}
-	body, err := json.Marshal(items)
-	if err != nil {
-		return nil, fmt.Errorf("%w: batch: %v", ErrMalformed, err)
-	}
-	return append([]byte{byte(TypeBatch)}, body...), nil
+	return append(out, ']'), nil
 }
 
 func known(t CommandType) bool {
