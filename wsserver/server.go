@@ -23,7 +23,7 @@ type ServerConfig struct {
 	PingInterval time.Duration // default 10 s; 0 means default, negative disables
 	PingMisses   int           // default 3: close after this many consecutive missed pongs
 	WriteTimeout time.Duration // default 10 s per write
-	SendQueue    int           // default 1024 frames; overflowing it closes the connection (1008 "slow consumer")
+	SendQueue    int           // default 128 frames; a reply that finds it full waits up to WriteTimeout, then the connection closes (1008 "slow consumer")
 	CloseTimeout time.Duration // default 1 s: a close handshake taking longer drops the connection
 
 	// OnOpen is called before the channel reads its first message. A channel
