@@ -111,9 +111,10 @@ type Channel struct {
 	nextID atomic.Int64 // our own message counter (requests and aborts)
 	sendq  chan []byte  // frames for the writer; full means slow consumer
 
-	// On an accepted connection, replies of inline handlers are held until the
-	// reader is about to read from the socket again, then written in one batch
-	// (cc calls flushHeld). wmu orders those writes with the writer's.
+	// On a corked socket (every accepted and dialed one), replies of inline
+	// handlers are held until the reader is about to read from the socket again,
+	// then written in one batch (cc calls flushHeld). wmu orders those writes
+	// with the writer's.
 	cc  *corkConn
 	wmu sync.Mutex
 	// The held replies, encoded back to back in heldBuf (no allocation per
