@@ -104,22 +104,10 @@ func fuzzAllHaveRequestIDs(cmd Command) bool {
 		cmds = b.Commands
 	}
 	for _, c := range cmds {
-		var rid string
-		switch c := c.(type) {
-		case Register:
-			rid = c.RequestID
-		case Deregister:
-			rid = c.RequestID
-		case PurgeNode:
-			rid = c.RequestID
-		case SetNode:
-			rid = c.RequestID
-		case RemoveNode:
-			rid = c.RequestID
-		case Unknown:
+		if _, ok := c.(Unknown); ok {
 			continue // skipped by Apply: nothing to apply twice
 		}
-		if rid == "" {
+		if rid, _ := requestID(c); rid == "" {
 			return false
 		}
 	}

@@ -53,26 +53,34 @@ func newStateSized(maxRequests, maxTombstones int, n sizes) *state {
 	}
 }
 
+// requestID is a command's request id ("" when it was sent without one); ok is false
+// for the types that carry none (Batch, Unknown).
+func requestID(cmd Command) (rid string, ok bool) {
+	switch c := cmd.(type) {
+	case Register:
+		return c.RequestID, true
+	case Deregister:
+		return c.RequestID, true
+	case PurgeNode:
+		return c.RequestID, true
+	case SetNode:
+		return c.RequestID, true
+	case RemoveNode:
+		return c.RequestID, true
+	case Unregister:
+		return c.RequestID, true
+	}
+	return "", false
+}
+
 // apply runs one non-batch command, with request-id dedup, and appends what
 // it changed to ch.
 func (st *state) apply(cmd Command, ch *[]Change) error {
-	var rid string
-	switch c := cmd.(type) {
-	case Register:
-		rid = c.RequestID
-	case Deregister:
-		rid = c.RequestID
-	case PurgeNode:
-		rid = c.RequestID
-	case SetNode:
-		rid = c.RequestID
-	case RemoveNode:
-		rid = c.RequestID
-	case Unregister:
-		rid = c.RequestID
-	case Unknown:
+	if _, ok := cmd.(Unknown); ok {
 		return nil
-	default:
+	}
+	rid, ok := requestID(cmd)
+	if !ok {
 		// Decode never yields anything else (nested batches included).
 		panic(fmt.Sprintf("fsm: cannot apply command %T", cmd))
 	}
