@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/wsregistry/wsregistry/cluster"
-	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/watch"
 )
 
 func (n *Node) apiHandler() http.Handler {
@@ -130,35 +130,11 @@ func (n *Node) handleHTTPWhere(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"namespace": ns, "host": addr})
 }
 
-// instanceView is one registration as the HTTP API shows it.
-type instanceView struct {
-	Host    string    `json:"host"`
-	Node    string    `json:"node"`
-	Session string    `json:"session"`
-	Since   time.Time `json:"since"`
-}
-
-type namespaceView struct {
-	Name      string         `json:"name"`
-	Instances []instanceView `json:"instances"`
-}
-
-func viewOf(name string, regs []fsm.Registration) namespaceView {
-	v := namespaceView{Name: name, Instances: make([]instanceView, 0, len(regs))}
-	for _, r := range regs {
-		v.Instances = append(v.Instances, instanceView{
-			Host: r.Address, Node: r.Session.Node, Session: r.Session.String(),
-			Since: time.UnixMilli(r.Since).UTC(),
-		})
-	}
-	return v
-}
-
 func (n *Node) handleNamespaces(w http.ResponseWriter, _ *http.Request) {
 	all := n.state.Namespaces()
-	out := make([]namespaceView, 0, len(all))
+	out := make([]watch.Namespace, 0, len(all))
 	for _, ns := range all {
-		out = append(out, viewOf(ns.Name, ns.Instances))
+		out = append(out, watch.NamespaceOf(ns.Name, ns.Instances))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -174,7 +150,7 @@ func (n *Node) handleNamespace(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no live instance of namespace "+strconv.Quote(ns))
 		return
 	}
-	writeJSON(w, http.StatusOK, viewOf(ns, regs))
+	writeJSON(w, http.StatusOK, watch.NamespaceOf(ns, regs))
 }
 
 // consistentRead answers from the leader after a barrier, so the answer reflects every

@@ -29,7 +29,7 @@ type Change struct {
 	Meta      *fsm.NodeMeta `json:"meta,omitempty"`
 }
 
-// Instance is one registration in a state event (the same shape as GET /v1/namespaces).
+// Instance is one registration in a state event and in GET /v1/namespaces.
 type Instance struct {
 	Host    string    `json:"host"`
 	Node    string    `json:"node"`
@@ -41,6 +41,18 @@ type Instance struct {
 type Namespace struct {
 	Name      string     `json:"name"`
 	Instances []Instance `json:"instances"`
+}
+
+// NamespaceOf is the view of a namespace's registrations, in state events and in the
+// registry's HTTP API alike.
+func NamespaceOf(name string, regs []fsm.Registration) Namespace {
+	out := Namespace{Name: name, Instances: make([]Instance, 0, len(regs))}
+	for _, r := range regs {
+		out.Instances = append(out.Instances, Instance{
+			Host: r.Address, Node: r.Session.Node, Session: r.Session.String(), Since: time.UnixMilli(r.Since).UTC(),
+		})
+	}
+	return out
 }
 
 // StateEvent is the data of a "state" event: everything, as of Index.
@@ -79,13 +91,7 @@ func (h *Hub) encodeState(index uint64, ns []fsm.NamespaceView, nodes []fsm.Node
 		ev.Nodes = []fsm.NodeMeta{}
 	}
 	for _, v := range ns {
-		out := Namespace{Name: v.Name, Instances: make([]Instance, 0, len(v.Instances))}
-		for _, r := range v.Instances {
-			out.Instances = append(out.Instances, Instance{
-				Host: r.Address, Node: r.Session.Node, Session: r.Session.String(), Since: time.UnixMilli(r.Since).UTC(),
-			})
-		}
-		ev.Namespaces = append(ev.Namespaces, out)
+		ev.Namespaces = append(ev.Namespaces, NamespaceOf(v.Name, v.Instances))
 	}
 	h.stateFrames.Add(1)
 	return h.encode(EventState, true, index, ev)
