@@ -1,0 +1,79 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wsregistry/wsregistry/fsm"
+)
+
+// While batches commit, new proposals wait and leave together: at most maxBatchesInFlight
+// commits run at once, and what queued behind them leaves in one batch.
+func TestBatcher_BoundsBatchesInFlight(t *testing.T) {
+	var inFlight, most, commits, committing atomic.Int64
+	release := make(chan struct{})
+	b := newBatcher(1024, 0, func(cmds []fsm.Command) func() (uint64, []error, error) {
+		n := inFlight.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		commits.Add(1)
+		committing.Add(int64(len(cmds)))
+		return func() (uint64, []error, error) {
+			<-release
+			inFlight.Add(-1)
+			return 7, make([]error, len(cmds)), nil
+		}
+	})
+	defer b.close()
+
+	const proposals = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, proposals)
+	for i := 0; i < proposals; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			index, results, err := b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "x"}})
+			if err == nil && (index != 7 || len(results) != 1) {
+				t.Errorf("propose = %d, %v", index, results)
+			}
+			errs <- err
+		}()
+	}
+	// Two commits start and block; everything else must wait for them: in the queue, and
+	// one proposal in the loop, which waits for a free slot.
+	deadline := time.Now().Add(10 * time.Second)
+	for committing.Load()+int64(len(b.queue))+1 < proposals || commits.Load() < maxBatchesInFlight {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: %d commits, %d queued", commits.Load(), len(b.queue))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for finished := false; !finished; {
+		select {
+		case release <- struct{}{}:
+		case <-done:
+			finished = true
+		case <-time.After(10 * time.Second):
+			t.Fatal("proposals did not finish")
+		}
+	}
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := most.Load(); m > maxBatchesInFlight {
+		t.Errorf("%d batches committed at once, want at most %d", m, maxBatchesInFlight)
+	}
+	// The two blocked commits held one or a few proposals; the rest left together.
+	if c := commits.Load(); c > maxBatchesInFlight+1 {
+		t.Errorf("%d commits for %d concurrent proposals, want at most %d: the queued ones did not leave as one batch", c, proposals, maxBatchesInFlight+1)
+	}
+}
