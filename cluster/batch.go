@@ -190,11 +190,8 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 // committed, when set, is called after each entry is committed and applied here.
 func raftCommit(r *raft.Raft, applyTimeout time.Duration, committed func()) commitFunc {
 	return func(cmds []fsm.Command) func() (uint64, []error, error) {
-		var cmd fsm.Command = fsm.Batch{Commands: cmds}
-		if len(cmds) == 1 {
-			cmd = cmds[0]
-		}
-		data, err := fsm.Encode(cmd)
+		// Always a batch, even of one: batches have the compact binary encoding.
+		data, err := fsm.Encode(fsm.Batch{Commands: cmds})
 		if err != nil {
 			return func() (uint64, []error, error) { return 0, nil, fmt.Errorf("cluster: encode: %w", err) }
 		}

@@ -162,11 +162,8 @@ func (c *Client) send(ctx context.Context, method, addr, path string, body any, 
 
 // Forward sends a proposal to the leader at leaderHTTP and returns its index and results.
 func (c *Client) Forward(ctx context.Context, leaderHTTP string, cmds []fsm.Command) (uint64, []error, error) {
-	var cmd fsm.Command = fsm.Batch{Commands: cmds}
-	if len(cmds) == 1 {
-		cmd = cmds[0]
-	}
-	body, err := fsm.Encode(cmd)
+	// Always a batch, even of one: batches have the compact binary encoding.
+	body, err := fsm.Encode(fsm.Batch{Commands: cmds})
 	if err != nil {
 		return 0, nil, err
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 )
 
 // CommandType is the first byte of every log entry.
@@ -110,19 +109,20 @@ type batchItem struct {
 	B json.RawMessage `json:"b"`
 }
 
-// Encode renders cmd as one type byte followed by a JSON body. A Batch body
-// is a JSON array of {"t":type,"b":body}.
+// Encode renders cmd as one type byte followed by its body: a Batch in the binary form of
+// TypeBinaryBatch, any other command as JSON. (Batches written before the binary form have
+// type TypeBatch and a JSON array of {"t":type,"b":body}; Decode still reads them.)
 func Encode(cmd Command) ([]byte, error) {
 	switch c := cmd.(type) {
 	case nil:
 		return nil, fmt.Errorf("%w: nil command", ErrMalformed)
 	case Batch:
-		return encodeBatch(c)
+		return appendBinaryBatch(nil, c)
 	case *Batch:
 		if c == nil {
 			return nil, fmt.Errorf("%w: nil batch", ErrMalformed)
 		}
-		return encodeBatch(*c)
+		return appendBinaryBatch(nil, *c)
 	}
 	body, err := encodeBody(cmd)
 	if err != nil {
@@ -169,32 +169,9 @@ func encodeUnknown(u Unknown) ([]byte, error) {
 	return u.Body, nil
 }
 
-// encodeBatch writes the array of batchItem by hand, with every body verbatim:
-// json.Marshal would compact and HTML-escape a body it passes through (an Unknown
-// command's, from a newer node), so decoding and encoding again would change the entry.
-// For known commands the bytes are what json.Marshal(items) gives.
-func encodeBatch(b Batch) ([]byte, error) {
-	out := []byte{byte(TypeBatch), '['}
-	for i, c := range b.Commands {
-		body, err := encodeBody(c)
-		if err != nil {
-			return nil, fmt.Errorf("batch command %d: %w", i, err)
-		}
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, `{"t":`...)
-		out = strconv.AppendUint(out, uint64(c.Type()), 10)
-		out = append(out, `,"b":`...)
-		out = append(out, body...)
-		out = append(out, '}')
-	}
-	return append(out, ']'), nil
-}
-
 func known(t CommandType) bool {
 	switch t {
-	case TypeRegister, TypeDeregister, TypePurgeNode, TypeSetNode, TypeBatch, TypeRemoveNode, TypeUnregister:
+	case TypeRegister, TypeDeregister, TypePurgeNode, TypeSetNode, TypeBatch, TypeRemoveNode, TypeUnregister, TypeBinaryBatch:
 		return true
 	}
 	return false
@@ -207,6 +184,9 @@ func Decode(b []byte) (Command, error) {
 		return nil, fmt.Errorf("%w: empty entry", ErrMalformed)
 	}
 	t, body := CommandType(b[0]), b[1:]
+	if t == TypeBinaryBatch {
+		return decodeBinaryBatch(body)
+	}
 	if t == TypeBatch {
 		var items []batchItem
 		if err := json.Unmarshal(body, &items); err != nil {
@@ -214,7 +194,7 @@ func Decode(b []byte) (Command, error) {
 		}
 		cmds := make([]Command, len(items))
 		for i, it := range items {
-			if it.T == TypeBatch {
+			if it.T == TypeBatch || it.T == TypeBinaryBatch {
 				return nil, fmt.Errorf("%w: batch command %d: nested batch", ErrMalformed, i)
 			}
 			c, err := decodeBody(it.T, it.B)

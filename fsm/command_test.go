@@ -28,8 +28,12 @@ func TestEncodeDecode_RoundTripsEveryCommand(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Encode(%#v): %v", c, err)
 		}
-		if CommandType(b[0]) != c.Type() {
-			t.Fatalf("type byte %d, want %d", b[0], c.Type())
+		want := c.Type()
+		if want == TypeBatch {
+			want = TypeBinaryBatch
+		}
+		if CommandType(b[0]) != want {
+			t.Fatalf("type byte %d, want %d", b[0], want)
 		}
 		got, err := Decode(b)
 		if err != nil {
@@ -41,9 +45,17 @@ func TestEncodeDecode_RoundTripsEveryCommand(t *testing.T) {
 	}
 }
 
-func TestEncode_BatchBodyIsReadableJSON(t *testing.T) {
-	b := mustEncode(t, Batch{Commands: []Command{Deregister{Session: sA1}}})
-	want := "\x05" + `[{"t":2,"b":{"session":{"node":"a","inc":1,"seq":1}}}]`
+// The binary batch layout is a format on disk: pin its bytes.
+func TestEncode_BatchBinaryLayout(t *testing.T) {
+	b := mustEncode(t, Batch{Commands: []Command{
+		Deregister{Session: sA1},
+		Register{RequestID: "r", Reg: reg("s", "h:1", sA1, -2)},
+		Unknown{T: 0x90, Body: []byte{0xff}},
+	}})
+	want := "\x08\x03" + // type, count
+		"\x02\x05" + "\x00" + "\x01a\x01\x01" + // Deregister: rid "", session a/1/1
+		"\x01\x0d" + "\x01r" + "\x01s" + "\x03h:1" + "\x01a\x01\x01" + "\x03" + // Register, since -2 zigzag
+		"\x90\x01\xff" // an unknown type's body, verbatim
 	if string(b) != want {
 		t.Fatalf("Encode = %q, want %q", b, want)
 	}
@@ -108,6 +120,15 @@ func TestDecode_Errors(t *testing.T) {
 		{"nested batch", "\x05[{\"t\":1,\"b\":{}},{\"t\":5,\"b\":[]}]", ErrMalformed, "batch command 1: nested batch"},
 		{"bad command in batch", "\x05[{\"t\":4,\"b\":{\"meta\":1}}]", ErrMalformed, "batch command 0"},
 		{"unknown type in batch", "\x05[{\"t\":9,\"b\":{}}]", ErrUnknownType, "batch command 0"},
+		{"binary batch in json batch", "\x05[{\"t\":8,\"b\":[]}]", ErrMalformed, "nested batch"},
+		{"binary: no count", "\x08", ErrMalformed, "count"},
+		{"binary: count beyond the entry", "\x08\x05\x02\x00", ErrMalformed, "count"},
+		{"binary: huge count", "\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", ErrMalformed, "count"},
+		{"binary: truncated item", "\x08\x01\x02\x09\x00", ErrMalformed, "command 0"},
+		{"binary: truncated body", "\x08\x01\x02\x02\x00\x05", ErrMalformed, "type 2"},
+		{"binary: bytes after the last item", "\x08\x01\x81\x00\x00", ErrMalformed, "after the last"},
+		{"binary: nested batch", "\x08\x01\x08\x00", ErrMalformed, "nested batch"},
+		{"binary: unknown type", "\x08\x02\x81\x00\x09\x00", ErrUnknownType, "command 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,6 +146,11 @@ func TestDecode_Errors(t *testing.T) {
 func TestDecode_IgnoresUnknownFieldsForForwardCompat(t *testing.T) {
 	c, err := Decode([]byte("\x02{\"session\":{\"node\":\"a\",\"inc\":1,\"seq\":1},\"added_later\":1}"))
 	if err != nil || c != (Deregister{Session: sA1}) {
+		t.Fatalf("Decode = %#v, %v", c, err)
+	}
+	// In the binary form a later build appends fields after the known ones.
+	c, err = Decode([]byte("\x08\x01\x02\x07\x00\x01a\x01\x01\x2a\x00"))
+	if err != nil || !reflect.DeepEqual(c, Batch{Commands: []Command{Deregister{Session: sA1}}}) {
 		t.Fatalf("Decode = %#v, %v", c, err)
 	}
 }
