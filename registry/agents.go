@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -52,17 +53,18 @@ func (s *agentSession) add(ns string) {
 }
 
 // addUpTo remembers ns unless the session already holds max namespaces (max < 0: no limit).
-func (s *agentSession) addUpTo(ns string, max int) bool {
+// added says whether ns is new to the session; ok is false when the limit refused it.
+func (s *agentSession) addUpTo(ns string, max int) (added, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if slices.Contains(s.namespaces, ns) {
-		return true
+		return false, true
 	}
 	if max >= 0 && len(s.namespaces) >= max {
-		return false
+		return false, false
 	}
 	s.namespaces = append(s.namespaces, ns)
-	return true
+	return true, true
 }
 
 // rateLimited answers a request over the connection's rate with 429.
@@ -257,7 +259,9 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 	if err != nil {
 		return nil, err
 	}
-	if max := n.cfg.Limits.MaxRegistrationsPerConn; !s.addUpTo(ns, max) {
+	added, ok := s.addUpTo(ns, n.cfg.Limits.MaxRegistrationsPerConn)
+	if !ok {
+		max := n.cfg.Limits.MaxRegistrationsPerConn
 		n.metrics.refused.WithLabelValues("registration_limit").Inc()
 		return nil, wsserver.NewError(429, "online: this connection already registered %d namespaces (the limit)", max)
 	}
@@ -284,7 +288,15 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 		return nil, wsserver.NewError(500, "online: %v", err)
 	}
 	s.confirm(ns)
-	n.log.Info("agent registered", "namespace", ns, "host", ch.Key(), "session", s.id.String())
+	// One line per namespace a connection adds; an agent repeating online for a namespace it
+	// holds (a write all the same) would otherwise fill the log and cost ~8 µs a line.
+	level := slog.LevelDebug
+	if added {
+		level = slog.LevelInfo
+	}
+	if n.log.Enabled(ctx, level) {
+		n.log.Log(ctx, level, "agent registered", "namespace", ns, "host", ch.Key(), "session", s.id.String())
+	}
 	return nil, nil // "undefined" result: {"status":200}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"reflect"
@@ -356,5 +357,24 @@ func TestReplacedConnection_InheritedNamespacesMustBeConfirmed(t *testing.T) {
 		if _, ok := n.Where(ns); !ok {
 			t.Fatalf("%s, asked for by the new connection, is gone", ns)
 		}
+	}
+}
+
+// The log gets one "agent registered" line per namespace a connection adds; an agent
+// repeating online for a namespace it holds is logged at debug only (each repeat is still a
+// write, and a chatty agent must not flood the log).
+func TestOnline_RepeatsAreNotLoggedAtInfo(t *testing.T) {
+	logs := &syncBuf{}
+	n := startNode(t, t.TempDir(), func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	a := dialRaw(t, n, "/127.0.0.1/9001")
+	a.call(online(0, "svc"), ok(0))
+	a.call(online(1, "svc"), ok(1))
+	a.call(online(2, "other"), ok(2))
+	a.call(online(3, "svc"), ok(3))
+	lines := strings.Count(logs.String(), "msg=\"agent registered\"")
+	if lines != 2 || !strings.Contains(logs.String(), "namespace=other") {
+		t.Fatalf("%d \"agent registered\" lines, want 2 (svc, other):\n%s", lines, logs)
 	}
 }
