@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 
 	"github.com/wsregistry/wsregistry/fsm"
 )
@@ -142,7 +143,13 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	layer.serverTLS, layer.clientTLS = cfg.RaftServerTLS, cfg.RaftClientTLS
 	hlog := newHclogAdapter(cfg.Logger.With("subsystem", "raft"), cfg.RaftLogs)
 
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), NoSync: cfg.NoSync})
+	// NoFreelistSync: bolt no longer writes its freelist on every commit, one commit per
+	// log append on every node (etcd does the same); opening rebuilds it by a scan. The
+	// map freelist keeps that cheap as the file grows.
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(raftDir, "raft.db"), NoSync: cfg.NoSync,
+		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: open raft.db: %w", err)
 	}
