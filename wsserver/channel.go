@@ -556,10 +556,18 @@ func (c *Channel) flushHeld() {
 	c.resetHeld()
 }
 
-// writeCorked hands the batch to the library frame by frame into the cork
-// buffer (no socket I/O, so no per-frame deadline context is needed), then
-// sends it with one write under the write timeout.
+// writeCorked sends the batch with one write under the write timeout: on the accepting
+// end as frames the corkConn writes itself, on a dialing end through the library frame
+// by frame into the cork buffer (no socket I/O, so no per-frame deadline context).
 func (c *Channel) writeCorked(cc *corkConn, batch [][]byte) bool {
+	if cc.server {
+		if err := cc.writeTextFrames(batch, c.cfg.writeTimeout); err != nil {
+			c.writeFailed(err)
+			return false
+		}
+		return true
+	}
+	// A dialing end masks its frames with a random key: leave that to the library.
 	cc.cork()
 	var err error
 	for _, f := range batch {
