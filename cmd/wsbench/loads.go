@@ -367,9 +367,21 @@ func (b *bench) wherePaced(rate float64, k int) (Result, error) {
 	}
 	defer closeAll(conns)
 	res := Result{Workload: "where", Variant: fmt.Sprintf("paced %.0f/s", rate), Conns: k}
+	return b.paced(res, conns, rate, b.cl.pids(), func(i int) gen {
+		r := rand.New(rand.NewPCG(uint64(i), 9))
+		return func(buf []byte, id int64) []byte {
+			return appendRequest(buf, id, "where", nss[r.IntN(len(nss))])
+		}
+	}), nil
+}
+
+// paced sends requests made by mkGen(i) on conns[i] at a fixed total rate (open loop, so
+// latency is not hidden by the generator waiting); pids are the server processes measured.
+func (b *bench) paced(res Result, conns []*wsConn, rate float64, pids []int, mkGen func(i int) gen) Result {
+	k := len(conns)
 	var m merged
 	var wg sync.WaitGroup
-	cpu := startCPU(b.cl.pids())
+	cpu := startCPU(pids)
 	start := b.now()
 	until := start + int64(b.duration)
 	perConn := rate / float64(k)
@@ -390,7 +402,7 @@ func (b *bench) wherePaced(rate float64, k int) (Result, error) {
 				}
 				mu.Unlock()
 			}()
-			r := rand.New(rand.NewPCG(uint64(i), 9))
+			g := mkGen(i)
 			var id int64
 			buf := make([]byte, 0, 4096)
 			// Sleeping until each due time, rather than a 1 ms ticker per connection,
@@ -412,7 +424,7 @@ func (b *bench) wherePaced(rate float64, k int) (Result, error) {
 				buf = buf[:0]
 				mu.Lock()
 				for range owed {
-					buf = appendRequest(buf, id, "where", nss[r.IntN(len(nss))])
+					buf = g(buf, id)
 					sent[id] = now
 					id++
 				}
@@ -473,8 +485,8 @@ func (b *bench) wherePaced(rate float64, k int) (Result, error) {
 	m.fill(&res)
 	cpu.fill(&res)
 	res.Concurrency = int(inflightMax.Load())
-	res.Note = "concurrency = most lookups in flight on one connection"
-	return res, nil
+	res.Note = "concurrency = most requests in flight on one connection"
+	return res
 }
 
 // fetch: c concurrent callers of an echo agent, either directly over a

@@ -9,6 +9,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "echo-server" {
+		if err := echoServerCmd(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "wsbench echo-server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "table" {
 		if err := tableCmd(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "wsbench table:", err)
@@ -40,7 +48,7 @@ func run(args []string) error {
 	host := fs.String("host", "127.0.7.1", "host of the local cluster (WSREGISTRY_CLUSTER_HOST of local-cluster.sh)")
 	nodes := fs.Int("nodes", 3, "number of nodes in the cluster")
 	dir := fs.String("cluster-dir", "", "local-cluster.sh state dir (default: the one remembered for -host)")
-	workload := fs.String("workload", "where", "register | where | where-paced | fetch | failover | reregister | scale")
+	workload := fs.String("workload", "where", "register | where | where-paced | echo-paced | fetch | failover | reregister | scale")
 	conc := fs.String("c", "1", "comma-separated concurrencies (requests in flight)")
 	k := fs.Int("k", 64, "where: most connections the lookups are spread over")
 	variants := fs.String("variant", "direct,proxied", "fetch: direct, proxied (via node 0, where the echo agent is connected), proxied-remote (via node 1)")
@@ -119,6 +127,13 @@ func run(args []string) error {
 			if err := emit(b.register(c)); err != nil {
 				return err
 			}
+		}
+	case "echo-paced":
+		if *rate <= 0 {
+			return errors.New("echo-paced needs -rate")
+		}
+		if err := emit(b.echoPaced(*rate, *k)); err != nil {
+			return err
 		}
 	case "where", "where-paced":
 		var last Result
