@@ -126,6 +126,19 @@ func (f *FSM) Pick(ns string, n uint64) (Registration, bool) {
 	return r, true
 }
 
+// PickBytes is Pick for a namespace held as bytes (a request's buffer), without copying it.
+func (f *FSM) PickBytes(ns []byte, n uint64) (Registration, bool) {
+	f.mu.RLock()
+	list := f.st.namespaces[string(ns)] // no allocation: the conversion only feeds the lookup
+	if len(list) == 0 {
+		f.mu.RUnlock()
+		return Registration{}, false
+	}
+	r := list[n%uint64(len(list))]
+	f.mu.RUnlock()
+	return r, true
+}
+
 // Instances returns a copy of ns's instances, ordered by Since, then Address,
 // then Session.
 func (f *FSM) Instances(ns string) []Registration {

@@ -20,6 +20,10 @@ type agentSession struct {
 	ch      *wsserver.Channel
 	limiter rateLimiter
 
+	// whereReply is the reply buffer of handleWhere, which runs inline on the channel's
+	// reader: only that goroutine touches it.
+	whereReply []byte
+
 	mu         sync.Mutex
 	namespaces []string        // what this connection asked to register, in order
 	inherited  map[string]bool // namespaces moved here from a replaced connection, not yet confirmed by an online
@@ -311,22 +315,35 @@ func firstError(errs []error) error {
 
 func (n *Node) handleWhere(_ context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
 	start := time.Now()
-	if err := n.rateLimited(sessionOf(ch), start); err != nil { // one clock read per where
+	s := sessionOf(ch)
+	if err := n.rateLimited(s, start); err != nil { // one clock read per where
 		n.metrics.observeRequest("where", err)
 		return nil, err
 	}
-	ns, err := namespaceArg("where", props)
-	if err != nil {
-		n.metrics.observeRequest("where", err)
-		return nil, err
+	var reg fsm.Registration
+	var ok bool
+	if ns, plain := plainNamespaceBytes(props); plain {
+		reg, ok = n.state.PickBytes(ns, n.roundRobin.Add(1)-1) // no copy of the namespace
+	} else {
+		ns, err := namespaceArg("where", props)
+		if err != nil {
+			n.metrics.observeRequest("where", err)
+			return nil, err
+		}
+		reg, ok = n.state.Pick(ns, n.roundRobin.Add(1)-1)
 	}
-	addr, ok := n.Where(ns)
 	n.metrics.whereOK.Inc()
 	n.metrics.whereSeconds.Observe(time.Since(start).Seconds())
 	if !ok {
 		return nil, nil // unknown namespace: {"status":200} with no data, as the original
 	}
-	return quoteAddress(addr), nil
+	if s == nil {
+		return appendQuotedAddress(nil, reg.Address), nil
+	}
+	// where is an inline handler: the Mux copies the reply before this channel's next
+	// request, so one buffer per connection serves every reply (no allocation per where).
+	s.whereReply = appendQuotedAddress(s.whereReply[:0], reg.Address)
+	return s.whereReply, nil
 }
 
 // Where picks one live instance of ns round-robin from this node's local state.
@@ -335,16 +352,15 @@ func (n *Node) Where(ns string) (string, bool) {
 	return reg.Address, ok
 }
 
-// quoteAddress makes the JSON string of an address; addresses are host:port, so only
-// the rare one with quotes or backslashes needs real escaping.
-func quoteAddress(addr string) json.RawMessage {
+// appendQuotedAddress appends the JSON string of an address; addresses are host:port, so
+// only the rare one with quotes or backslashes needs real escaping.
+func appendQuotedAddress(b []byte, addr string) json.RawMessage {
 	for i := 0; i < len(addr); i++ {
 		if c := addr[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x7f {
-			b, _ := json.Marshal(addr)
-			return b
+			q, _ := json.Marshal(addr)
+			return append(b, q...)
 		}
 	}
-	b := make([]byte, 0, len(addr)+2)
 	b = append(b, '"')
 	b = append(b, addr...)
 	return append(b, '"')

@@ -378,3 +378,27 @@ func TestOnline_RepeatsAreNotLoggedAtInfo(t *testing.T) {
 		t.Fatalf("%d \"agent registered\" lines, want 2 (svc, other):\n%s", lines, logs)
 	}
 }
+
+// A where on the hot path (a plain ["<ns>"] for a registered namespace) allocates nothing:
+// the namespace is looked up from the request's bytes, the reply built in the
+// connection's buffer.
+func TestWhere_NoAllocationPerLookup(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	a := dialRaw(t, n, "/127.0.0.1/9001")
+	a.call(online(0, "svc"), ok(0))
+	ch := n.ws.Channel("127.0.0.1:9001")
+	if ch == nil {
+		t.Fatal("no channel for the agent")
+	}
+	props := json.RawMessage(`["svc"]`)
+	var reply json.RawMessage
+	allocs := testing.AllocsPerRun(1000, func() {
+		reply, _ = n.handleWhere(context.Background(), ch, props)
+	})
+	if string(reply) != `"127.0.0.1:9001"` {
+		t.Fatalf("reply %s", reply)
+	}
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per where, want 0", allocs)
+	}
+}

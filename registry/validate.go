@@ -83,17 +83,23 @@ func jsonKind(v json.RawMessage) string {
 // escapes, no control characters and only ASCII (everything else takes the careful path).
 // It saves the JSON decoder, which was the largest item of a where in the profile.
 func plainNamespace(props json.RawMessage) (string, bool) {
+	body, ok := plainNamespaceBytes(props)
+	return string(body), ok
+}
+
+// plainNamespaceBytes is plainNamespace without the copy: the namespace's bytes in props.
+func plainNamespaceBytes(props json.RawMessage) ([]byte, bool) {
 	if len(props) < 5 || props[0] != '[' || props[1] != '"' || props[len(props)-1] != ']' || props[len(props)-2] != '"' {
-		return "", false
+		return nil, false
 	}
 	body := props[2 : len(props)-2]
 	if len(body) == 0 || len(body) > MaxNamespaceBytes {
-		return "", false
+		return nil, false
 	}
 	for _, c := range body {
 		if c < 0x20 || c == '"' || c == '\\' || c >= 0x7f {
-			return "", false
+			return nil, false
 		}
 	}
-	return string(body), true
+	return body, true
 }

@@ -46,6 +46,8 @@ func (m *Mux) Handle(protocol, cmd string, h HandlerFunc) { m.set(protocol, cmd,
 // one write. ctx is the channel's; an abort cannot reach it because it answers
 // before the next message is read. A handler that blocks stalls its connection.
 // props is only valid during the call (it is the reader's buffer): copy what you keep.
+// The result is copied before the next message of the channel is read, so it may be a
+// buffer the handler reuses for the channel's next request.
 func (m *Mux) HandleInline(protocol, cmd string, h HandlerFunc) {
 	m.set(protocol, cmd, route{h: h, inline: true})
 }
