@@ -39,13 +39,15 @@ type proposalResult struct {
 }
 
 // maxBatchesInFlight bounds the batches committing at once. Under load the next batch then
-// grows while the previous ones commit, instead of every proposal leaving in a batch of its
+// grows while the previous one commits, instead of every proposal leaving in a batch of its
 // own: per-batch costs (a log entry, an fsync on each node, a forwarded call) were most of
 // a registration's CPU when batches were sent as fast as they formed (wsbench register
-// c=256: 17 commands per entry, ~190 µs of server CPU per registration; bounded: ~75 per
-// entry, ~95 µs). Two rather than one keeps a batch forming while one commits, so a slow
-// disk does not cap throughput at GroupCommitMax per fsync.
-const maxBatchesInFlight = 2
+// c=256: 17 commands per entry, ~190 µs of server CPU per registration). One in flight
+// beat two in every back-to-back pair measured (fewer, larger entries: ~10% less CPU per
+// registration at c=256, the same latency at c=16). A lone proposal still leaves at once;
+// a slow disk caps throughput at GroupCommitMax per commit (1,024 per ~25 ms with two
+// 12.8 ms fsyncs: ~40,000/s).
+const maxBatchesInFlight = 1
 
 // ErrClosed is returned for proposals made while the node shuts down.
 var ErrClosed = errors.New("cluster: node is shutting down")

@@ -43,7 +43,7 @@ func TestBatcher_BoundsBatchesInFlight(t *testing.T) {
 			errs <- err
 		}()
 	}
-	// Two commits start and block; everything else must wait for them: in the queue, and
+	// maxBatchesInFlight commits start and block; everything else must wait for them: in the queue, and
 	// one proposal in the loop, which waits for a free slot.
 	deadline := time.Now().Add(10 * time.Second)
 	for committing.Load()+int64(len(b.queue))+1 < proposals || commits.Load() < maxBatchesInFlight {
@@ -72,7 +72,7 @@ func TestBatcher_BoundsBatchesInFlight(t *testing.T) {
 	if m := most.Load(); m > maxBatchesInFlight {
 		t.Errorf("%d batches committed at once, want at most %d", m, maxBatchesInFlight)
 	}
-	// The two blocked commits held one or a few proposals; the rest left together.
+	// The blocked commits held one or a few proposals; the rest left together.
 	if c := commits.Load(); c > maxBatchesInFlight+1 {
 		t.Errorf("%d commits for %d concurrent proposals, want at most %d: the queued ones did not leave as one batch", c, proposals, maxBatchesInFlight+1)
 	}
