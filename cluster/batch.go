@@ -20,6 +20,9 @@ type batcher struct {
 	max     int
 	wait    time.Duration
 	onBatch func(commands int)
+	// committed, when set, is called after each batch that committed, once its slot is
+	// free (so busy no longer counts it).
+	committed func()
 
 	queue   chan *proposal
 	slots   chan struct{} // one per batch in flight
@@ -97,6 +100,10 @@ func (b *batcher) propose(ctx context.Context, cmds []fsm.Command) (uint64, []er
 	}
 }
 
+// busy reports whether an entry is on its way: proposals wait for the next batch, or a
+// batch is being formed or committed.
+func (b *batcher) busy() bool { return len(b.queue) > 0 || len(b.slots) > 0 }
+
 func (b *batcher) loop() {
 	defer b.stopped.Done()
 	// Batches in flight are not waited for on close: each ends by its own timeout and
@@ -173,6 +180,9 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 			finish(batch, proposalResult{err: err})
 			return
 		}
+		if b.committed != nil {
+			b.committed()
+		}
 		off := 0
 		for _, p := range batch {
 			n := len(p.cmds)
@@ -189,8 +199,7 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 }
 
 // raftCommit is the leader's commit: one raft entry for the whole batch.
-// committed, when set, is called after each entry is committed and applied here.
-func raftCommit(r *raft.Raft, applyTimeout time.Duration, committed func()) commitFunc {
+func raftCommit(r *raft.Raft, applyTimeout time.Duration) commitFunc {
 	return func(cmds []fsm.Command) func() (uint64, []error, error) {
 		// Always a batch, even of one: batches have the compact binary encoding.
 		data, err := fsm.Encode(fsm.Batch{Commands: cmds})
@@ -202,9 +211,6 @@ func raftCommit(r *raft.Raft, applyTimeout time.Duration, committed func()) comm
 		return func() (uint64, []error, error) {
 			if err := future.Error(); err != nil {
 				return 0, nil, err
-			}
-			if committed != nil {
-				committed()
 			}
 			errs, _ := future.Response().([]error)
 			return future.Index(), errs, nil

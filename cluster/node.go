@@ -196,9 +196,8 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
-	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, func() {
-		n.nudgeFollowers(r.LastIndex())
-	}))
+	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout))
+	n.batcher.committed = func() { n.nudgeFollowers(r.LastIndex()) }
 	n.batcher.onBatch = cfg.OnBatch
 	n.watch = newMemberWatch(r)
 
@@ -346,7 +345,9 @@ func (n *Node) nudgeLoop() {
 		}
 		n.nudge.mu.Unlock()
 		time.Sleep(nudgeDelay)
-		if n.raft.LastIndex() <= want && n.hasPeers() {
+		// A batch being formed or committed, or proposals waiting for one, will append an
+		// entry that carries the news: a barrier would only add an fsync on every node.
+		if n.raft.LastIndex() <= want && !n.batcher.busy() && n.hasPeers() {
 			// While raft runs a barrier is answered (applied, or failed when leadership is
 			// lost); after Shutdown it may never be, so Close waits for this loop first.
 			_ = n.raft.Barrier(n.cfg.ApplyTimeout).Error()
