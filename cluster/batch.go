@@ -198,11 +198,11 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 	}()
 }
 
-// raftCommit is the leader's commit: one raft entry for the whole batch.
-func raftCommit(r *raft.Raft, applyTimeout time.Duration) commitFunc {
+// raftCommit is the leader's commit: one raft entry for the whole batch, in the binary
+// form once binary() says every server reads it.
+func raftCommit(r *raft.Raft, applyTimeout time.Duration, binary func() bool) commitFunc {
 	return func(cmds []fsm.Command) func() (uint64, []error, error) {
-		// Always a batch, even of one: batches have the compact binary encoding.
-		data, err := fsm.Encode(fsm.Batch{Commands: cmds})
+		data, err := encodeBatch(cmds, binary())
 		if err != nil {
 			return func() (uint64, []error, error) { return 0, nil, fmt.Errorf("cluster: encode: %w", err) }
 		}
@@ -216,6 +216,15 @@ func raftCommit(r *raft.Raft, applyTimeout time.Duration) commitFunc {
 			return future.Index(), errs, nil
 		}
 	}
+}
+
+// encodeBatch encodes cmds as one batch (even of one command: batches have the compact
+// binary form), or in the JSON form every build reads when binary is false.
+func encodeBatch(cmds []fsm.Command, binary bool) ([]byte, error) {
+	if binary {
+		return fsm.Encode(fsm.Batch{Commands: cmds})
+	}
+	return fsm.EncodeJSON(fsm.Batch{Commands: cmds})
 }
 
 func finish(batch []*proposal, r proposalResult) {

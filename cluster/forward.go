@@ -161,9 +161,9 @@ func (c *Client) send(ctx context.Context, method, addr, path string, body any, 
 }
 
 // Forward sends a proposal to the leader at leaderHTTP and returns its index and results.
-func (c *Client) Forward(ctx context.Context, leaderHTTP string, cmds []fsm.Command) (uint64, []error, error) {
-	// Always a batch, even of one: batches have the compact binary encoding.
-	body, err := fsm.Encode(fsm.Batch{Commands: cmds})
+// binary picks the encoding of the body (see Node.BinaryBatches); the leader reads both.
+func (c *Client) Forward(ctx context.Context, leaderHTTP string, cmds []fsm.Command, binary bool) (uint64, []error, error) {
+	body, err := encodeBatch(cmds, binary)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -244,8 +244,9 @@ type Forwarder struct {
 	b *batcher
 }
 
-// NewForwarder forwards through c to whatever leader() answers at the time of each call.
-func NewForwarder(c *Client, leader func() (string, error), max int, wait time.Duration) *Forwarder {
+// NewForwarder forwards through c to whatever leader() answers at the time of each call,
+// in the binary form when binary() says every server reads it.
+func NewForwarder(c *Client, leader func() (string, error), binary func() bool, max int, wait time.Duration) *Forwarder {
 	return &Forwarder{b: newBatcher(max, wait, func(cmds []fsm.Command) func() (uint64, []error, error) {
 		addr, err := leader()
 		if err != nil {
@@ -254,7 +255,7 @@ func NewForwarder(c *Client, leader func() (string, error), max int, wait time.D
 		return func() (uint64, []error, error) {
 			// The client's own timeout bounds the call; the callers' retries carry the same
 			// request ids, so a batch that committed without an answer is not applied twice.
-			return c.Forward(context.Background(), addr, cmds)
+			return c.Forward(context.Background(), addr, cmds, binary())
 		}
 	})}
 }

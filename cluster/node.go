@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -61,6 +62,7 @@ type Config struct {
 	// Observers for metrics; nil is fine.
 	OnBatch    func(commands int)                  // a group-committed raft entry was proposed
 	OnSnapshot func(took time.Duration, err error) // a snapshot was persisted
+	OnApply    func(binary bool)                   // a command entry was applied; binary: fsm.TypeBinaryBatch
 }
 
 func (c *Config) setDefaults() {
@@ -109,6 +111,8 @@ type Node struct {
 	batcher   *batcher
 	watch     *memberWatch
 	log       *slog.Logger
+
+	binaryOK atomic.Bool // every server announced fsm.FeatureBinaryBatch (latched)
 
 	nudge struct {
 		mu      sync.Mutex
@@ -189,6 +193,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 
 	nf := newNotifyingFSM(state)
 	nf.onSnapshot = cfg.OnSnapshot
+	nf.onApply = cfg.OnApply
 	r, err := raft.NewRaft(rc, nf, store, store, snaps, transport)
 	if err != nil {
 		transport.Close()
@@ -196,7 +201,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
-	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout))
+	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches))
 	n.batcher.committed = func() { n.nudgeFollowers(r.LastIndex()) }
 	n.batcher.onBatch = cfg.OnBatch
 	n.watch = newMemberWatch(r)
@@ -326,6 +331,34 @@ func (n *Node) hasPeers() bool {
 		}
 	}
 	return false
+}
+
+// BinaryBatches reports whether every server of the configuration announced (fsm.NodeMeta
+// Features) that it reads fsm.TypeBinaryBatch entries. Until then entries and forwarded
+// writes are JSON batches, which every build reads: during a rolling upgrade a node of the
+// earlier build would stop on a binary entry (Apply cannot skip a command it does not
+// know), and an earlier leader would refuse a binary forward. Once true it stays true: a
+// node of an earlier build cannot join a log that holds binary entries anyway.
+func (n *Node) BinaryBatches() bool {
+	if n.binaryOK.Load() {
+		return true
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	servers := f.Configuration().Servers
+	if len(servers) == 0 {
+		return false
+	}
+	for _, srv := range servers {
+		m, ok := n.fsm.inner.Node(string(srv.ID))
+		if !ok || m.Features&fsm.FeatureBinaryBatch == 0 {
+			return false
+		}
+	}
+	n.binaryOK.Store(true)
+	return true
 }
 
 // nudgeDelay is how long the leader waits for an entry that would carry the commit

@@ -16,6 +16,7 @@ import (
 type notifyingFSM struct {
 	inner      *fsm.FSM
 	onSnapshot func(took time.Duration, err error)
+	onApply    func(binary bool)
 
 	mu    sync.Mutex
 	index uint64
@@ -28,6 +29,9 @@ func newNotifyingFSM(inner *fsm.FSM) *notifyingFSM {
 
 func (f *notifyingFSM) Apply(l *raft.Log) any {
 	res := f.inner.Apply(l)
+	if f.onApply != nil && l.Type == raft.LogCommand && len(l.Data) > 0 {
+		f.onApply(l.Data[0] == byte(fsm.TypeBinaryBatch))
+	}
 	f.advance(l.Index)
 	return res
 }

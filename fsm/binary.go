@@ -16,7 +16,7 @@ import (
 // The length lets a node skip an item whose type it does not know (IgnoreIfUnknown) whatever
 // its body holds. Bodies of the known types are their fields in declaration order: strings as
 // uvarint length + bytes, uint64 as uvarint, int64 as zigzag varint; a SessionID is node, inc,
-// seq; a NodeMeta is id, ws, http, raft, inc. Bytes after the last field are ignored: a later
+// seq; a NodeMeta is id, ws, http, raft, inc, features. Bytes after the last field are ignored: a later
 // build may append fields, as it may add keys to a JSON body.
 //
 // Old entries (TypeBatch with JSON bodies, single JSON commands) still decode.
@@ -67,7 +67,8 @@ func appendBinaryBody(out []byte, cmd Command) ([]byte, error) {
 		out = appendString(out, c.Meta.WSAddr)
 		out = appendString(out, c.Meta.HTTPAddr)
 		out = appendString(out, c.Meta.RaftAddr)
-		return binary.AppendUvarint(out, c.Meta.Incarnation), nil
+		out = binary.AppendUvarint(out, c.Meta.Incarnation)
+		return binary.AppendUvarint(out, c.Meta.Features), nil
 	case RemoveNode:
 		out = appendString(out, c.RequestID)
 		return appendString(out, c.Node), nil
@@ -190,6 +191,7 @@ func decodeBinaryBody(t CommandType, body []byte) (Command, error) {
 		c.Meta.HTTPAddr = r.string()
 		c.Meta.RaftAddr = r.string()
 		c.Meta.Incarnation = r.uvarint()
+		c.Meta.Features = r.uvarint()
 		cmd = c
 	case TypeRemoveNode:
 		var c RemoveNode

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // CommandType is the first byte of every log entry.
@@ -167,6 +168,42 @@ func encodeUnknown(u Unknown) ([]byte, error) {
 		return nil, fmt.Errorf("%w: Unknown body is not JSON", ErrMalformed)
 	}
 	return u.Body, nil
+}
+
+// EncodeJSON is Encode in the form every build reads: a Batch as a TypeBatch JSON array
+// of {"t":type,"b":body}, every body verbatim (json.Marshal would compact and HTML-escape
+// an Unknown command's body, so decoding and encoding again would change the entry). The
+// cluster writes it while a server has not announced FeatureBinaryBatch.
+func EncodeJSON(cmd Command) ([]byte, error) {
+	switch c := cmd.(type) {
+	case Batch:
+		return encodeJSONBatch(c)
+	case *Batch:
+		if c == nil {
+			return nil, fmt.Errorf("%w: nil batch", ErrMalformed)
+		}
+		return encodeJSONBatch(*c)
+	}
+	return Encode(cmd)
+}
+
+func encodeJSONBatch(b Batch) ([]byte, error) {
+	out := []byte{byte(TypeBatch), '['}
+	for i, c := range b.Commands {
+		body, err := encodeBody(c)
+		if err != nil {
+			return nil, fmt.Errorf("batch command %d: %w", i, err)
+		}
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `{"t":`...)
+		out = strconv.AppendUint(out, uint64(c.Type()), 10)
+		out = append(out, `,"b":`...)
+		out = append(out, body...)
+		out = append(out, '}')
+	}
+	return append(out, ']'), nil
 }
 
 func known(t CommandType) bool {

@@ -1,33 +1,9 @@
 package fsm
 
 import (
-	"fmt"
 	"reflect"
-	"strconv"
 	"testing"
 )
-
-// encodeJSONBatch writes a Batch as entries were written before TypeBinaryBatch (type
-// TypeBatch, a JSON array of {"t":type,"b":body}, every body verbatim): logs written
-// then must still apply.
-func encodeJSONBatch(b Batch) ([]byte, error) {
-	out := []byte{byte(TypeBatch), '['}
-	for i, c := range b.Commands {
-		body, err := encodeBody(c)
-		if err != nil {
-			return nil, fmt.Errorf("batch command %d: %w", i, err)
-		}
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, `{"t":`...)
-		out = strconv.AppendUint(out, uint64(c.Type()), 10)
-		out = append(out, `,"b":`...)
-		out = append(out, body...)
-		out = append(out, '}')
-	}
-	return append(out, ']'), nil
-}
 
 // A batch decodes to the same commands and applies to the same state and results from
 // the JSON form of older builds as from the binary form, and the binary form is smaller.
@@ -42,7 +18,7 @@ func TestDecode_LegacyJSONBatchEqualsBinary(t *testing.T) {
 		RemoveNode{RequestID: "b6", Node: "n/3"},
 		Unknown{T: IgnoreIfUnknown | 1, Body: []byte(`{"future":true}`)},
 	}}
-	legacy, err := encodeJSONBatch(batch)
+	legacy, err := EncodeJSON(batch)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,7 +140,17 @@ type NodeMeta struct {
 	HTTPAddr    string `json:"http"`
 	RaftAddr    string `json:"raft"`
 	Incarnation uint64 `json:"inc"`
+	// Features is what the node's build can read (Feature* bits). Builds before the field
+	// existed announce none.
+	Features uint64 `json:"feat,omitempty"`
 }
+
+// FeatureBinaryBatch: the node reads TypeBinaryBatch entries. The cluster writes them only
+// once every server has announced it (a rolling upgrade keeps writing JSON batches).
+const FeatureBinaryBatch uint64 = 1
+
+// Features is what this build can read.
+const Features = FeatureBinaryBatch
 
 // cmdError is the error a command returns as its Apply result. Class and
 // detail are kept apart so a result remembered for request-id dedup can be

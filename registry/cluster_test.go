@@ -458,3 +458,68 @@ func TestCluster_RaftAdvertisesDNSNames(t *testing.T) {
 		}
 	}
 }
+
+// A rolling upgrade: while one server has not announced that it reads binary entries (it
+// stands in for a node of an earlier build), every node writes and forwards JSON batches
+// only, which that build reads; once it is back on this build, entries turn binary.
+// Registrations through the leader and the followers work throughout.
+func TestRollingUpgrade_BinaryEntriesOnlyOnceEveryServerReadsThem(t *testing.T) {
+	none := uint64(0)
+	tc := startCluster(t, 3, 30*time.Second, func(c *Config) {
+		if c.NodeID == "node2" {
+			c.features = &none
+		}
+	})
+	entries := func(n *Node, encoding string) float64 {
+		series := `wsregistry_raft_entries_applied_total{encoding="` + encoding + `"} `
+		for _, l := range strings.Split(scrape(t, n), "\n") {
+			if v, ok := strings.CutPrefix(l, series); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				return f
+			}
+		}
+		t.Fatalf("no %s in /metrics", series)
+		return 0
+	}
+	register := func(round int) {
+		for i, n := range tc.nodes {
+			a := dialRaw(t, n, fmt.Sprintf("/127.0.0.1/%d", 9100+10*round+i))
+			a.call(online(0, fmt.Sprintf("svc-%d-%d", round, i)), ok(0))
+		}
+	}
+	register(0)
+	for _, n := range tc.nodes {
+		if n.raft.BinaryBatches() {
+			t.Fatalf("%s writes binary entries while node2 does not read them", n.cfg.NodeID)
+		}
+		if b, j := entries(n, "binary"), entries(n, "json"); b != 0 || j == 0 {
+			t.Fatalf("%s applied %v binary and %v json entries, want only json", n.cfg.NodeID, b, j)
+		}
+	}
+
+	// node2 upgraded: restarted on this build.
+	tc.nodes[2].Close()
+	tc.cfgs[2].features = nil
+	tc.restart(2)
+	for _, n := range tc.nodes {
+		eventually(t, 10*time.Second, n.raft.BinaryBatches, "%s never switched to binary entries", n.cfg.NodeID)
+	}
+	register(1)
+	for _, n := range tc.nodes {
+		eventually(t, 10*time.Second, func() bool { return entries(n, "binary") > 0 }, "%s applied no binary entry", n.cfg.NodeID)
+		eventually(t, 10*time.Second, func() bool {
+			for round := range 2 {
+				for i := range tc.nodes {
+					if round == 0 && i == 2 {
+						continue // its agent went with the restart of node2
+					}
+					if _, ok := n.Where(fmt.Sprintf("svc-%d-%d", round, i)); !ok {
+						return false
+					}
+				}
+			}
+			return true
+		}, "%s does not know every registration", n.cfg.NodeID)
+	}
+}

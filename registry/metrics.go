@@ -33,6 +33,8 @@ type nodeMetrics struct {
 	snapshots    *prometheus.HistogramVec
 	agentEvents  *prometheus.CounterVec
 	refused      *prometheus.CounterVec
+	// Raft command entries applied here by encoding; pre-resolved (one per entry).
+	entriesBinary, entriesJSON prometheus.Counter
 }
 
 func (n *Node) startMetrics() {
@@ -75,6 +77,12 @@ func (n *Node) startMetrics() {
 		Help:    "Commands coalesced into one raft entry by the leader.",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 	})
+	entries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_raft_entries_applied_total",
+		Help: "Raft command entries applied on this node, by encoding: binary, or json (entries of earlier builds, and every entry while a server has not announced that it reads binary ones, as during a rolling upgrade).",
+	}, []string{"encoding"})
+	m.entriesBinary, m.entriesJSON = entries.WithLabelValues("binary"), entries.WithLabelValues("json")
+	m.reg.MustRegister(entries)
 	m.purges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wsregistry_purges_total",
 		Help: "Purges proposed by this node: silent_member (leader), restart (own older incarnations), removed (node left), reconcile (state fixed to match this node's connections).",

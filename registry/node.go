@@ -90,6 +90,10 @@ type Config struct {
 	OnLeft func()
 
 	Logger *slog.Logger
+
+	// features overrides what the node announces it reads (fsm.Features): tests stand in
+	// for a node of an earlier build with it.
+	features *uint64
 }
 
 // Node is one running registry node.
@@ -189,6 +193,13 @@ func Start(cfg Config) (*Node, error) {
 		cc.Logger = log
 	}
 	cc.OnBatch = func(commands int) { n.metrics.batchSize.Observe(float64(commands)) }
+	cc.OnApply = func(binary bool) {
+		if binary {
+			n.metrics.entriesBinary.Inc()
+		} else {
+			n.metrics.entriesJSON.Inc()
+		}
+	}
 	cc.OnSnapshot = func(took time.Duration, err error) {
 		result := "ok"
 		if err != nil {
@@ -208,7 +219,7 @@ func Start(cfg Config) (*Node, error) {
 	if forwardMax <= 0 {
 		forwardMax = 1024
 	}
-	n.forwarder = cluster.NewForwarder(n.client, rn.LeaderHTTP, forwardMax, cc.GroupCommitWait)
+	n.forwarder = cluster.NewForwarder(n.client, rn.LeaderHTTP, rn.BinaryBatches, forwardMax, cc.GroupCommitWait)
 	n.mux = wsserver.NewMux()
 	n.mux.Handle("ws", "online", n.handleOnline)
 	n.mux.HandleInline("ws", "where", n.handleWhere) // a local lookup: no goroutine per request
@@ -283,7 +294,10 @@ func (n *Node) announceOnce(ctx context.Context) error {
 	inc := n.incarnation.Load()
 	meta := fsm.NodeMeta{
 		ID: n.cfg.NodeID, WSAddr: n.cfg.WSAdvertise, HTTPAddr: n.cfg.HTTPAdvertise,
-		RaftAddr: n.cfg.RaftAdvertise, Incarnation: inc,
+		RaftAddr: n.cfg.RaftAdvertise, Incarnation: inc, Features: fsm.Features,
+	}
+	if n.cfg.features != nil {
+		meta.Features = *n.cfg.features
 	}
 	cmds := []fsm.Command{
 		fsm.SetNode{RequestID: n.newRequestID(), Meta: meta},
