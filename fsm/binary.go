@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/binary"
 	"fmt"
+	"unicode/utf8"
 )
 
 // TypeBinaryBatch is a Batch in a compact binary form. Every node decodes every entry, and the
@@ -274,7 +275,26 @@ func (r *binReader) bytes() []byte {
 	return out
 }
 
-func (r *binReader) string() string { return string(r.bytes()) }
+// string reads a string, coerced to valid UTF-8 the way encoding/json does (each invalid
+// byte becomes U+FFFD). A JSON entry or snapshot could never hold anything else, so a node
+// restored from a snapshot holds exactly what nodes that replayed the log hold.
+func (r *binReader) string() string {
+	b := r.bytes()
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	out := make([]byte, 0, len(b)+8)
+	for len(b) > 0 {
+		c, size := utf8.DecodeRune(b)
+		if c == utf8.RuneError && size == 1 {
+			out = append(out, "\uFFFD"...)
+		} else {
+			out = append(out, b[:size]...)
+		}
+		b = b[size:]
+	}
+	return string(out)
+}
 
 func (r *binReader) session() SessionID {
 	return SessionID{Node: r.string(), Incarnation: r.uvarint(), Seq: r.uvarint()}

@@ -319,3 +319,19 @@ func TestAccept_HostWithColonIsRefusedBeforeTheUpgrade(t *testing.T) {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
 }
+
+// A node id names sessions and members in every node's state: one that is not valid
+// UTF-8 or holds control characters is refused at start, with the reason.
+func TestStart_RefusesABadNodeID(t *testing.T) {
+	for _, id := range []string{"n\xff", "n\n1"} {
+		ws, api, rl := listen(t), listen(t), listen(t)
+		_, err := Start(Config{NodeID: id, DataDir: t.TempDir(), WSListener: ws, HTTPListener: api, RaftListener: rl,
+			WSAdvertise: ws.Addr().String(), HTTPAdvertise: api.Addr().String(), RaftAdvertise: rl.Addr().String(), Logger: testLogger(t)})
+		if err == nil || !strings.Contains(err.Error(), "node id") {
+			t.Errorf("Start with node id %q: %v, want a node id error", id, err)
+		}
+		ws.Close()
+		api.Close()
+		rl.Close()
+	}
+}
