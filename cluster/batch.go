@@ -23,6 +23,10 @@ type batcher struct {
 	// committed, when set, is called after each batch that committed, once its slot is
 	// free (so busy no longer counts it).
 	committed func()
+	// slotWait, when set, bounds the wait for the batch in flight: after it the next batch
+	// goes anyway. A follower's forward to a leader that vanished without a word hangs
+	// until the HTTP timeout; every other write must not wait behind it.
+	slotWait time.Duration
 
 	queue   chan *proposal
 	slots   chan struct{} // one per batch in flight
@@ -117,16 +121,34 @@ func (b *batcher) loop() {
 			return
 		case first = <-b.queue:
 		}
-		select {
-		case b.slots <- struct{}{}:
-		case <-b.stop:
+		slotted, stopping := b.takeSlot()
+		if stopping {
 			finish([]*proposal{first}, proposalResult{err: ErrClosed})
 			b.drainClosed()
 			return
 		}
 		batch, count := b.collect([]*proposal{first}, len(first.cmds))
 		inflight.Add(1)
-		b.apply(batch, count, &inflight)
+		b.apply(batch, count, slotted, &inflight)
+	}
+}
+
+// takeSlot waits for a free slot (up to slotWait, when set); slotted says whether the
+// batch holds one, stopping that the batcher is closing.
+func (b *batcher) takeSlot() (slotted, stopping bool) {
+	var timeout <-chan time.Time
+	if b.slotWait > 0 {
+		t := time.NewTimer(b.slotWait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case b.slots <- struct{}{}:
+		return true, false
+	case <-timeout:
+		return false, false
+	case <-b.stop:
+		return false, true
 	}
 }
 
@@ -160,7 +182,7 @@ func (b *batcher) collect(batch []*proposal, count int) ([]*proposal, int) {
 	return batch, count
 }
 
-func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) {
+func (b *batcher) apply(batch []*proposal, count int, slotted bool, inflight *sync.WaitGroup) {
 	all := batch[0].cmds
 	if len(batch) > 1 {
 		all = make([]fsm.Command, 0, count)
@@ -175,7 +197,9 @@ func (b *batcher) apply(batch []*proposal, count int, inflight *sync.WaitGroup) 
 	go func() {
 		defer inflight.Done()
 		index, errs, err := wait()
-		<-b.slots
+		if slotted {
+			<-b.slots
+		}
 		if err != nil {
 			finish(batch, proposalResult{err: err})
 			return

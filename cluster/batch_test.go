@@ -77,3 +77,43 @@ func TestBatcher_BoundsBatchesInFlight(t *testing.T) {
 		t.Errorf("%d commits for %d concurrent proposals, want at most %d: the queued ones did not leave as one batch", c, proposals, maxBatchesInFlight+1)
 	}
 }
+
+// A forward stuck on a leader that vanished without a word holds its slot until the HTTP
+// timeout; with slotWait the next batch goes after that long instead of waiting behind it.
+func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
+	stuck := make(chan struct{})
+	defer close(stuck)
+	var calls atomic.Int64
+	b := newBatcher(1024, 0, func(cmds []fsm.Command) func() (uint64, []error, error) {
+		first := calls.Add(1) == 1
+		return func() (uint64, []error, error) {
+			if first {
+				<-stuck
+			}
+			return 1, make([]error, len(cmds)), nil
+		}
+	})
+	b.slotWait = 50 * time.Millisecond
+	defer b.close()
+	go b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "stuck"}})
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("first batch never committed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "next"}})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the next proposal waited behind the stuck batch")
+	}
+}

@@ -244,10 +244,14 @@ type Forwarder struct {
 	b *batcher
 }
 
+// forwardSlotWait is how long the next forwarded batch waits for the one in flight (a few
+// ms normally, ~30 ms at worst under load) before it goes anyway.
+const forwardSlotWait = 250 * time.Millisecond
+
 // NewForwarder forwards through c to whatever leader() answers at the time of each call,
 // in the binary form when binary() says every server reads it.
 func NewForwarder(c *Client, leader func() (string, error), binary func() bool, max int, wait time.Duration) *Forwarder {
-	return &Forwarder{b: newBatcher(max, wait, func(cmds []fsm.Command) func() (uint64, []error, error) {
+	b := newBatcher(max, wait, func(cmds []fsm.Command) func() (uint64, []error, error) {
 		addr, err := leader()
 		if err != nil {
 			return func() (uint64, []error, error) { return 0, nil, err }
@@ -257,7 +261,9 @@ func NewForwarder(c *Client, leader func() (string, error), binary func() bool, 
 			// request ids, so a batch that committed without an answer is not applied twice.
 			return c.Forward(context.Background(), addr, cmds, binary())
 		}
-	})}
+	})
+	b.slotWait = forwardSlotWait
+	return &Forwarder{b: b}
 }
 
 // Forward commits cmds through the leader as one unit and returns the entry's index and
