@@ -27,13 +27,28 @@ type agentSession struct {
 	mu         sync.Mutex
 	namespaces []string        // what this connection asked to register, in order
 	inherited  map[string]bool // namespaces moved here from a replaced connection, not yet confirmed by an online
+	failed     map[string]bool // namespaces whose online failed for now (503): the reconciler retries
 }
 
-// confirm marks ns as asked for by this connection itself.
-func (s *agentSession) confirm(ns string) {
+// confirm marks ns as asked for by this connection itself, and reports whether that is
+// news for the log: ns was inherited, or an earlier online for it failed.
+func (s *agentSession) confirm(ns string) (news bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	news = s.inherited[ns] || s.failed[ns]
 	delete(s.inherited, ns)
-	s.mu.Unlock()
+	delete(s.failed, ns)
+	return news
+}
+
+// failedOnce remembers that registering ns failed for now (its success is then news).
+func (s *agentSession) failedOnce(ns string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == nil {
+		s.failed = make(map[string]bool)
+	}
+	s.failed[ns] = true
 }
 
 // unconfirmed returns and forgets the inherited namespaces the connection never asked for.
@@ -88,6 +103,7 @@ func (s *agentSession) remove(ns string) {
 	if i := slices.Index(s.namespaces, ns); i >= 0 {
 		s.namespaces = slices.Delete(s.namespaces, i, i+1)
 	}
+	delete(s.failed, ns)
 }
 
 func (s *agentSession) snapshot() []string {
@@ -279,6 +295,7 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 		// Not committed within the commit wait (no leader): the namespace stays on the
 		// session, so the reconciler registers it once a leader is back.
 		n.log.Warn("register failed", "namespace", ns, "host", ch.Key(), "session", s.id.String(), "err", err)
+		s.failedOnce(ns)
 		return nil, wsserver.NewError(503, "online: registration of %q was not committed: %v", ns, err)
 	}
 	if err := firstError(errs); err != nil {
@@ -291,11 +308,12 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 		}
 		return nil, wsserver.NewError(500, "online: %v", err)
 	}
-	s.confirm(ns)
-	// One line per namespace a connection adds; an agent repeating online for a namespace it
-	// holds (a write all the same) would otherwise fill the log and cost ~8 µs a line.
+	news := s.confirm(ns)
+	// One line per namespace a connection adds (or first confirms); an agent repeating online
+	// for a namespace it holds (a write all the same) would otherwise fill the log and cost
+	// ~8 µs a line.
 	level := slog.LevelDebug
-	if added {
+	if added || news {
 		level = slog.LevelInfo
 	}
 	if n.log.Enabled(ctx, level) {
