@@ -332,7 +332,9 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	// The library flushes after every whole frame, and frames it writes while data frames
 	// can go through writeTextFrames are control frames (far smaller than its buffer), so
-	// each Write here then starts a frame: 0x88 is a close frame (FIN, opcode 8).
+	// each Write here then starts a frame: 0x88 is a close frame (FIN, opcode 8). The
+	// library writes data frames only in the channel's flushAndClose, and a chunk of a large
+	// one may start with 0x88 too: harmless, as writeTextFrames is not used once closing.
 	if len(p) > 0 && p[0] == 0x88 {
 		c.closeSent = true
 	}
