@@ -136,6 +136,16 @@ func (b *batcher) loop() {
 // takeSlot waits for a free slot (up to slotWait, when set); slotted says whether the
 // batch holds one, stopping that the batcher is closing.
 func (b *batcher) takeSlot() (slotted, stopping bool) {
+	select {
+	case b.slots <- struct{}{}:
+		return true, false
+	default:
+	}
+	// The slot is there to let the next batch grow; a full one gains nothing by waiting and
+	// goes now, pipelined behind the batch in flight (with GroupCommitMax 1, every batch).
+	if len(b.queue)+1 >= b.max {
+		return false, false
+	}
 	var timeout <-chan time.Time
 	if b.slotWait > 0 {
 		t := time.NewTimer(b.slotWait)

@@ -117,3 +117,42 @@ func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
 		t.Fatal("the next proposal waited behind the stuck batch")
 	}
 }
+
+// A full batch does not wait for the one in flight: with GroupCommitMax 1 (group commit off)
+// every proposal is its own entry, pipelined, not one commit at a time.
+func TestBatcher_FullBatchesPipeline(t *testing.T) {
+	stuck := make(chan struct{})
+	defer close(stuck)
+	var calls atomic.Int64
+	b := newBatcher(1, 0, func(cmds []fsm.Command) func() (uint64, []error, error) {
+		first := calls.Add(1) == 1
+		return func() (uint64, []error, error) {
+			if first {
+				<-stuck
+			}
+			return 1, make([]error, len(cmds)), nil
+		}
+	})
+	defer b.close()
+	go b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "slow"}})
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("first batch never committed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "next"}})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a full batch waited for the one in flight")
+	}
+}
