@@ -78,13 +78,14 @@ func TestBatcher_BoundsBatchesInFlight(t *testing.T) {
 	}
 }
 
-// A forward stuck on a leader that vanished without a word holds its slot until the HTTP
-// timeout; with slotWait the next batch goes after that long instead of waiting behind it.
-func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
+// nextPassesAStuckBatch starts a batcher (max commands per batch, adjusted by setup) whose
+// first commit never returns, and reports whether a second proposal still completes.
+func nextPassesAStuckBatch(t *testing.T, max int, setup func(*batcher)) bool {
+	t.Helper()
 	stuck := make(chan struct{})
 	defer close(stuck)
 	var calls atomic.Int64
-	b := newBatcher(1024, 0, func(cmds []fsm.Command) func() (uint64, []error, error) {
+	b := newBatcher(max, 0, func(cmds []fsm.Command) func() (uint64, []error, error) {
 		first := calls.Add(1) == 1
 		return func() (uint64, []error, error) {
 			if first {
@@ -93,7 +94,7 @@ func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
 			return 1, make([]error, len(cmds)), nil
 		}
 	})
-	b.slotWait = 50 * time.Millisecond
+	setup(b)
 	defer b.close()
 	go b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "stuck"}})
 	deadline := time.Now().Add(10 * time.Second)
@@ -113,7 +114,16 @@ func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		return true
 	case <-time.After(5 * time.Second):
+		return false
+	}
+}
+
+// A forward stuck on a leader that vanished without a word holds its slot until the HTTP
+// timeout; with slotWait the next batch goes after that long instead of waiting behind it.
+func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
+	if !nextPassesAStuckBatch(t, 1024, func(b *batcher) { b.slotWait = 50 * time.Millisecond }) {
 		t.Fatal("the next proposal waited behind the stuck batch")
 	}
 }
@@ -121,38 +131,7 @@ func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
 // A full batch does not wait for the one in flight: with GroupCommitMax 1 (group commit off)
 // every proposal is its own entry, pipelined, not one commit at a time.
 func TestBatcher_FullBatchesPipeline(t *testing.T) {
-	stuck := make(chan struct{})
-	defer close(stuck)
-	var calls atomic.Int64
-	b := newBatcher(1, 0, func(cmds []fsm.Command) func() (uint64, []error, error) {
-		first := calls.Add(1) == 1
-		return func() (uint64, []error, error) {
-			if first {
-				<-stuck
-			}
-			return 1, make([]error, len(cmds)), nil
-		}
-	})
-	defer b.close()
-	go b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "slow"}})
-	deadline := time.Now().Add(10 * time.Second)
-	for calls.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("first batch never committed")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "next"}})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
+	if !nextPassesAStuckBatch(t, 1, func(*batcher) {}) {
 		t.Fatal("a full batch waited for the one in flight")
 	}
 }
