@@ -116,27 +116,22 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // round robin. It does not allocate.
 func (f *FSM) Pick(ns string, n uint64) (Registration, bool) {
 	f.mu.RLock()
-	list := f.st.namespaces[ns]
-	if len(list) == 0 {
-		f.mu.RUnlock()
-		return Registration{}, false
-	}
-	r := list[n%uint64(len(list))]
-	f.mu.RUnlock()
-	return r, true
+	defer f.mu.RUnlock()
+	return pickFrom(f.st.namespaces[ns], n)
 }
 
 // PickBytes is Pick for a namespace held as bytes (a request's buffer), without copying it.
 func (f *FSM) PickBytes(ns []byte, n uint64) (Registration, bool) {
 	f.mu.RLock()
-	list := f.st.namespaces[string(ns)] // no allocation: the conversion only feeds the lookup
+	defer f.mu.RUnlock()
+	return pickFrom(f.st.namespaces[string(ns)], n) // the conversion only feeds the lookup
+}
+
+func pickFrom(list []Registration, n uint64) (Registration, bool) {
 	if len(list) == 0 {
-		f.mu.RUnlock()
 		return Registration{}, false
 	}
-	r := list[n%uint64(len(list))]
-	f.mu.RUnlock()
-	return r, true
+	return list[n%uint64(len(list))], true
 }
 
 // Instances returns a copy of ns's instances, ordered by Since, then Address,
