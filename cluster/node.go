@@ -194,7 +194,16 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	nf := newNotifyingFSM(state)
 	nf.onSnapshot = cfg.OnSnapshot
 	nf.onApply = cfg.OnApply
-	r, err := raft.NewRaft(rc, nf, store, store, snaps, transport)
+	// Replication reads back the entries just stored; an in-memory ring of the latest ones
+	// spares a bolt read transaction for each (Consul keeps 512). 64: entries hold up to
+	// GroupCommitMax commands (~100 KiB), and the pipeline only reads the newest few.
+	logs, err := raft.NewLogCache(64, store)
+	if err != nil {
+		transport.Close()
+		store.Close()
+		return nil, fmt.Errorf("cluster: log cache: %w", err)
+	}
+	r, err := raft.NewRaft(rc, nf, logs, store, snaps, transport)
 	if err != nil {
 		transport.Close()
 		store.Close()
