@@ -30,8 +30,7 @@ func (b *bench) failover(writers, readers int) (Result, error) {
 		return Result{}, err
 	}
 	defer b.settle([]*wsConn{seed})
-	spec, err := b.cl.spec(leader)
-	if err != nil {
+	if err := b.cl.capture(leader); err != nil {
 		return Result{}, err
 	}
 	pids := b.cl.pids()
@@ -104,7 +103,7 @@ func (b *bench) failover(writers, readers int) (Result, error) {
 		"killed_after_s":          float64(killAt-start) / 1e9,
 	}
 	res.Note = fmt.Sprintf("SIGKILL of the leader node%d; latency columns are writes", leader)
-	if d, err := b.cl.restart(ctx, leader, spec); err != nil {
+	if d, err := b.cl.restart(ctx, leader); err != nil {
 		b.log.Error("restarting the killed node", "node", leader, "err", err)
 	} else {
 		res.Extra["restart_ready_ms"] = float64(d.Milliseconds())
@@ -160,8 +159,7 @@ func (b *bench) reregister(n int) (Result, error) {
 			others = append(others, i)
 		}
 	}
-	spec, err := b.cl.spec(victim)
-	if err != nil {
+	if err := b.cl.capture(victim); err != nil {
 		return Result{}, err
 	}
 	conns, err := b.connectAll(n, []int{victim}, 1024)
@@ -229,7 +227,7 @@ func (b *bench) reregister(n int) (Result, error) {
 	res.P50us, res.P90us, res.P99us, res.Maxus = q(.5), q(.9), q(.99), float64(lat[n-1])/1e3
 	cpu.fill(&res)
 	res.Note = fmt.Sprintf("SIGKILL of follower node%d; latencies are kill-to-acknowledged-online per agent; seconds = until the last one", victim)
-	if d, err := b.cl.restart(ctx, victim, spec); err != nil {
+	if d, err := b.cl.restart(ctx, victim); err != nil {
 		b.log.Error("restarting the killed node", "node", victim, "err", err)
 	} else {
 		res.Extra = map[string]float64{"restart_ready_ms": float64(d.Milliseconds())}
@@ -246,8 +244,7 @@ func (b *bench) scale(agents, nsPerAgent int) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	spec, err := b.cl.spec(0)
-	if err != nil {
+	if err := b.cl.capture(0); err != nil {
 		return Result{}, err
 	}
 	mem := func() (rss, heap int64, err error) {
@@ -295,7 +292,7 @@ func (b *bench) scale(agents, nsPerAgent int) (Result, error) {
 	snapshotMs := -1.0
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if d, ok := logSpan(spec.log, regEnd, "starting snapshot up to", "snapshot complete up to"); ok {
+		if d, ok := logSpan(b.cl.Nodes[0].LogFile, regEnd, "starting snapshot up to", "snapshot complete up to"); ok {
 			snapshotMs = float64(d.Microseconds()) / 1e3
 			break
 		}
@@ -329,12 +326,12 @@ func (b *bench) scale(agents, nsPerAgent int) (Result, error) {
 		return res, err
 	}
 	killed := time.Now()
-	d, err := b.cl.restart(ctx, 0, spec)
+	d, err := b.cl.restart(ctx, 0)
 	if err != nil {
 		return res, err
 	}
 	res.Extra["startup_ready_ms"] = float64(d.Milliseconds())
-	if r, ok := logSpan(spec.log, killed, "starting restore from snapshot", "restored from snapshot"); ok {
+	if r, ok := logSpan(b.cl.Nodes[0].LogFile, killed, "starting restore from snapshot", "restored from snapshot"); ok {
 		res.Extra["restore_ms"] = float64(r.Microseconds()) / 1e3
 	}
 	res.Note = fmt.Sprintf("%d registrations over %d connections on one node; per-item memory = growth / count", total, agents)

@@ -3,94 +3,42 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/wsregistry/wsregistry/internal/localcluster"
 )
 
-// cluster describes a local cluster started by scripts/local-cluster.sh:
-// node i has WS port 8427+10i and HTTP port 8428+10i on host; its PID is in
-// dir/node<i>.pid.
+// cluster is a local cluster started by scripts/local-cluster.sh, addressed by node index.
 type cluster struct {
+	*localcluster.Cluster
 	host string
 	n    int
-	dir  string
 	hc   *http.Client
 }
 
-func (c *cluster) ws(i int) string   { return c.host + ":" + strconv.Itoa(8427+10*i) }
-func (c *cluster) http(i int) string { return c.host + ":" + strconv.Itoa(8428+10*i) }
-
-func (c *cluster) pid(i int) (int, error) {
-	b, err := os.ReadFile(filepath.Join(c.dir, "node"+strconv.Itoa(i)+".pid"))
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
+func newCluster(dir, host string, n int) *cluster {
+	hc := &http.Client{Timeout: 10 * time.Second}
+	return &cluster{Cluster: localcluster.New(dir, host, n, hc), host: host, n: n, hc: hc}
 }
 
-// pids of the nodes that are running now.
-func (c *cluster) pids() []int {
-	var out []int
-	for i := range c.n {
-		if p, err := c.pid(i); err == nil && syscall.Kill(p, 0) == nil {
-			out = append(out, p)
-		}
-	}
-	return out
-}
+func (c *cluster) ws(i int) string                         { return c.Nodes[i].WS }
+func (c *cluster) http(i int) string                       { return c.Nodes[i].HTTP }
+func (c *cluster) pid(i int) (int, error)                  { return c.Nodes[i].PID() }
+func (c *cluster) pids() []int                             { return c.PIDs() }
+func (c *cluster) leader(ctx context.Context) (int, error) { return c.Leader(ctx) }
 
 func (c *cluster) getJSON(ctx context.Context, addr, path string, v any) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s%s: HTTP %d", addr, path, resp.StatusCode)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
+	_, err := c.GetJSON(ctx, addr, path, v)
+	return err
 }
 
-// leader returns the index of the leader node as any live node reports it.
-func (c *cluster) leader(ctx context.Context) (int, error) {
-	var v struct {
-		Leader string `json:"leader"`
-	}
-	var lastErr error
-	for i := range c.n {
-		if err := c.getJSON(ctx, c.http(i), "/v1/cluster", &v); err != nil {
-			lastErr = err
-			continue
-		}
-		if idx, ok := strings.CutPrefix(v.Leader, "node"); ok {
-			return strconv.Atoi(idx)
-		}
-		lastErr = fmt.Errorf("leader %q is not nodeN", v.Leader)
-	}
-	return -1, fmt.Errorf("no leader: %w", lastErr)
-}
-
-func (c *cluster) ready(ctx context.Context, i int) bool {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.http(i)+"/readyz", nil)
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return false
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
+func (c *cluster) ready(ctx context.Context, i int) bool { return c.Ready(ctx, c.Nodes[i]) == nil }
 
 func (c *cluster) waitReady(ctx context.Context, i int, timeout time.Duration) (time.Duration, error) {
 	start := time.Now()
@@ -103,29 +51,8 @@ func (c *cluster) waitReady(ctx context.Context, i int, timeout time.Duration) (
 	return 0, fmt.Errorf("node%d not ready after %s", i, timeout)
 }
 
-// procSpec is what it takes to start a killed node again exactly as it was.
-type procSpec struct {
-	args []string
-	cwd  string
-	log  string
-}
-
-func (c *cluster) spec(i int) (procSpec, error) {
-	p, err := c.pid(i)
-	if err != nil {
-		return procSpec{}, err
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/cmdline")
-	if err != nil {
-		return procSpec{}, err
-	}
-	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-	cwd, err := os.Readlink("/proc/" + strconv.Itoa(p) + "/cwd")
-	if err != nil {
-		return procSpec{}, err
-	}
-	return procSpec{args: args, cwd: cwd, log: filepath.Join(c.dir, "node"+strconv.Itoa(i)+".log")}, nil
-}
+// capture records what it takes to start node i again exactly as it runs now (before a kill).
+func (c *cluster) capture(i int) error { return c.Nodes[i].Capture() }
 
 // kill sends SIGKILL to node i (by its PID) and waits until it is gone.
 func (c *cluster) kill(i int) error {
@@ -133,15 +60,13 @@ func (c *cluster) kill(i int) error {
 	if err != nil {
 		return err
 	}
-	if err := syscall.Kill(p, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("kill node%d (pid %d): %w", i, p, err)
+	if err := c.Nodes[i].Signal(syscall.SIGKILL); err != nil {
+		return err
 	}
 	// The group leader shows as a zombie while other threads may still be
 	// exiting with the sockets open: wait until the node's ports refuse.
 	for range 2500 {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
-		gone := err != nil || strings.Contains(string(b), ") Z ")
-		if gone && refused(c.http(i)) && refused(c.ws(i)) {
+		if localcluster.IsZombie(p) && refused(c.http(i)) && refused(c.ws(i)) {
 			return nil
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -158,27 +83,12 @@ func refused(addr string) bool {
 	return false
 }
 
-// restart starts node i again from spec, records its PID where
-// local-cluster.sh looks for it, and returns the time until it is ready.
-func (c *cluster) restart(ctx context.Context, i int, s procSpec) (time.Duration, error) {
-	logf, err := os.OpenFile(s.log, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	defer logf.Close()
-	cmd := exec.Command(s.args[0], s.args[1:]...)
-	cmd.Dir, cmd.Stdout, cmd.Stderr = s.cwd, logf, logf
-	// Its own process group: it must outlive this generator like the others.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+// restart starts node i again as capture recorded it and returns the time until it is ready.
+func (c *cluster) restart(ctx context.Context, i int) (time.Duration, error) {
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("restart node%d: %w", i, err)
-	}
-	pidFile := filepath.Join(c.dir, "node"+strconv.Itoa(i)+".pid")
-	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+	if err := c.Nodes[i].Start("wsbench: restarting"); err != nil {
 		return 0, err
 	}
-	go func() { _ = cmd.Wait() }() // reap it if it ends while we run
 	if _, err := c.waitReady(ctx, i, 60*time.Second); err != nil {
 		return 0, err
 	}

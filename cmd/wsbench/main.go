@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -76,7 +75,7 @@ func run(args []string) error {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	hostPrefix := (*host)[:strings.LastIndexByte(*host, '.')+1]
 	b := &bench{
-		cl:       &cluster{host: *host, n: *nodes, dir: *dir, hc: &http.Client{Timeout: 10 * time.Second}},
+		cl:       newCluster(*dir, *host, *nodes),
 		keys:     newAgentKeys(10 + rand.IntN(200)),
 		keyIP:    hostPrefix,
 		duration: *duration,

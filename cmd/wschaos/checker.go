@@ -81,23 +81,23 @@ func (v *verdict) note(format string, args ...any) {
 
 // readNode reads one node's registrations and applied index.
 func (c *cluster) readNode(ctx context.Context, i int) (nodeState, error) {
-	nd := c.nodes[i]
-	s := nodeState{node: nd.id}
-	before, err := c.view(ctx, nd)
+	nd := c.Nodes[i]
+	s := nodeState{node: nd.ID}
+	before, err := c.View(ctx, nd)
 	if err != nil {
 		return s, err
 	}
-	hdr, err := c.getJSON(ctx, nd.http, "/v1/namespaces", &s.namespaces)
+	hdr, err := c.GetJSON(ctx, nd.HTTP, "/v1/namespaces", &s.namespaces)
 	if err != nil {
 		return s, err
 	}
-	after, err := c.view(ctx, nd)
+	after, err := c.View(ctx, nd)
 	if err != nil {
 		return s, err
 	}
 	s.before, s.post = before.AppliedIndex, after.AppliedIndex
 	if s.index, err = strconv.ParseUint(hdr.Get("X-Wsregistry-Index"), 10, 64); err != nil {
-		return s, fmt.Errorf("%s: X-Wsregistry-Index %q: %w", nd.id, hdr.Get("X-Wsregistry-Index"), err)
+		return s, fmt.Errorf("%s: X-Wsregistry-Index %q: %w", nd.ID, hdr.Get("X-Wsregistry-Index"), err)
 	}
 	return s, nil
 }
@@ -116,7 +116,7 @@ func check(ctx context.Context, c *cluster, f *fleet, timeout time.Duration) (ve
 		agents = f.views()
 		states = states[:0]
 		lastErr = nil
-		for i := range c.nodes {
+		for i := range c.Nodes {
 			s, err := c.readNode(ctx, i)
 			if err != nil {
 				lastErr = err
@@ -143,7 +143,7 @@ func check(ctx context.Context, c *cluster, f *fleet, timeout time.Duration) (ve
 			}
 		}
 		if time.Now().After(deadline) {
-			if len(states) != len(c.nodes) {
+			if len(states) != len(c.Nodes) {
 				return verdict{}, fmt.Errorf("check: %w", lastErr)
 			}
 			break // judge what we have; divergence is reported below
@@ -183,7 +183,7 @@ func judge(states []nodeState, agents []agentView, c *cluster) verdict {
 		}
 		live[a.key] = true
 		for _, ns := range a.namespaces {
-			expected[[2]string{ns, a.key}] = want{node: c.nodes[a.node].id}
+			expected[[2]string{ns, a.key}] = want{node: c.Nodes[a.node].ID}
 		}
 	}
 	for _, s := range states {

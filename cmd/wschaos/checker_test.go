@@ -3,10 +3,12 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/wsregistry/wsregistry/internal/localcluster"
 )
 
 func testCluster() *cluster {
-	return &cluster{nodes: []*node{{id: "node0"}, {id: "node1"}}}
+	return &cluster{Cluster: localcluster.New("/nonexistent", "127.0.0.1", 2, nil)}
 }
 
 func stateOf(node string, index uint64, ns ...namespaceView) nodeState {

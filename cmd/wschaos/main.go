@@ -90,8 +90,8 @@ func run(args []string) int {
 		return 2
 	}
 	var wsAddrs []string
-	for _, nd := range c.nodes {
-		wsAddrs = append(wsAddrs, nd.ws)
+	for _, nd := range c.Nodes {
+		wsAddrs = append(wsAddrs, nd.WS)
 	}
 	hostBase := cfg.host[:strings.LastIndexByte(cfg.host, '.')]
 	f := newFleet(cfg.agents, wsAddrs, hostBase, 30000, cfg.nsPool, log)
@@ -180,8 +180,8 @@ func (h *harness) round(ctx context.Context, r int, fault string) (verdict, erro
 			live++
 		}
 	}
-	leader, _ := h.c.leader(ctx)
-	cv, _ := h.c.view(ctx, h.c.nodes[max(leader, 0)])
+	leader, _ := h.c.Leader(ctx)
+	cv, _ := h.c.View(ctx, h.c.Nodes[max(leader, 0)])
 	fmt.Printf("round=%d fault=%s (%s) lost=%d ghosts=%d divergent=%d doubled=%d live_agents=%d applied_index=%d took=%s\n",
 		r, fault, desc, v.lost, v.ghosts, v.divergent, v.doubled, live, cv.AppliedIndex, time.Since(began).Round(100*time.Millisecond))
 	if v.bad() {
@@ -223,7 +223,7 @@ func (h *harness) pick(ctx context.Context, leader bool) (int, error) {
 	if leader {
 		return l, nil
 	}
-	return (l + 1 + int(time.Now().UnixNano()%int64(len(h.c.nodes)-1))) % len(h.c.nodes), nil
+	return (l + 1 + int(time.Now().UnixNano()%int64(len(h.c.Nodes)-1))) % len(h.c.Nodes), nil
 }
 
 // killRestart: kill -9, stay down past the grace (the leader purges the node's agents),
@@ -233,12 +233,12 @@ func (h *harness) killRestart(ctx context.Context, leader bool) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	nd := h.c.nodes[i]
-	h.log.Info("fault: kill -9", "node", nd.id, "leader", leader)
-	if err := nd.signal(syscall.SIGKILL); err != nil {
+	nd := h.c.Nodes[i]
+	h.log.Info("fault: kill -9", "node", nd.ID, "leader", leader)
+	if err := nd.Signal(syscall.SIGKILL); err != nil {
 		return "", err
 	}
-	if err := nd.waitExit(10 * time.Second); err != nil {
+	if err := nd.WaitExit(10 * time.Second); err != nil {
 		return "", err
 	}
 	if leader {
@@ -247,10 +247,10 @@ func (h *harness) killRestart(ctx context.Context, leader bool) (string, error) 
 		}
 	}
 	sleepCtx(ctx, h.cfg.grace+time.Second)
-	if err := nd.start(); err != nil {
+	if err := nd.Start("wschaos: restarting"); err != nil {
 		return "", err
 	}
-	return "kill -9 " + nd.id, nil
+	return "kill -9 " + nd.ID, nil
 }
 
 // raftIOTimeout is the I/O deadline of the nodes' raft transport (cluster.Open): a frozen
@@ -264,17 +264,17 @@ func (h *harness) stopCont(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	nd := h.c.nodes[i]
+	nd := h.c.Nodes[i]
 	hold := max(2*h.cfg.grace, raftIOTimeout+h.cfg.grace) + 500*time.Millisecond
-	h.log.Info("fault: SIGSTOP", "node", nd.id, "for", hold)
-	if err := nd.signal(syscall.SIGSTOP); err != nil {
+	h.log.Info("fault: SIGSTOP", "node", nd.ID, "for", hold)
+	if err := nd.Signal(syscall.SIGSTOP); err != nil {
 		return "", err
 	}
 	sleepCtx(ctx, hold)
-	if err := nd.signal(syscall.SIGCONT); err != nil {
+	if err := nd.Signal(syscall.SIGCONT); err != nil {
 		return "", err
 	}
-	return "SIGSTOP/SIGCONT " + nd.id, nil
+	return "SIGSTOP/SIGCONT " + nd.ID, nil
 }
 
 // partition cuts one node off through the fault switch for twice the grace.
@@ -283,8 +283,8 @@ func (h *harness) partition(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	nd := h.c.nodes[i]
-	h.log.Info("fault: partition", "node", nd.id, "for", 2*h.cfg.grace)
+	nd := h.c.Nodes[i]
+	h.log.Info("fault: partition", "node", nd.ID, "for", 2*h.cfg.grace)
 	if err := h.c.partition(ctx, nd, true); err != nil {
 		return "", err
 	}
@@ -292,7 +292,7 @@ func (h *harness) partition(ctx context.Context) (string, error) {
 	if err := h.c.partition(context.WithoutCancel(ctx), nd, false); err != nil {
 		return "", err
 	}
-	return "partition " + nd.id, nil
+	return "partition " + nd.ID, nil
 }
 
 // restart stops a node cleanly (SIGINT keeps its membership) and starts it again at once.
@@ -301,22 +301,22 @@ func (h *harness) restart(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	nd := h.c.nodes[i]
-	h.log.Info("fault: restart (SIGINT)", "node", nd.id)
-	if err := nd.signal(syscall.SIGINT); err != nil {
+	nd := h.c.Nodes[i]
+	h.log.Info("fault: restart (SIGINT)", "node", nd.ID)
+	if err := nd.Signal(syscall.SIGINT); err != nil {
 		return "", err
 	}
-	if err := nd.waitExit(20 * time.Second); err != nil {
+	if err := nd.WaitExit(20 * time.Second); err != nil {
 		// A clean stop that hangs is a finding: SIGQUIT makes the Go runtime write every
 		// goroutine's stack into the node's log before it dies.
-		_ = nd.signal(syscall.SIGQUIT)
-		if nd.waitExit(5*time.Second) != nil {
-			_ = nd.signal(syscall.SIGKILL)
+		_ = nd.Signal(syscall.SIGQUIT)
+		if nd.WaitExit(5*time.Second) != nil {
+			_ = nd.Signal(syscall.SIGKILL)
 		}
-		return "", fmt.Errorf("%w; sent SIGQUIT: goroutine dump in %s", err, nd.logFile)
+		return "", fmt.Errorf("%w; sent SIGQUIT: goroutine dump in %s", err, nd.LogFile)
 	}
-	if err := nd.start(); err != nil {
+	if err := nd.Start("wschaos: restarting"); err != nil {
 		return "", err
 	}
-	return "restart " + nd.id, nil
+	return "restart " + nd.ID, nil
 }
