@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/wsregistry/wsregistry/fsm"
 )
 
 // Info is what a node tells peers that are forming or joining a cluster.
@@ -28,7 +30,12 @@ type Info struct {
 type JoinRequest struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
+	// Features is what the joining build reads (fsm.Features); earlier builds send none.
+	Features uint64 `json:"features,omitempty"`
 }
+
+// ErrJoinerTooOld refuses a node whose build cannot read the log's binary entries.
+var ErrJoinerTooOld = errors.New("the cluster's log holds binary entries this node's build cannot read: upgrade it before it joins")
 
 // RemoveRequest asks the leader to drop a member from the configuration.
 type RemoveRequest struct {
@@ -186,7 +193,14 @@ func (n *Node) JoinHandler(clusterKey string, client *Client) http.HandlerFunc {
 				}
 				return nil
 			},
-			func() error { return n.AddVoter(jr.ID, jr.RaftAddr) })(w, r)
+			func() error {
+				// Once binary entries are written, a node of an earlier build would stop on the
+				// first one it applies (and stop again after every restart).
+				if jr.Features&fsm.FeatureBinaryBatch == 0 && n.BinaryBatches() {
+					return fmt.Errorf("%w (node %s)", ErrJoinerTooOld, jr.ID)
+				}
+				return n.AddVoter(jr.ID, jr.RaftAddr)
+			})(w, r)
 	}
 }
 
@@ -253,7 +267,7 @@ func (n *Node) tryJoin(ctx context.Context, client *Client, peers []string) erro
 				return nil
 			}
 			var out map[string]string
-			status, err := client.do(ctx, http.MethodPost, p, PathJoin, JoinRequest{ID: self.ID, RaftAddr: self.RaftAddr}, &out)
+			status, err := client.do(ctx, http.MethodPost, p, PathJoin, JoinRequest{ID: self.ID, RaftAddr: self.RaftAddr, Features: fsm.Features}, &out)
 			if err == nil && status == http.StatusOK {
 				n.log.Info("joined the cluster", "via", p, "leader", info.LeaderID)
 				return nil

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsregistry/wsregistry/cluster"
+	"github.com/wsregistry/wsregistry/fsm"
 )
 
 // testCluster is N real nodes in this process: real raft over TCP on 127.0.0.1, real bolt
@@ -521,5 +523,57 @@ func TestRollingUpgrade_BinaryEntriesOnlyOnceEveryServerReadsThem(t *testing.T) 
 			}
 			return true
 		}, "%s does not know every registration", n.cfg.NodeID)
+	}
+}
+
+// A leader of an earlier build rewrites a forwarded SetNode without the fields it does not
+// know (Features): the node re-announces its metadata, or the binary log form would stay
+// off until every node restarted once more.
+func TestRollingUpgrade_LostFeaturesAreAnnouncedAgain(t *testing.T) {
+	tc := startCluster(t, 3, 2*time.Second)
+	n1, _ := tc.nodes[1].state.Node("node1")
+	stale := n1
+	stale.Features = 0 // what a leader of the earlier build writes back
+	errs, err := tc.nodes[0].submit(context.Background(), fsm.SetNode{RequestID: "stale-meta", Meta: stale})
+	if err != nil || firstError(errs) != nil {
+		t.Fatalf("submit: %v %v", err, errs)
+	}
+	if m, _ := tc.nodes[0].state.Node("node1"); m.Features != 0 {
+		t.Fatalf("the stale metadata did not apply: %+v", m)
+	}
+	for _, n := range tc.nodes {
+		eventually(t, 10*time.Second, func() bool {
+			m, _ := n.state.Node("node1")
+			return m == n1
+		}, "%s never saw node1's features again", n.cfg.NodeID)
+	}
+}
+
+// Once the log holds binary entries, a node of an earlier build (its join request names no
+// features) is refused with the reason instead of joining and stopping on the first entry.
+func TestJoin_RefusesABuildThatCannotReadTheLog(t *testing.T) {
+	n := startNode(t, t.TempDir(), func(c *Config) { c.ClusterKey = "k" })
+	eventually(t, 10*time.Second, n.raft.BinaryBatches, "the one-node cluster never switched to binary entries")
+	join := func(body string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+n.HTTPAddr()+cluster.PathJoin, strings.NewReader(body))
+		req.Header.Set(cluster.ClusterKeyHeader, "k")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	status, body := join(`{"id":"old","raft_addr":"127.0.0.1:1"}`)
+	if status == http.StatusOK || !strings.Contains(body, "cannot read") || !strings.Contains(body, "old") {
+		t.Fatalf("join of an earlier build: %d %s, want a refusal naming the reason", status, body)
+	}
+	cfg := n.raft.Raft().GetConfiguration()
+	if err := cfg.Error(); err != nil {
+		t.Fatal(err)
+	}
+	if servers := cfg.Configuration().Servers; len(servers) != 1 {
+		t.Fatalf("configuration after the refused join: %+v", servers)
 	}
 }

@@ -54,9 +54,23 @@ func (n *Node) reconcileOwnSessions() {
 	if n.fenced.Load() || !n.announced.Load() {
 		return
 	}
-	if meta, ok := n.state.Node(n.cfg.NodeID); !ok || meta.Incarnation != n.incarnation.Load() {
+	want := n.ownMeta()
+	if meta, ok := n.state.Node(n.cfg.NodeID); !ok || meta.Incarnation != want.Incarnation {
 		if err := n.announceOnce(n.ctx); err != nil {
 			n.log.Warn("re-announce failed; will retry", "err", err)
+			return
+		}
+	} else if meta != want {
+		// Same life, other metadata: a leader of an earlier build rewrote our SetNode without
+		// the fields it does not know (Features), or a snapshot it took dropped them. Without
+		// this the binary log form would stay off until every node restarted once more.
+		n.log.Debug("re-announcing node metadata", "have", meta, "want", want)
+		errs, err := n.submit(n.ctx, fsm.SetNode{RequestID: n.newRequestID(), Meta: want})
+		if err == nil {
+			err = firstError(errs)
+		}
+		if err != nil {
+			n.log.Warn("metadata refresh failed; will retry", "err", err)
 			return
 		}
 	}

@@ -296,15 +296,21 @@ func (n *Node) announce() {
 	}
 }
 
-func (n *Node) announceOnce(ctx context.Context) error {
-	inc := n.incarnation.Load()
+// ownMeta is the metadata this node announces.
+func (n *Node) ownMeta() fsm.NodeMeta {
 	meta := fsm.NodeMeta{
 		ID: n.cfg.NodeID, WSAddr: n.cfg.WSAdvertise, HTTPAddr: n.cfg.HTTPAdvertise,
-		RaftAddr: n.cfg.RaftAdvertise, Incarnation: inc, Features: fsm.Features,
+		RaftAddr: n.cfg.RaftAdvertise, Incarnation: n.incarnation.Load(), Features: fsm.Features,
 	}
 	if n.cfg.features != nil {
 		meta.Features = *n.cfg.features
 	}
+	return meta
+}
+
+func (n *Node) announceOnce(ctx context.Context) error {
+	meta := n.ownMeta()
+	inc := meta.Incarnation
 	cmds := []fsm.Command{
 		fsm.SetNode{RequestID: n.newRequestID(), Meta: meta},
 		fsm.PurgeNode{RequestID: n.newRequestID(), Node: n.cfg.NodeID, UpToIncarnation: inc - 1},
