@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -67,49 +66,16 @@ func serveEcho(nc net.Conn) error {
 	}
 	var out, payload []byte
 	for {
-		var h [2]byte
-		if _, err := io.ReadFull(br, h[:]); err != nil {
+		op, p, err := readFrame(br, payload, 1<<20)
+		if err != nil {
 			return err
 		}
-		n := uint64(h[1] & 0x7f)
-		switch n {
-		case 126:
-			var e [2]byte
-			if _, err := io.ReadFull(br, e[:]); err != nil {
-				return err
-			}
-			n = uint64(e[0])<<8 | uint64(e[1])
-		case 127:
-			var e [8]byte
-			if _, err := io.ReadFull(br, e[:]); err != nil {
-				return err
-			}
-			n = 0
-			for _, b := range e {
-				n = n<<8 | uint64(b)
-			}
-		}
-		if n > 1<<20 {
-			return errors.New("frame too large")
-		}
-		var key [4]byte
-		if h[1]&0x80 != 0 {
-			if _, err := io.ReadFull(br, key[:]); err != nil {
-				return err
-			}
-		}
-		payload = append(payload[:0], make([]byte, n)...)
-		if _, err := io.ReadFull(br, payload); err != nil {
-			return err
-		}
-		for i := range payload {
-			payload[i] ^= key[i&3]
-		}
-		switch h[0] & 0x0f {
+		payload = p[:0]
+		switch op {
 		case 8:
 			return nil
 		case 1:
-			id, _, _ := bytes.Cut(bytes.TrimPrefix(payload, []byte(`{"id":`)), []byte(","))
+			id, _, _ := bytes.Cut(bytes.TrimPrefix(p, []byte(`{"id":`)), []byte(","))
 			reply := `{"id":` + string(id) + `,"status":200}`
 			out = append(out, 0x81, byte(len(reply)))
 			out = append(out, reply...)

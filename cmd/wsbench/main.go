@@ -21,20 +21,21 @@ import (
 	"time"
 )
 
+// subcommands run instead of a workload: `wsbench table ...`, `wsbench echo-server ...`.
+var subcommands = map[string]func(args []string) error{
+	"table":       tableCmd,
+	"echo-server": echoServerCmd,
+}
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "echo-server" {
-		if err := echoServerCmd(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "wsbench echo-server:", err)
-			os.Exit(1)
+	if len(os.Args) > 1 {
+		if cmd, ok := subcommands[os.Args[1]]; ok {
+			if err := cmd(os.Args[2:]); err != nil {
+				fmt.Fprintf(os.Stderr, "wsbench %s: %v\n", os.Args[1], err)
+				os.Exit(1)
+			}
+			return
 		}
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == "table" {
-		if err := tableCmd(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "wsbench table:", err)
-			os.Exit(1)
-		}
-		return
 	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "wsbench:", err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -120,33 +121,11 @@ func (c *wsConn) readMessageFlushing(scratch []byte, flush func() error) ([]byte
 				return nil, err
 			}
 		}
-		var h [2]byte
-		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		op, p, err := readFrame(c.br, scratch, math.MaxInt32)
+		if err != nil {
 			return nil, err
 		}
-		op := h[0] & 0x0f
-		n := int(h[1] & 0x7f)
-		switch n {
-		case 126:
-			var e [2]byte
-			if _, err := io.ReadFull(c.br, e[:]); err != nil {
-				return nil, err
-			}
-			n = int(e[0])<<8 | int(e[1])
-		case 127:
-			var e [8]byte
-			if _, err := io.ReadFull(c.br, e[:]); err != nil {
-				return nil, err
-			}
-			n = int(e[4])<<24 | int(e[5])<<16 | int(e[6])<<8 | int(e[7])
-		}
-		if cap(scratch) < n {
-			scratch = make([]byte, n)
-		}
-		p := scratch[:n]
-		if _, err := io.ReadFull(c.br, p); err != nil {
-			return nil, err
-		}
+		scratch = p[:0]
 		switch op {
 		case 1, 2, 0:
 			return p, nil
@@ -159,6 +138,53 @@ func (c *wsConn) readMessageFlushing(scratch []byte, flush func() error) ([]byte
 			}
 		}
 	}
+}
+
+// readFrame reads one WebSocket frame from br: its opcode and its payload, unmasked when the
+// frame is masked (in scratch when it is large enough). Frames over max bytes are an error.
+func readFrame(br *bufio.Reader, scratch []byte, max uint64) (op byte, payload []byte, err error) {
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		return 0, nil, err
+	}
+	n := uint64(h[1] & 0x7f)
+	if n >= 126 {
+		var buf [8]byte
+		ext := buf[:2]
+		if n == 127 {
+			ext = buf[:8]
+		}
+		if _, err := io.ReadFull(br, ext); err != nil {
+			return 0, nil, err
+		}
+		n = 0
+		for _, b := range ext {
+			n = n<<8 | uint64(b)
+		}
+	}
+	if n > max {
+		return 0, nil, fmt.Errorf("frame of %d bytes, the limit is %d", n, max)
+	}
+	var key [4]byte
+	masked := h[1]&0x80 != 0
+	if masked {
+		if _, err := io.ReadFull(br, key[:]); err != nil {
+			return 0, nil, err
+		}
+	}
+	if uint64(cap(scratch)) < n {
+		scratch = make([]byte, n)
+	}
+	payload = scratch[:n]
+	if _, err := io.ReadFull(br, payload); err != nil {
+		return 0, nil, err
+	}
+	if masked {
+		for i := range payload {
+			payload[i] ^= key[i&3]
+		}
+	}
+	return h[0] & 0x0f, payload, nil
 }
 
 // idle reads and discards until the connection ends, answering pings; it
