@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,10 +170,10 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("registry: node id is empty")
 	}
-	if err := ValidateNamespace(cfg.NodeID); err != nil {
+	if err := validateName("the node id", cfg.NodeID); err != nil {
 		// The id names sessions and members in every node's state: the same rules as a
 		// namespace (valid UTF-8, no control characters, bounded).
-		return nil, fmt.Errorf("registry: node id: %s", strings.Replace(err.Error(), "the namespace", "it", 1))
+		return nil, fmt.Errorf("registry: %w", err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("registry: data dir: %w", err)

@@ -42,18 +42,23 @@ func namespaceArg(cmd string, props json.RawMessage) (string, error) {
 }
 
 // ValidateNamespace applies the same rules to the WebSocket and HTTP paths.
-func ValidateNamespace(ns string) error {
+func ValidateNamespace(ns string) error { return validateName("the namespace", ns) }
+
+// validateName holds a name (a namespace, a node id) to the rules of a namespace: not
+// empty, at most MaxNamespaceBytes, valid UTF-8, no control characters. what names it in
+// the error.
+func validateName(what, s string) error {
 	switch {
-	case ns == "":
-		return fmt.Errorf("the namespace is empty")
-	case len(ns) > MaxNamespaceBytes:
-		return fmt.Errorf("the namespace is %d bytes long, the limit is %d", len(ns), MaxNamespaceBytes)
-	case !utf8.ValidString(ns):
-		return fmt.Errorf("the namespace is not valid UTF-8")
+	case s == "":
+		return fmt.Errorf("%s is empty", what)
+	case len(s) > MaxNamespaceBytes:
+		return fmt.Errorf("%s is %d bytes long, the limit is %d", what, len(s), MaxNamespaceBytes)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%s is not valid UTF-8", what)
 	}
-	for i := 0; i < len(ns); i++ {
-		if c := ns[i]; c < 0x20 || c == 0x7f {
-			return fmt.Errorf("the namespace contains a control character (0x%02x) at byte %d", c, i)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%s contains a control character (0x%02x) at byte %d", what, c, i)
 		}
 	}
 	return nil
