@@ -365,10 +365,7 @@ func (c *corkConn) writeTextFrames(payloads [][]byte, timeout time.Duration) err
 		c.buf = appendTextFrameHeader(c.buf, len(p))
 		c.buf = append(c.buf, p...)
 	}
-	if c.corked {
-		return nil
-	}
-	return c.flushLocked(timeout)
+	return c.flushLocked(timeout) // the accepting end is never corked: nothing else is pending
 }
 
 // appendTextFrameHeader appends the header of an unmasked, final text frame (RFC 6455 5.2).
