@@ -52,8 +52,8 @@ type proposalResult struct {
 // c=256: 17 commands per entry, ~190 µs of server CPU per registration). One in flight
 // beat two in every back-to-back pair measured (fewer, larger entries: ~10% less CPU per
 // registration at c=256, the same latency at c=16). A lone proposal still leaves at once;
-// a slow disk caps throughput at GroupCommitMax per commit (1,024 per ~25 ms with two
-// 12.8 ms fsyncs: ~40,000/s).
+// a slow disk caps throughput at GroupCommitMax per commit (by arithmetic, 1,024 per
+// ~25 ms with two 12.8 ms fsyncs: ~40,000/s).
 const maxBatchesInFlight = 1
 
 // ErrClosed is returned for proposals made while the node shuts down.

@@ -244,8 +244,9 @@ type Forwarder struct {
 	b *batcher
 }
 
-// forwardSlotWait is how long the next forwarded batch waits for the one in flight (a few
-// ms normally, ~30 ms at worst under load) before it goes anyway.
+// forwardSlotWait is how long the next forwarded batch waits for the one in flight before it
+// goes anyway: well above a forward's usual time (a whole registration, forward included,
+// took at most 63 ms at c=256 in the final benchmark run).
 const forwardSlotWait = 250 * time.Millisecond
 
 // NewForwarder forwards through c to whatever leader() answers at the time of each call,

@@ -116,7 +116,7 @@ type Node struct {
 
 	nudge struct {
 		mu      sync.Mutex
-		want    uint64 // the highest last index a forwarded write asked to be carried
+		want    uint64 // the highest last index a commit asked to be carried to the followers
 		running bool   // nudgeLoop is running
 		stopped bool   // Close began: no more barriers
 		loop    sync.WaitGroup
