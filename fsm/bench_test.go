@@ -108,3 +108,24 @@ func BenchmarkMemoryPerRegistration(b *testing.B) {
 		runtime.KeepAlive(f)
 	}
 }
+
+// BenchmarkRegister_SessionWithManyNamespaces: one agent connection that already
+// registered 2,000 namespaces registers one more (the wsbench register workload's
+// agents do this for the length of a run).
+func BenchmarkRegister_SessionWithManyNamespaces(b *testing.B) {
+	a := &applier{t: b, f: New()}
+	s := sid("node-0", 1700000000000, 1)
+	var batch []Command
+	for i := range 2000 {
+		batch = append(batch, Register{RequestID: fmt.Sprintf("req-%d", i),
+			Reg: reg(fmt.Sprintf("service-%05d", i), "10.0.0.1:8000", s, 1700000000000)})
+	}
+	a.ok(Batch{Commands: batch})
+	b.ReportAllocs()
+	i := 2000
+	for b.Loop() {
+		a.ok(Register{RequestID: fmt.Sprintf("req-%d", i),
+			Reg: reg(fmt.Sprintf("service-%05d", i), "10.0.0.1:8000", s, 1700000000000)})
+		i++
+	}
+}

@@ -162,7 +162,7 @@ func (d *snapshotData) build(maxRequests, maxTombstones int) (*state, error) {
 			return nil, fmt.Errorf("registration %d: %w", i, err)
 		}
 		s := r.Session
-		if slices.Contains(st.sessions[s], r.Namespace) {
+		if st.holds(s, r.Namespace) {
 			return nil, fmt.Errorf("registration %d: session %s appears twice in namespace %q", i, s, r.Namespace)
 		}
 		list := st.namespaces[r.Namespace]

@@ -122,12 +122,29 @@ func (st *state) register(r Registration, ch *[]Change) error {
 	if st.tombstones.has(s) {
 		return closedf("session %s is deregistered", s)
 	}
-	if slices.Contains(st.sessions[s], r.Namespace) {
+	if st.holds(s, r.Namespace) {
 		return nil // a repeat keeps the original registration and its Since
 	}
 	st.insert(r)
 	*ch = append(*ch, Change{Kind: ChangeRegister, Namespace: r.Namespace, Address: r.Address, Session: s.String(), Node: s.Node})
 	return nil
+}
+
+// holds reports whether session s has registered namespace ns. It scans the shorter
+// of the session's namespaces and the namespace's instances: an agent that registers
+// thousands of namespaces, or a namespace with thousands of instances, must not
+// make each registration cost as many comparisons.
+func (st *state) holds(s SessionID, ns string) bool {
+	names, instances := st.sessions[s], st.namespaces[ns]
+	if len(names) <= len(instances) {
+		return slices.Contains(names, ns)
+	}
+	for _, r := range instances {
+		if r.Session == s {
+			return true
+		}
+	}
+	return false
 }
 
 // insert adds a registration known to be new.
