@@ -89,3 +89,33 @@ func TestCorkConn_NoDataFrameAfterTheCloseFrame(t *testing.T) {
 		t.Fatalf("wire %q, want %q", wire, want)
 	}
 }
+
+// A flush leaves its write deadline armed for the next ones; a library write (a pong
+// after the connection sat idle) must not inherit it once it has passed.
+func TestCorkConn_AnExpiredFlushDeadlineDoesNotFailLibraryWrites(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() { _, _ = io.Copy(io.Discard, b) }()
+	cc := &corkConn{Conn: a, server: true}
+	const timeout = 50 * time.Millisecond
+	if err := cc.writeTextFrames([][]byte{[]byte("one")}, timeout); err != nil {
+		t.Fatal(err)
+	}
+	armed := cc.deadline
+	if err := cc.writeTextFrames([][]byte{[]byte("two")}, timeout); err != nil {
+		t.Fatal(err)
+	}
+	if !cc.deadline.Equal(armed) {
+		t.Errorf("the second flush rearmed the deadline (%v -> %v): want it reused", armed, cc.deadline)
+	}
+	for time.Now().Before(armed.Add(10 * time.Millisecond)) {
+		time.Sleep(5 * time.Millisecond) // let the armed deadline pass
+	}
+	pong := []byte{0x8a, 0x00}
+	if _, err := cc.Write(pong); err != nil {
+		t.Fatalf("library write after the flush deadline passed: %v", err)
+	}
+	if err := cc.writeTextFrames([][]byte{[]byte("three")}, timeout); err != nil {
+		t.Fatalf("flush after the deadline passed: %v", err)
+	}
+}

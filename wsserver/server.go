@@ -318,6 +318,10 @@ type corkConn struct {
 	// beforeRead runs before every socket read (the channel's flushHeld): what
 	// was answered from the bytes of the last read goes out before waiting for more.
 	beforeRead func()
+	// deadline is the write deadline armed on the socket (zero: none). Arming it
+	// costs two runtime timer updates per write, so flushes reuse it while at least
+	// half the timeout remains (see armWriteDeadline).
+	deadline time.Time
 }
 
 func (c *corkConn) Read(p []byte) (int, error) {
@@ -341,6 +345,12 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	if c.corked {
 		c.buf = append(c.buf, p...)
 		return len(p), nil
+	}
+	// The library bounds its own writes (by context); a deadline armed by an
+	// earlier flush may have passed while the connection was idle.
+	if !c.deadline.IsZero() {
+		_ = c.Conn.SetWriteDeadline(time.Time{})
+		c.deadline = time.Time{}
 	}
 	return c.Conn.Write(p)
 }
@@ -368,6 +378,18 @@ func (c *corkConn) writeTextFrames(payloads [][]byte, timeout time.Duration) err
 	return c.flushLocked(timeout) // the accepting end is never corked: nothing else is pending
 }
 
+// armWriteDeadline makes sure the next write fails if it takes longer than half to
+// all of timeout: a busy connection rearms the socket's deadline once per timeout/2
+// rather than twice per write. The caller holds mu.
+func (c *corkConn) armWriteDeadline(timeout time.Duration) {
+	now := time.Now()
+	if !c.deadline.IsZero() && c.deadline.Sub(now) >= timeout/2 {
+		return
+	}
+	c.deadline = now.Add(timeout)
+	_ = c.Conn.SetWriteDeadline(c.deadline)
+}
+
 // appendTextFrameHeader appends the header of an unmasked, final text frame (RFC 6455 5.2).
 func appendTextFrameHeader(b []byte, n int) []byte {
 	switch {
@@ -381,8 +403,8 @@ func appendTextFrameHeader(b []byte, n int) []byte {
 	}
 }
 
-// uncork writes what was collected; the deadline bounds that one write and
-// is cleared after it, so later writes of the library are not affected.
+// uncork writes what was collected under the write deadline (armWriteDeadline); a
+// later write of the library clears it (Write).
 func (c *corkConn) uncork(timeout time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -395,9 +417,8 @@ func (c *corkConn) flushLocked(timeout time.Duration) error {
 	if len(c.buf) == 0 {
 		return nil
 	}
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	c.armWriteDeadline(timeout)
 	_, err := c.Conn.Write(c.buf)
-	_ = c.Conn.SetWriteDeadline(time.Time{})
 	if cap(c.buf) > 256<<10 {
 		c.buf = nil // do not keep a burst's buffer for the connection's life
 	} else {
