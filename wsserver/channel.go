@@ -56,7 +56,12 @@ type chanConfig struct {
 	onIgnored    func(*Channel, string)
 	onClose      func(*Channel)
 	log          *slog.Logger
+	libraryReads bool // tests: read every frame through coder/websocket (no frameReader)
 }
+
+// maxServedText is the largest text frame an accepting end's frameReader serves itself;
+// longer ones go through the library, which buffers them anyway.
+const maxServedText = 64 << 10
 
 func (c *chanConfig) setDefaults() {
 	if c.mux == nil {
@@ -184,6 +189,12 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 	if cc, ok := nc.(*corkConn); ok {
 		c.cc = cc
 		cc.beforeRead = c.flushHeld
+		if cc.server && !cc.handshakeLeftovers && !cfg.libraryReads {
+			// The frameReader must see the stream from a frame boundary: bytes the
+			// client sent behind its handshake are already in the library's buffer.
+			cc.frames = &frameReader{conn: cc.Conn, beforeRead: c.flushHeld, maxText: int(min(cfg.readLimit, maxServedText)),
+				onText: func(msg []byte) { c.serveMessage(true, msg) }}
+		}
 	}
 	context.AfterFunc(ctx, func() {
 		if c.readEnded.Load() {
@@ -690,19 +701,25 @@ func (c *Channel) readLoop() error {
 		if err != nil {
 			return err
 		}
-		if c.isClosing() {
-			continue // draining until the close handshake ends
-		}
-		if typ == websocket.MessageText && !utf8.Valid(scratch) {
-			c.log.Info("invalid UTF-8 in a text message, closing")
-			c.closeWith(websocket.StatusInvalidFramePayloadData, ReasonInvalidUTF8)
-			continue
-		}
-		c.dispatch(scratch)
+		c.serveMessage(typ == websocket.MessageText, scratch)
 		if cap(scratch) > 64<<10 {
 			scratch = nil
 		}
 	}
+}
+
+// serveMessage serves one message, read by the library (readLoop) or by the corkConn's
+// frameReader; msg is only valid during the call.
+func (c *Channel) serveMessage(text bool, msg []byte) {
+	if c.isClosing() || c.readEnded.Load() {
+		return // draining until the close handshake ends
+	}
+	if text && !utf8.Valid(msg) {
+		c.log.Info("invalid UTF-8 in a text message, closing")
+		c.closeWith(websocket.StatusInvalidFramePayloadData, ReasonInvalidUTF8)
+		return
+	}
+	c.dispatch(msg)
 }
 
 func readInto(r io.Reader, b []byte) ([]byte, error) {

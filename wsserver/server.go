@@ -49,6 +49,8 @@ type ServerConfig struct {
 	// one it replaces to finish (default 5 s).
 	ReplaceTimeout time.Duration
 	Logger         *slog.Logger
+
+	libraryReads bool // tests: every frame through coder/websocket, as before frameReader
 }
 
 // Server accepts micro-ws connections at /<host>/<port>[/extra...]; it is an
@@ -81,6 +83,7 @@ func NewServer(cfg ServerConfig) *Server {
 		onIgnored:    cfg.OnIgnored,
 		onClose:      cfg.OnClose,
 		log:          cfg.Logger,
+		libraryReads: cfg.libraryReads,
 	}
 	ccfg.setDefaults()
 	s := &Server{
@@ -298,7 +301,7 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err := brw.Writer.Flush(); err != nil {
 		return nc, brw, err
 	}
-	cc := &corkConn{Conn: nc, server: true}
+	cc := &corkConn{Conn: nc, server: true, handshakeLeftovers: brw.Reader.Buffered() > 0}
 	h.nc = cc
 	return cc, bufio.NewReadWriter(brw.Reader, bufio.NewWriterSize(cc, 4096)), nil
 }
@@ -315,6 +318,11 @@ type corkConn struct {
 	buf    []byte
 	// closeSent: the library wrote a close frame; no data frame may follow it.
 	closeSent bool
+	// frames, when set, reads the socket and serves plain text frames itself (see
+	// frameReader); it is not used when the client's first frames arrived with its
+	// handshake (handshakeLeftovers), as they would then bypass it.
+	frames             *frameReader
+	handshakeLeftovers bool
 	// beforeRead runs before every socket read (the channel's flushHeld): what
 	// was answered from the bytes of the last read goes out before waiting for more.
 	beforeRead func()
@@ -325,6 +333,9 @@ type corkConn struct {
 }
 
 func (c *corkConn) Read(p []byte) (int, error) {
+	if c.frames != nil {
+		return c.frames.Read(p)
+	}
 	if c.beforeRead != nil {
 		c.beforeRead()
 	}

@@ -17,6 +17,7 @@ targets=(
   "./wsserver FuzzDecodeRequest"
   "./wsserver FuzzEncodeResponse"
   "./wsserver FuzzValidJSON"
+  "./wsserver FuzzFrameReader"
   "./fsm FuzzDecode"
   "./fsm FuzzRestore"
   "./registry FuzzParseProps"
