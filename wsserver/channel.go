@@ -189,12 +189,6 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 	if cc, ok := nc.(*corkConn); ok {
 		c.cc = cc
 		cc.beforeRead = c.flushHeld
-		if cc.server && !cc.handshakeLeftovers && !cfg.libraryReads {
-			// The frameReader must see the stream from a frame boundary: bytes the
-			// client sent behind its handshake are already in the library's buffer.
-			cc.frames = &frameReader{conn: cc.Conn, beforeRead: c.flushHeld, maxText: int(min(cfg.readLimit, maxServedText)),
-				onText: func(msg []byte) { c.serveMessage(true, msg) }}
-		}
 	}
 	context.AfterFunc(ctx, func() {
 		if c.readEnded.Load() {
@@ -211,6 +205,14 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 
 // start launches the writer and the pinger. The caller then runs serve.
 func (c *Channel) start() {
+	// Only now: a channel refused before it starts (a Shutdown under way) closes through
+	// the library alone, which drops the client's data frames instead of serving them.
+	if cc := c.cc; cc != nil && cc.server && !cc.handshakeLeftovers && !c.cfg.libraryReads {
+		// The frameReader must see the stream from a frame boundary: bytes the
+		// client sent behind its handshake are already in the library's buffer.
+		cc.frames = &frameReader{conn: cc.Conn, beforeRead: c.flushHeld, maxText: int(min(c.cfg.readLimit, maxServedText)),
+			onText: func(msg []byte) { c.serveMessage(true, msg) }}
+	}
 	c.workers.Add(1)
 	go c.writeLoop()
 	if c.cfg.pingInterval > 0 {

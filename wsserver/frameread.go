@@ -62,15 +62,19 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 			if fr.pass > 0 || need == 0 {
 				continue
 			}
-			// An incomplete frame: read the rest of it behind what is carried.
+			// An incomplete frame: read the rest of it behind what is carried. The buffer
+			// grows with the bytes that arrive, not with the length a header claims.
 			if free := cap(fr.carry) - len(fr.carry); free < need {
-				grown := make([]byte, len(fr.carry), len(fr.carry)+max(need, 512))
+				grown := make([]byte, len(fr.carry), len(fr.carry)+min(need, max(512, cap(fr.carry))))
 				copy(grown, fr.carry)
 				fr.carry = grown
 			}
 			n, err := fr.read(fr.carry[len(fr.carry):cap(fr.carry)])
 			if n == 0 {
-				return 0, err
+				// The stream ended inside a frame: hand the library what came, as it would
+				// have read it, then the error (an unexpected EOF to it, as without us).
+				fr.pass, fr.err = len(fr.carry), err
+				continue
 			}
 			fr.carry = fr.carry[:len(fr.carry)+n]
 			fr.err = err
@@ -154,7 +158,7 @@ func (fr *frameReader) scan(b []byte) (used, need int) {
 		case 127:
 			// Lengths past maxText are handed over: the library fails the message as too
 			// big, or the frame as invalid (the top bit set).
-			plen = int(min(binary.BigEndian.Uint64(f[2:]), math.MaxInt32))
+			plen = int(min(binary.BigEndian.Uint64(f[2:]), math.MaxInt-maxHeader))
 		}
 		fin, opcode := f[0]&0x80 != 0, f[0]&0x7f // the opcode with the RSV bits: any set is not ours
 		if !fin || opcode != 1 || !masked || fr.fragmented || plen > fr.maxText {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -336,6 +337,7 @@ func referenceEvents(stream []byte, maxText int) frameEvents {
 	fragmented := false
 	for len(stream) > 0 {
 		if len(stream) < 2 {
+			ev.handed(stream) // the stream ends inside a frame: the library gets what came
 			break
 		}
 		b0, b1 := stream[0], stream[1]
@@ -349,15 +351,16 @@ func referenceEvents(stream []byte, maxText int) frameEvents {
 			hl += 4
 		}
 		if len(stream) < hl {
+			ev.handed(stream)
 			break
 		}
 		if l == 126 {
 			l = uint64(binary.BigEndian.Uint16(stream[2:]))
 		} else if l == 127 {
-			l = min(binary.BigEndian.Uint64(stream[2:]), 1<<31-1)
+			l = min(binary.BigEndian.Uint64(stream[2:]), math.MaxInt-maxHeader)
 		}
+		served := b0 == 0x81 && b1&0x80 != 0 && !fragmented && l <= uint64(maxText)
 		size := hl + int(l)
-		served := b0 == 0x81 && b1&0x80 != 0 && !fragmented && int(l) <= maxText
 		if !served {
 			if op := b0 & 0x0f; op <= 2 {
 				fragmented = b0&0x80 == 0
@@ -367,6 +370,7 @@ func referenceEvents(stream []byte, maxText int) frameEvents {
 			continue
 		}
 		if len(stream) < size {
+			ev.handed(stream)
 			break
 		}
 		msg := bytes.Clone(stream[hl:size])
@@ -407,4 +411,68 @@ func FuzzFrameReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// scriptConn returns its reads one by one (then io.EOF), running hook before each.
+type scriptConn struct {
+	net.Conn
+	reads [][]byte
+	hook  func()
+}
+
+func (c *scriptConn) Read(p []byte) (int, error) {
+	c.hook()
+	if len(c.reads) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.reads[0])
+	if c.reads[0] = c.reads[0][n:]; len(c.reads[0]) == 0 {
+		c.reads = c.reads[1:]
+	}
+	return n, nil
+}
+
+// A header claiming a 60,000-byte frame must not make the reader set that much aside
+// before the bytes arrive (a client could pin 64 KiB per connection with 14 bytes).
+func TestFrameReader_BufferGrowsWithTheBytesThatArrive(t *testing.T) {
+	frame := textFrame(strings.Repeat("g", 60_000))
+	sc := &scriptConn{reads: [][]byte{frame[:100], frame[100:300], frame[300:]}}
+	var served []string
+	fr := &frameReader{conn: sc, maxText: 64 << 10, onText: func(m []byte) { served = append(served, string(m)) }}
+	var caps []int
+	sc.hook = func() { caps = append(caps, cap(fr.carry)) }
+	p := make([]byte, 4096)
+	if n, err := fr.Read(p); n != 0 || err != io.EOF {
+		t.Fatalf("Read = %d, %v; want 0, EOF after serving the frame", n, err)
+	}
+	if len(served) != 1 || len(served[0]) != 60_000 {
+		t.Fatalf("served %d messages, want the one of 60,000 bytes", len(served))
+	}
+	// Before the third read 300 bytes had come: the buffer may be a few times that.
+	if len(caps) < 3 || caps[2] > 4096 {
+		t.Errorf("carry capacity before each read: %v; want at most 4096 after 300 bytes", caps)
+	}
+}
+
+// The stream ending inside a frame: the library gets the bytes that came, then the error
+// (it reports an unexpected EOF, as it would without the frameReader).
+func TestFrameReader_EOFInsideAFrameHandsOverWhatCame(t *testing.T) {
+	frame := textFrame(strings.Repeat("e", 500))
+	sc := &scriptConn{reads: [][]byte{frame[:200]}, hook: func() {}}
+	fr := &frameReader{conn: sc, maxText: 1000, onText: func([]byte) { t.Error("served an incomplete frame") }}
+	var handed []byte
+	p := make([]byte, 64)
+	for {
+		n, err := fr.Read(p)
+		handed = append(handed, p[:n]...)
+		if err != nil {
+			if err != io.EOF {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	if !bytes.Equal(handed, frame[:200]) {
+		t.Errorf("handed over %d bytes, want the 200 that came", len(handed))
+	}
 }
