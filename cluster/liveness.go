@@ -16,10 +16,12 @@ type memberWatch struct {
 	obs     *raft.Observer
 	ch      chan raft.Observation
 	done    chan struct{}
+	// changed is closed (and replaced) whenever raft reports a new leader, or none.
+	changed chan struct{}
 }
 
 func newMemberWatch(r *raft.Raft) *memberWatch {
-	w := &memberWatch{failing: map[string]time.Time{}, ch: make(chan raft.Observation, 256), done: make(chan struct{})}
+	w := &memberWatch{failing: map[string]time.Time{}, ch: make(chan raft.Observation, 256), done: make(chan struct{}), changed: make(chan struct{})}
 	// Blocking, so a "resumed" observation is never dropped: a dropped one would make the
 	// leader purge a healthy member. The loop below only touches a map, so raft never waits.
 	w.obs = raft.NewObserver(w.ch, true, func(o *raft.Observation) bool {
@@ -55,10 +57,18 @@ func (w *memberWatch) loop() {
 			case raft.LeaderObservation:
 				// A new leader starts every member's grace anew.
 				clear(w.failing)
+				close(w.changed)
+				w.changed = make(chan struct{})
 			}
 			w.mu.Unlock()
 		}
 	}
+}
+
+func (w *memberWatch) leaderChanged() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.changed
 }
 
 // silentFor returns how long each failing member has been silent.

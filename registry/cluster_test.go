@@ -577,3 +577,26 @@ func TestJoin_RefusesABuildThatCannotReadTheLog(t *testing.T) {
 		t.Fatalf("configuration after the refused join: %+v", servers)
 	}
 }
+
+// A write waiting for a leader retries when raft reports one (cluster.Node.LeaderChanged),
+// not after its backoff: every member's channel closes on a leadership change.
+func TestCluster_LeaderChangeWakesEveryMember(t *testing.T) {
+	tc := startCluster(t, 3, 5*time.Second)
+	var changed []<-chan struct{}
+	for _, n := range tc.nodes {
+		changed = append(changed, n.Raft().LeaderChanged())
+	}
+	old := tc.leader()
+	if err := old.raft.Raft().LeadershipTransfer().Error(); err != nil {
+		t.Fatalf("leadership transfer: %v", err)
+	}
+	for i, ch := range changed {
+		select {
+		case <-ch:
+		case <-time.After(scaled(10 * time.Second)):
+			t.Fatalf("%s: no leader change reported", tc.nodes[i].cfg.NodeID)
+		}
+	}
+	eventually(t, 5*time.Second, func() bool { id, _ := old.Raft().Leader(); return id != "" && id != old.cfg.NodeID },
+		"no new leader after the transfer")
+}
