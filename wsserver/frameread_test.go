@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -474,5 +475,56 @@ func TestFrameReader_EOFInsideAFrameHandsOverWhatCame(t *testing.T) {
 	}
 	if !bytes.Equal(handed, frame[:200]) {
 		t.Errorf("handed over %d bytes, want the 200 that came", len(handed))
+	}
+}
+
+// A client that sends its first frames in the same write as its handshake: those bytes are
+// in the library's buffer before the frameReader could see them, and the last of them may
+// end inside a frame, so that connection keeps the library's path. Its requests are answered
+// all the same, including the one split across the two writes.
+func TestFrameReader_FramesSentWithTheHandshakeAreAnswered(t *testing.T) {
+	mux := NewMux()
+	mux.HandleInline("ws", "/echo", echoHandler)
+	_, addr := startServer(t, ServerConfig{Mux: mux, PingInterval: -1})
+	nc, err := net.DialTimeout("tcp", addr, scaled(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	handshake := fmt.Sprintf("GET /10.0.0.9/31 HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", addr)
+	// The second request is cut 8 bytes into its payload. Its mask key is chosen so that
+	// what follows the cut reads as the header of a short masked text frame (0x81 0x84):
+	// a frameReader starting there would serve garbage and starve the library.
+	payload := []byte(`{"id":2,  "twoway":true,"data":{"cmd":"/echo","props":[2],"protocol":"ws"},"mode":0}`)
+	key := [4]byte{' ' ^ 0x81, ' ' ^ 0x84, 0, 0} // payload[8] ^ key[0] = 0x81, payload[9] ^ key[1] = 0x84
+	second := []byte{0x81, 0x80 | byte(len(payload)), key[0], key[1], key[2], key[3]}
+	for i, c := range payload {
+		second = append(second, c^key[i%4])
+	}
+	const cut = 6 + 8
+	first := append(append([]byte(handshake), textFrame(echoReq(1, "[1]"))...), second[:cut]...)
+	if _, err := nc.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(scaled(5 * time.Second)))
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	for id := 1; id <= 2; id++ {
+		_, reply, err := readAnyServerFrame(br)
+		if err != nil {
+			t.Fatalf("reply %d: %v", id, err)
+		}
+		if want := fmt.Sprintf(`{"id":%d,"mode":1,"twoway":false,"data":{"status":200,"data":[%d]}}`, id, id); string(reply) != want {
+			t.Fatalf("reply %s, want %s", reply, want)
+		}
+		if id == 1 { // the server has read the first write: now the rest of the second frame
+			if _, err := nc.Write(second[cut:]); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
