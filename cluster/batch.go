@@ -16,9 +16,19 @@ import (
 // (group commit), on a follower one forwarded call to the leader. Thousands of agents
 // re-registering after a failure then cost a few log writes and calls, not thousands.
 type batcher struct {
-	commit  commitFunc
-	max     int
-	wait    time.Duration
+	commit commitFunc
+	max    int
+	wait   time.Duration
+	batcherHooks
+
+	queue   chan *proposal
+	slots   chan struct{} // one per batch in flight
+	stop    chan struct{}
+	stopped sync.WaitGroup
+}
+
+// batcherHooks are a batcher's optional settings, fixed before its loop starts.
+type batcherHooks struct {
 	onBatch func(commands int)
 	// committed, when set, is called after each batch that committed, once its slot is
 	// free (so busy no longer counts it).
@@ -27,11 +37,6 @@ type batcher struct {
 	// goes anyway. A follower's forward to a leader that vanished without a word hangs
 	// until the HTTP timeout; every other write must not wait behind it.
 	slotWait time.Duration
-
-	queue   chan *proposal
-	slots   chan struct{} // one per batch in flight
-	stop    chan struct{}
-	stopped sync.WaitGroup
 }
 
 type proposal struct {
@@ -63,9 +68,9 @@ var ErrClosed = errors.New("cluster: node is shutting down")
 // the batcher forms the next batch while earlier ones are still in flight.
 type commitFunc func(cmds []fsm.Command) (wait func() (index uint64, errs []error, err error))
 
-func newBatcher(max int, wait time.Duration, commit commitFunc) *batcher {
+func newBatcher(max int, wait time.Duration, commit commitFunc, hooks batcherHooks) *batcher {
 	b := &batcher{
-		commit: commit, max: max, wait: wait,
+		commit: commit, max: max, wait: wait, batcherHooks: hooks,
 		queue: make(chan *proposal, 4*max),
 		slots: make(chan struct{}, maxBatchesInFlight),
 		stop:  make(chan struct{}),

@@ -26,7 +26,7 @@ func TestBatcher_BoundsBatchesInFlight(t *testing.T) {
 			inFlight.Add(-1)
 			return 7, make([]error, len(cmds)), nil
 		}
-	})
+	}, batcherHooks{})
 	defer b.close()
 
 	const proposals = 200
@@ -80,7 +80,7 @@ func TestBatcher_BoundsBatchesInFlight(t *testing.T) {
 
 // nextPassesAStuckBatch starts a batcher (max commands per batch, adjusted by setup) whose
 // first commit never returns, and reports whether a second proposal still completes.
-func nextPassesAStuckBatch(t *testing.T, max int, setup func(*batcher)) bool {
+func nextPassesAStuckBatch(t *testing.T, max int, hooks batcherHooks) bool {
 	t.Helper()
 	stuck := make(chan struct{})
 	defer close(stuck)
@@ -93,8 +93,7 @@ func nextPassesAStuckBatch(t *testing.T, max int, setup func(*batcher)) bool {
 			}
 			return 1, make([]error, len(cmds)), nil
 		}
-	})
-	setup(b)
+	}, hooks)
 	defer b.close()
 	go b.propose(context.Background(), []fsm.Command{fsm.RemoveNode{Node: "stuck"}})
 	deadline := time.Now().Add(10 * time.Second)
@@ -123,7 +122,7 @@ func nextPassesAStuckBatch(t *testing.T, max int, setup func(*batcher)) bool {
 // A forward stuck on a leader that vanished without a word holds its slot until the HTTP
 // timeout; with slotWait the next batch goes after that long instead of waiting behind it.
 func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
-	if !nextPassesAStuckBatch(t, 1024, func(b *batcher) { b.slotWait = 50 * time.Millisecond }) {
+	if !nextPassesAStuckBatch(t, 1024, batcherHooks{slotWait: 50 * time.Millisecond}) {
 		t.Fatal("the next proposal waited behind the stuck batch")
 	}
 }
@@ -131,7 +130,7 @@ func TestBatcher_SlotWaitLetsTheNextBatchPastAStuckOne(t *testing.T) {
 // A full batch does not wait for the one in flight: with GroupCommitMax 1 (group commit off)
 // every proposal is its own entry, pipelined, not one commit at a time.
 func TestBatcher_FullBatchesPipeline(t *testing.T) {
-	if !nextPassesAStuckBatch(t, 1, func(*batcher) {}) {
+	if !nextPassesAStuckBatch(t, 1, batcherHooks{}) {
 		t.Fatal("a full batch waited for the one in flight")
 	}
 }

@@ -262,8 +262,7 @@ func NewForwarder(c *Client, leader func() (string, error), binary func() bool, 
 			// request ids, so a batch that committed without an answer is not applied twice.
 			return c.Forward(context.Background(), addr, cmds, binary())
 		}
-	})
-	b.slotWait = forwardSlotWait
+	}, batcherHooks{slotWait: forwardSlotWait})
 	return &Forwarder{b: b}
 }
 

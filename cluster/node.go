@@ -210,9 +210,10 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
-	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches))
-	n.batcher.committed = func() { n.nudgeFollowers(r.LastIndex()) }
-	n.batcher.onBatch = cfg.OnBatch
+	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches), batcherHooks{
+		committed: func() { n.nudgeFollowers(r.LastIndex()) },
+		onBatch:   cfg.OnBatch,
+	})
 	n.watch = newMemberWatch(r)
 
 	if !hasState && cfg.BootstrapExpect == 1 && len(cfg.Join) == 0 {
