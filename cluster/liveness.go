@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -16,12 +17,15 @@ type memberWatch struct {
 	obs     *raft.Observer
 	ch      chan raft.Observation
 	done    chan struct{}
-	// changed is closed (and replaced) whenever raft reports a new leader, or none.
-	changed chan struct{}
+	// changed holds a channel closed (and replaced) whenever raft reports a new leader, or
+	// none. Atomic: every write's retry loop reads it, and mu is on raft's observer path.
+	changed atomic.Pointer[chan struct{}]
 }
 
 func newMemberWatch(r *raft.Raft) *memberWatch {
-	w := &memberWatch{failing: map[string]time.Time{}, ch: make(chan raft.Observation, 256), done: make(chan struct{}), changed: make(chan struct{})}
+	w := &memberWatch{failing: map[string]time.Time{}, ch: make(chan raft.Observation, 256), done: make(chan struct{})}
+	first := make(chan struct{})
+	w.changed.Store(&first)
 	// Blocking, so a "resumed" observation is never dropped: a dropped one would make the
 	// leader purge a healthy member. The loop below only touches a map, so raft never waits.
 	w.obs = raft.NewObserver(w.ch, true, func(o *raft.Observation) bool {
@@ -57,19 +61,17 @@ func (w *memberWatch) loop() {
 			case raft.LeaderObservation:
 				// A new leader starts every member's grace anew.
 				clear(w.failing)
-				close(w.changed)
-				w.changed = make(chan struct{})
+				if d.LeaderID != "" { // losing one wakes nobody: there is nobody to try
+					next := make(chan struct{})
+					close(*w.changed.Swap(&next))
+				}
 			}
 			w.mu.Unlock()
 		}
 	}
 }
 
-func (w *memberWatch) leaderChanged() <-chan struct{} {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.changed
-}
+func (w *memberWatch) leaderChanged() <-chan struct{} { return *w.changed.Load() }
 
 // silentFor returns how long each failing member has been silent.
 func (w *memberWatch) silentFor(now time.Time) map[string]time.Duration {

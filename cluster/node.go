@@ -249,9 +249,9 @@ func (n *Node) Leader() (id, addr string) {
 	return string(i), string(a)
 }
 
-// LeaderChanged returns a channel that is closed the next time raft reports a different
-// leader (or the loss of one): a write waiting for a leader retries then, not after its
-// backoff. Take it before looking at the leader, so a change in between is not missed.
+// LeaderChanged returns a channel that is closed the next time raft reports a new leader: a
+// write waiting for one retries then, not after its backoff. Take it before looking at the
+// leader, so a change in between is not missed.
 func (n *Node) LeaderChanged() <-chan struct{} { return n.watch.leaderChanged() }
 
 // SetPartitioned turns the fault switch on or off (tests and the chaos harness): raft

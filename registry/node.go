@@ -382,7 +382,7 @@ func (n *Node) submit(ctx context.Context, cmds ...fsm.Command) ([]error, error)
 			n.metrics.observeWrite(path, time.Since(start), err)
 			return nil, err
 		case <-leaderChanged:
-			// A new leader (or the loss of one): try it now. After a failover the backoff
+			// A new leader: try it now. After a failover the backoff
 			// had grown to 320 ms, a third of the write gap.
 			backoff = 10 * time.Millisecond
 			continue
