@@ -245,8 +245,8 @@ type Forwarder struct {
 }
 
 // forwardSlotWait is how long the next forwarded batch waits for the one in flight before it
-// goes anyway: well above a forward's usual time (a whole registration, forward included,
-// took at most 63 ms at c=256 in the final benchmark run).
+// goes anyway: well above a forward's usual time (the slowest whole registration, forward
+// included, at c=256: 63 ms in bench run 20261125T234308Z, 156 ms in 20261126T012337Z).
 const forwardSlotWait = 250 * time.Millisecond
 
 // NewForwarder forwards through c to whatever leader() answers at the time of each call,

@@ -17,8 +17,8 @@ type memberWatch struct {
 	obs     *raft.Observer
 	ch      chan raft.Observation
 	done    chan struct{}
-	// changed holds a channel closed (and replaced) whenever raft reports a new leader, or
-	// none. Atomic: every write's retry loop reads it, and mu is on raft's observer path.
+	// changed holds a channel closed (and replaced) whenever raft reports a new leader.
+	// Atomic: every write's retry loop reads it, and mu is on raft's observer path.
 	changed atomic.Pointer[chan struct{}]
 }
 

@@ -114,16 +114,14 @@ type batchItem struct {
 // TypeBinaryBatch, any other command as JSON. (Batches written before the binary form have
 // type TypeBatch and a JSON array of {"t":type,"b":body}; Decode still reads them.)
 func Encode(cmd Command) ([]byte, error) {
-	switch c := cmd.(type) {
-	case nil:
+	if cmd == nil {
 		return nil, fmt.Errorf("%w: nil command", ErrMalformed)
-	case Batch:
-		return appendBinaryBatch(nil, c)
-	case *Batch:
-		if c == nil {
-			return nil, fmt.Errorf("%w: nil batch", ErrMalformed)
+	}
+	if b, ok, err := asBatch(cmd); ok {
+		if err != nil {
+			return nil, err
 		}
-		return appendBinaryBatch(nil, *c)
+		return appendBinaryBatch(nil, b)
 	}
 	body, err := encodeBody(cmd)
 	if err != nil {
@@ -175,16 +173,28 @@ func encodeUnknown(u Unknown) ([]byte, error) {
 // an Unknown command's body, so decoding and encoding again would change the entry). The
 // cluster writes it while a server has not announced FeatureBinaryBatch.
 func EncodeJSON(cmd Command) ([]byte, error) {
-	switch c := cmd.(type) {
-	case Batch:
-		return encodeJSONBatch(c)
-	case *Batch:
-		if c == nil {
-			return nil, fmt.Errorf("%w: nil batch", ErrMalformed)
+	if b, ok, err := asBatch(cmd); ok {
+		if err != nil {
+			return nil, err
 		}
-		return encodeJSONBatch(*c)
+		return encodeJSONBatch(b)
 	}
 	return Encode(cmd)
+}
+
+// asBatch reports whether cmd is a Batch (by value or pointer) and returns it; a nil
+// *Batch is one, with an error.
+func asBatch(cmd Command) (b Batch, ok bool, err error) {
+	switch c := cmd.(type) {
+	case Batch:
+		return c, true, nil
+	case *Batch:
+		if c == nil {
+			return Batch{}, true, fmt.Errorf("%w: nil batch", ErrMalformed)
+		}
+		return *c, true, nil
+	}
+	return Batch{}, false, nil
 }
 
 func encodeJSONBatch(b Batch) ([]byte, error) {

@@ -210,7 +210,7 @@ func (c *Channel) start() {
 	if cc := c.cc; cc != nil && cc.server && !cc.handshakeLeftovers && !c.cfg.libraryReads {
 		// The frameReader must see the stream from a frame boundary: bytes the
 		// client sent behind its handshake are already in the library's buffer.
-		cc.frames = &frameReader{conn: cc.Conn, beforeRead: c.flushHeld, maxText: int(min(c.cfg.readLimit, maxServedText)),
+		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, maxText: int(min(c.cfg.readLimit, maxServedText)),
 			onText: func(msg []byte) { c.serveMessage(true, msg) }}
 	}
 	c.workers.Add(1)

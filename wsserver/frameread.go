@@ -80,12 +80,7 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 			fr.err = err
 			continue
 		}
-		if fr.err != nil {
-			err := fr.err
-			fr.err = nil
-			return 0, err
-		}
-		n, err := fr.read(p)
+		n, err := fr.read(p) // a pending error comes back here
 		if n == 0 {
 			return 0, err
 		}
