@@ -2,11 +2,11 @@ package wsserver
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -20,7 +20,17 @@ import (
 
 // AgentConfig configures an Agent.
 type AgentConfig struct {
-	Registry  string // "host:port" or "host:port/t/<token>" (the path prefix is passed through when dialing)
+	// Registries are the addresses of the registry's nodes, each "host:port",
+	// optionally with a "/t/<token>" path prefix (passed through when dialing)
+	// and a "ws://" or "wss://" scheme (without one: wss when TLS is set, else
+	// ws). The agent shuffles them once and moves to the next whenever the
+	// registry connection fails to dial or closes. Empty: Registry alone.
+	Registries []string
+	Registry   string // one address, as in Registries; used when Registries is empty
+
+	TLS   *tls.Config // for wss:// registry addresses (nil: the system's roots)
+	Token string      // sent as "Authorization: Bearer <token>" when dialing the registry
+
 	Listen    string // default ":0"; the agent's own micro-ws server
 	Advertise string // "ip:port", or "ip" (or "ip:0") for that ip + the listen port; default: first non-loopback IPv4 of the machine + the listen port
 	Mux       *Mux   // default: a new Mux (see Agent.Handle)
@@ -32,18 +42,19 @@ type AgentConfig struct {
 	// (zero: defaults).
 	PingInterval time.Duration
 	DialTimeout  time.Duration
+
+	noShuffle bool // tests: try Registries in the given order
 }
 
 // Agent is a Go micro-ws agent: it serves its Mux on its own server and on
 // every channel it dials, registers namespaces with the registry (again after
-// every reconnect), and looks up and calls other agents.
+// every reconnect, on the next registry address when a node fails), and looks
+// up and calls other agents.
 type Agent struct {
-	cfg       AgentConfig
-	mux       *Mux
-	log       *slog.Logger
-	addr      string
-	regTarget string
-	regPrefix string
+	cfg  AgentConfig
+	mux  *Mux
+	log  *slog.Logger
+	addr string
 
 	ln     net.Listener
 	server *Server
@@ -53,9 +64,15 @@ type Agent struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	dialSem  chan struct{} // one registry dial at a time
-	mu       sync.Mutex
-	reg      *Channel
+	regs    []registryAddr // shuffled once
+	regHdr  http.Header    // the token, when set
+	dialSem chan struct{}  // one registry dial at a time
+	mu      sync.Mutex
+	reg     *Channel
+	regIdx  int // regs[regIdx] is where reg was dialed
+	// next is the index in regs to dial next: the connected address while reg
+	// lives, the one after it once reg is lost or a dial failed.
+	next     int
 	nss      []string // remembered namespaces, in order
 	connects atomic.Int64
 	closed   atomic.Bool // set under mu
@@ -66,8 +83,9 @@ type Agent struct {
 // NewAgent starts listening immediately (so Addr is known). It does not
 // contact the registry before Online, Where or Fetch.
 func NewAgent(cfg AgentConfig) (*Agent, error) {
-	if cfg.Registry == "" {
-		return nil, errors.New("wsserver: agent: registry address required")
+	regs, err := parseRegistries(cfg)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = ":0"
@@ -93,9 +111,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if a.log == nil {
 		a.log = slog.Default()
 	}
-	a.regTarget, a.regPrefix = cfg.Registry, ""
-	if i := strings.IndexByte(cfg.Registry, '/'); i >= 0 {
-		a.regTarget, a.regPrefix = cfg.Registry[:i], strings.TrimSuffix(cfg.Registry[i:], "/")
+	a.regs = regs
+	if cfg.Token != "" {
+		a.regHdr = http.Header{"Authorization": {"Bearer " + cfg.Token}}
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -148,109 +166,8 @@ func (a *Agent) Addr() string { return a.addr }
 // Handle registers a handler on the agent's Mux.
 func (a *Agent) Handle(protocol, cmd string, h HandlerFunc) { a.mux.Handle(protocol, cmd, h) }
 
-// Registry returns the current registry channel, or nil.
-func (a *Agent) Registry() *Channel {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.reg != nil && !a.reg.isDead() {
-		return a.reg
-	}
-	return nil
-}
-
-// Connects is the number of successful registry (re)connections; it is
-// incremented after online was re-sent for every remembered namespace.
-func (a *Agent) Connects() int64 { return a.connects.Load() }
-
 func (a *Agent) dialConfig() DialConfig {
 	return DialConfig{Mux: a.mux, PingInterval: a.cfg.PingInterval, DialTimeout: a.cfg.DialTimeout, Logger: a.log}
-}
-
-// ensure returns the registry channel, dialing it if needed. After a dial it
-// sends online for every remembered namespace (errors per namespace in the
-// map) and fresh is true.
-func (a *Agent) ensure(ctx context.Context) (ch *Channel, fresh bool, errs map[string]error, err error) {
-	select {
-	case a.dialSem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, false, nil, ctx.Err()
-	}
-	defer func() { <-a.dialSem }()
-	a.mu.Lock()
-	if a.closed.Load() {
-		a.mu.Unlock()
-		return nil, false, nil, fmt.Errorf("wsserver: agent closed: %w", ErrClosed)
-	}
-	if a.reg != nil && !a.reg.isDead() {
-		ch = a.reg
-		a.mu.Unlock()
-		return ch, false, nil, nil
-	}
-	a.mu.Unlock()
-
-	dc := a.dialConfig()
-	dc.PathPrefix = a.regPrefix
-	ch, err = Dial(ctx, a.regTarget, a.addr, dc)
-	if err != nil {
-		return nil, false, nil, err
-	}
-	a.mu.Lock()
-	if a.closed.Load() {
-		a.mu.Unlock()
-		ch.Close(websocket.StatusGoingAway, ReasonGoingAway)
-		return nil, false, nil, fmt.Errorf("wsserver: agent closed: %w", ErrClosed)
-	}
-	a.reg = ch
-	nss := append([]string(nil), a.nss...)
-	a.mu.Unlock()
-	a.wg.Add(1)
-	go a.watch(ch)
-
-	errs = make(map[string]error)
-	for _, ns := range nss {
-		if _, err := ch.Call(ctx, "ws", "online", []string{ns}, 0); err != nil {
-			a.log.Warn("online failed", "namespace", ns, "err", err)
-			errs[ns] = err
-		}
-	}
-	a.connects.Add(1)
-	a.log.Info("connected to registry", "registry", a.regTarget, "namespaces", len(nss))
-	return ch, true, errs, nil
-}
-
-// watch reconnects (with backoff) when the registry channel ch ends.
-func (a *Agent) watch(ch *Channel) {
-	defer a.wg.Done()
-	opened := time.Now()
-	select {
-	case <-a.ctx.Done():
-		return
-	case <-ch.Done():
-	}
-	a.log.Info("registry channel lost", "err", ch.Err())
-	delay := a.cfg.ReconnectMin
-	if time.Since(opened) < a.cfg.ReconnectMax {
-		// It did not live long: do not hammer a registry that accepts and
-		// then drops us.
-		delay = min(2*delay, a.cfg.ReconnectMax)
-	}
-	for {
-		// Full jitter in [delay/2, delay].
-		d := delay/2 + rand.N(delay/2+1)
-		t := time.NewTimer(d)
-		select {
-		case <-a.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		_, _, _, err := a.ensure(a.ctx)
-		if err == nil || a.ctx.Err() != nil {
-			return // the new channel has its own watcher
-		}
-		a.log.Debug("registry reconnect failed", "err", err, "retry_in", delay)
-		delay = min(2*delay, a.cfg.ReconnectMax)
-	}
 }
 
 // Online registers the agent under each namespace (connecting to the registry
@@ -271,7 +188,7 @@ func (a *Agent) Online(ctx context.Context, namespaces ...string) error {
 		}
 	}
 	a.mu.Unlock()
-	ch, fresh, errs, err := a.ensure(ctx)
+	ch, fresh, errs, err := a.ensure(ctx, len(a.regs))
 	if err != nil {
 		return err
 	}
@@ -292,7 +209,7 @@ func (a *Agent) Online(ctx context.Context, namespaces ...string) error {
 
 // Where asks the registry for an instance of namespace.
 func (a *Agent) Where(ctx context.Context, namespace string) (addr string, found bool, err error) {
-	ch, _, _, err := a.ensure(ctx)
+	ch, _, _, err := a.ensure(ctx, len(a.regs))
 	if err != nil {
 		return "", false, err
 	}

@@ -151,6 +151,8 @@ type Channel struct {
 	valMu sync.Mutex
 	val   any
 
+	auth any // what WithAuth put on the accepted request; set before start, then read-only
+
 	// onGone is called once when the connection is gone, before handlers
 	// are waited for (the server forgets the channel there).
 	onGone func(*Channel)
@@ -248,6 +250,10 @@ func (c *Channel) Err() error {
 	}
 	return nil
 }
+
+// Auth returns what WithAuth put on the HTTP request this channel was accepted
+// from; nil when there was nothing, and for dialed channels.
+func (c *Channel) Auth() any { return c.auth }
 
 // Value returns what SetValue stored.
 func (c *Channel) Value() any {

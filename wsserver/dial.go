@@ -2,6 +2,7 @@ package wsserver
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -23,6 +24,8 @@ type DialConfig struct {
 	CloseTimeout time.Duration
 	DialTimeout  time.Duration // default 10 s, for the TCP connect and the handshake
 	PathPrefix   string        // e.g. "/t/<token>"; put between the target and /<own-host>/<own-port>
+	TLS          *tls.Config   // when set, dial wss:// with it (ServerName defaults to the target's host)
+	HTTPHeader   http.Header   // added to the handshake request, e.g. Authorization
 	OnClose      func(ch *Channel)
 	OnIgnored    func(ch *Channel, reason string)
 	Logger       *slog.Logger
@@ -31,10 +34,11 @@ type DialConfig struct {
 // DefaultDialTimeout bounds Dial when DialConfig.DialTimeout is zero.
 const DefaultDialTimeout = 10 * time.Second
 
-// Dial opens ws://<target><PathPrefix>/<own-host>/<own-port> and serves the
-// channel until it closes. own is our advertised "host:port". ctx bounds the
-// dial only; the channel lives until it is closed (its handler contexts keep
-// ctx's values). No proxy from the environment is used.
+// Dial opens ws://<target><PathPrefix>/<own-host>/<own-port> (wss:// when
+// cfg.TLS is set) and serves the channel until it closes. own is our
+// advertised "host:port". ctx bounds the dial only; the channel lives until it
+// is closed (its handler contexts keep ctx's values). No proxy from the
+// environment is used.
 func Dial(ctx context.Context, target, own string, cfg DialConfig) (*Channel, error) {
 	host, port, err := net.SplitHostPort(own)
 	if err != nil {
@@ -70,9 +74,18 @@ func Dial(ctx context.Context, target, own string, cfg DialConfig) (*Channel, er
 		DisableCompression: true,
 	}
 	defer tr.CloseIdleConnections()
-	u := "ws://" + target + cfg.PathPrefix + "/" + host + "/" + port
+	scheme := "ws://"
+	if cfg.TLS != nil {
+		// The transport runs TLS over the corkConn, so batched frames still leave
+		// with one write. A WebSocket handshake is HTTP/1.1: do not offer h2.
+		tr.TLSClientConfig = cfg.TLS.Clone()
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+		scheme = "wss://"
+	}
+	u := scheme + target + cfg.PathPrefix + "/" + host + "/" + port
 	conn, resp, err := websocket.Dial(dctx, u, &websocket.DialOptions{
 		HTTPClient:      &http.Client{Transport: tr},
+		HTTPHeader:      cfg.HTTPHeader,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {

@@ -175,6 +175,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ch := newChannel(s.ctx, conn, hr.nc, key, r.RemoteAddr, &s.ccfg)
 	ch.onGone = s.forget
+	ch.auth = r.Context().Value(authKey{})
 
 	s.mu.Lock()
 	if s.shutdown {
@@ -204,6 +205,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.callOnOpen(ch)
 	}
 	ch.serve() // returns after OnClose
+}
+
+// authKey is the request context key of WithAuth.
+type authKey struct{}
+
+// WithAuth returns r carrying v, for a gate in front of the Server (one that
+// checks the agent's token): the channel the Server accepts from r returns v
+// from Channel.Auth, so handlers such as online can tell what the token allows.
+func WithAuth(r *http.Request, v any) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), authKey{}, v))
 }
 
 // callOnOpen runs OnOpen; a panic in it closes the channel (1011) instead of

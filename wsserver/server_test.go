@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -355,5 +356,60 @@ func TestTooManyRequestsInFlightAre429(t *testing.T) {
 	close(release)
 	if err != nil || !strings.Contains(string(b), `"status":429`) || !strings.Contains(string(b), fmt.Sprintf(`"id":%d`, DefaultMaxInflight)) {
 		t.Fatalf("first reply: %s %v, want 429 for the request over the limit", b, err)
+	}
+}
+
+func TestServer_AuthFromRequestReachesChannel(t *testing.T) {
+	m := NewMux()
+	// As the registry's online would: register only namespaces the token allows.
+	m.Handle("ws", "online", func(ctx context.Context, ch *Channel, props json.RawMessage) (json.RawMessage, error) {
+		var args []string
+		json.Unmarshal(props, &args)
+		allowed, _ := ch.Auth().([]string)
+		for _, ns := range allowed {
+			if len(args) == 1 && ns == args[0] {
+				return nil, nil
+			}
+		}
+		return nil, NewError(403, "namespace not allowed")
+	})
+	auths := make(chan any, 2)
+	s := NewServer(ServerConfig{Mux: m, Logger: testLogger(t), OnOpen: func(ch *Channel) { auths <- ch.Auth() }})
+	gate := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "Bearer good" {
+			r = WithAuth(r, []string{"billing"})
+		}
+		s.ServeHTTP(w, r)
+	})
+	ts := httptest.NewServer(gate)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), scaled(10*time.Second))
+		defer cancel()
+		s.Shutdown(ctx)
+		ts.Close()
+	})
+	addr := strings.TrimPrefix(ts.URL, "http://")
+
+	good := dialT(t, addr, "10.0.0.1:1", DialConfig{HTTPHeader: http.Header{"Authorization": {"Bearer good"}}})
+	if a, ok := recv(t, auths, 5*time.Second, "OnOpen").([]string); !ok || len(a) != 1 || a[0] != "billing" {
+		t.Fatalf("Auth in OnOpen = %v", a)
+	}
+	if _, err := good.Call(context.Background(), "ws", "online", []string{"billing"}, 0); err != nil {
+		t.Fatalf("allowed namespace: %v", err)
+	}
+	var e *Error
+	if _, err := good.Call(context.Background(), "ws", "online", []string{"payroll"}, 0); !errors.As(err, &e) || e.Status != 403 {
+		t.Fatalf("namespace outside the token: %v, want 403", err)
+	}
+	if good.Auth() != nil {
+		t.Errorf("dialed channel Auth = %v, want nil", good.Auth())
+	}
+
+	anon := dialT(t, addr, "10.0.0.2:2", DialConfig{})
+	if a := recv(t, auths, 5*time.Second, "OnOpen"); a != nil {
+		t.Fatalf("Auth without WithAuth = %v, want nil", a)
+	}
+	if _, err := anon.Call(context.Background(), "ws", "online", []string{"billing"}, 0); !errors.As(err, &e) || e.Status != 403 {
+		t.Fatalf("no token: %v, want 403", err)
 	}
 }
