@@ -73,6 +73,14 @@ func (f *FSM) SetObserver(fn func(index uint64, changes []Change)) {
 	f.mu.Unlock()
 }
 
+// ApplyCommand applies data (Encode's output) as the command entry at index, exactly as
+// Apply does for a raft log entry, and returns one result per command: packages that hold
+// an FSM without raft (watch's tests, tools) apply entries without importing raft.
+func (f *FSM) ApplyCommand(index uint64, data []byte) []error {
+	res, _ := f.Apply(&raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data}).([]error)
+	return res
+}
+
 // Apply applies one log entry and returns []error, one per command (one for
 // a non-batch entry); a nil entry is success. An entry that cannot be decoded
 // or has an unknown type without IgnoreIfUnknown panics: applying a log this

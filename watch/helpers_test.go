@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/wsregistry/wsregistry/fsm"
 	"github.com/wsregistry/wsregistry/internal/testutil"
 )
@@ -60,8 +58,7 @@ func (w *world) apply(cmds ...fsm.Command) uint64 {
 		w.t.Fatal(err)
 	}
 	w.index++
-	res := w.f.Apply(&raft.Log{Index: w.index, Term: 1, Type: raft.LogCommand, Data: data})
-	for _, err := range res.([]error) {
+	for _, err := range w.f.ApplyCommand(w.index, data) {
 		if err != nil {
 			w.t.Fatalf("apply %T: %v", cmd, err)
 		}
