@@ -135,8 +135,20 @@ function renderSummary() {
   $("leader").textContent = c.leader || "none";
   $("term").textContent = c.term ?? "—";
   $("member-count").textContent = (c.members || []).length;
+  const sec = $("peer-security");
+  sec.textContent = PEER_SECURITY[c.peer_security] || c.peer_security || "—";
+  // Unauthenticated peers are a warning: anyone on a trusted network (or anywhere, when
+  // insecure) can join and rewrite the registry.
+  sec.className = "value" + (c.peer_security === "insecure" || c.peer_security === "trusted-hosts" ? " unauthenticated" : "");
   document.title = "wsregistry · " + (c.node || "");
 }
+
+const PEER_SECURITY = {
+  "mutual-tls": "mutual TLS",
+  "cluster-key": "cluster key",
+  "trusted-hosts": "unauthenticated (trusted networks only)",
+  "insecure": "UNAUTHENTICATED (any host)",
+};
 
 function contactCell(id) {
   const ms = model.contact.get(id);
