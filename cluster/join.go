@@ -2,11 +2,8 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"slices"
 	"time"
 
@@ -49,7 +46,7 @@ func (n *Node) Info() Info {
 		ID: n.cfg.NodeID, RaftAddr: n.cfg.Advertise, HasState: n.hasState(),
 		LeaderID: leaderID, LeaderRaft: leaderAddr, Term: n.raft.CurrentTerm(),
 	}
-	for _, s := range n.Servers() {
+	for _, s := range n.servers() {
 		if s.Suffrage == raft.Voter {
 			info.Voters = append(info.Voters, string(s.ID))
 		}
@@ -61,8 +58,8 @@ func (n *Node) hasState() bool {
 	return n.raft.LastIndex() > 0
 }
 
-// Servers is the current raft configuration as this node knows it.
-func (n *Node) Servers() []raft.Server {
+// servers is the current raft configuration as this node knows it.
+func (n *Node) servers() []raft.Server {
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil
@@ -70,29 +67,13 @@ func (n *Node) Servers() []raft.Server {
 	return f.Configuration().Servers
 }
 
-// leaderHTTP finds the leader's HTTP address in the replicated node metadata.
-func (n *Node) leaderHTTP() (string, error) {
-	id, _ := n.Leader()
-	if id == "" {
-		return "", errors.New("no leader known")
-	}
-	meta, ok := n.fsm.inner.Node(id)
-	if !ok || meta.HTTPAddr == "" {
-		return "", fmt.Errorf("leader %s has not announced its HTTP address yet", id)
-	}
-	return meta.HTTPAddr, nil
-}
-
-// LeaderHTTP is the leader's advertised HTTP address, for forwarding.
-func (n *Node) LeaderHTTP() (string, error) { return n.leaderHTTP() }
-
-// AddVoter makes id a voter at addr, idempotently: a member with the same id and address is
+// addVoter makes id a voter at addr, idempotently: a member with the same id and address is
 // left alone; a stale entry with that id or that address is removed first.
-func (n *Node) AddVoter(id, addr string) error {
+func (n *Node) addVoter(id, addr string) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	for _, s := range n.Servers() {
+	for _, s := range n.servers() {
 		sameID, sameAddr := string(s.ID) == id, string(s.Address) == addr
 		switch {
 		case sameID && sameAddr:
@@ -113,12 +94,12 @@ func (n *Node) AddVoter(id, addr string) error {
 	return nil
 }
 
-// RemoveServer drops id from the configuration (leader only).
-func (n *Node) RemoveServer(id string) error {
+// removeServer drops id from the configuration (leader only).
+func (n *Node) removeServer(id string) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	found := slices.ContainsFunc(n.Servers(), func(s raft.Server) bool { return string(s.ID) == id })
+	found := slices.ContainsFunc(n.servers(), func(s raft.Server) bool { return string(s.ID) == id })
 	if !found {
 		return nil
 	}
@@ -129,111 +110,80 @@ func (n *Node) RemoveServer(id string) error {
 	return nil
 }
 
-// InfoHandler serves Info to peers.
-func (n *Node) InfoHandler(clusterKey string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if n.internalAllowed(clusterKey, w, r) {
-			writeJSON(w, http.StatusOK, n.Info())
-		}
+// Remove drops member id from the configuration, through the leader wherever this runs.
+func (n *Node) Remove(ctx context.Context, id string) error {
+	if n.IsLeader() {
+		return n.removeServer(id)
 	}
+	_, leader := n.Leader()
+	if leader == "" {
+		return ErrNoLeader
+	}
+	return n.client.post(ctx, leader, pathRemove, RemoveRequest{ID: id}, false)
 }
 
-// leaderOnly runs fn on the leader, forwarding the same request there from a follower.
-func (n *Node) leaderOnly(clusterKey string, client *Client, path string, decode func([]byte) error, fn func() error) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if !n.internalAllowed(clusterKey, w, r) {
-			return
+// AddMember asks the node at peerAddr (its peer port) who it is and makes it a voter,
+// through the leader wherever this runs (the admin API's join).
+func (n *Node) AddMember(ctx context.Context, peerAddr string) (id string, err error) {
+	info, err := n.client.info(ctx, peerAddr)
+	if err != nil {
+		return "", fmt.Errorf("cannot reach %s: %w", peerAddr, err)
+	}
+	if n.IsLeader() {
+		return info.ID, n.addVoter(info.ID, info.RaftAddr)
+	}
+	_, leader := n.Leader()
+	if leader == "" {
+		return info.ID, ErrNoLeader
+	}
+	return info.ID, n.client.post(ctx, leader, pathJoin, JoinRequest{ID: info.ID, RaftAddr: info.RaftAddr, Features: fsm.Features}, false)
+}
+
+// Leave removes this node from the cluster gracefully: a leader hands leadership over
+// first, so the cluster does not wait out an election timeout.
+func (n *Node) Leave(ctx context.Context) error {
+	if len(n.servers()) <= 1 {
+		return nil // the last member has nobody to hand over to
+	}
+	if n.IsLeader() {
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.log.Warn("leadership transfer failed; removing self as leader", "err", err)
+			return n.removeServer(n.cfg.NodeID)
 		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	}
+	for {
+		if len(n.servers()) <= 1 {
+			return nil // the others left first: nobody to leave
+		}
+		err := n.Remove(ctx, n.cfg.NodeID)
 		if err == nil {
-			err = decode(body)
+			n.log.Info("left the cluster")
+			return nil
 		}
-		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request body: " + err.Error()})
-			return
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("leave: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
 		}
-		if !n.IsLeader() {
-			if r.Header.Get(forwardedHeader) != "" {
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "not the leader either"})
-				return
-			}
-			addr, err := n.leaderHTTP()
-			if err != nil {
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
-				return
-			}
-			var out map[string]string
-			status, err := client.send(r.Context(), http.MethodPost, addr, path, body, &out, true)
-			if err != nil {
-				writeJSON(w, http.StatusBadGateway, map[string]string{"error": err.Error()})
-				return
-			}
-			writeJSON(w, status, out)
-			return
-		}
-		if err := fn(); err != nil {
-			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}
 }
 
-// JoinHandler adds the calling node as a voter (forwarded to the leader when needed).
-func (n *Node) JoinHandler(clusterKey string, client *Client) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var jr JoinRequest
-		n.leaderOnly(clusterKey, client, PathJoin,
-			func(b []byte) error {
-				if err := json.Unmarshal(b, &jr); err != nil {
-					return err
-				}
-				if jr.ID == "" || jr.RaftAddr == "" {
-					return errors.New("id and raft_addr are required")
-				}
-				return nil
-			},
-			func() error {
-				// Once binary entries are written, a node of an earlier build would stop on the
-				// first one it applies (and stop again after every restart).
-				if jr.Features&fsm.FeatureBinaryBatch == 0 && n.BinaryBatches() {
-					return fmt.Errorf("%w (node %s)", ErrJoinerTooOld, jr.ID)
-				}
-				return n.AddVoter(jr.ID, jr.RaftAddr)
-			})(w, r)
-	}
-}
-
-// RemoveHandler drops a member from the configuration (forwarded to the leader when needed).
-func (n *Node) RemoveHandler(clusterKey string, client *Client) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var rr RemoveRequest
-		n.leaderOnly(clusterKey, client, PathRemove,
-			func(b []byte) error {
-				if err := json.Unmarshal(b, &rr); err != nil {
-					return err
-				}
-				if rr.ID == "" {
-					return errors.New("id is required")
-				}
-				return nil
-			},
-			func() error { return n.RemoveServer(rr.ID) })(w, r)
-	}
-}
-
-// JoinCluster makes this node a member through any of peers (HTTP addresses), retrying
-// with backoff until ctx ends. With BootstrapExpect > 1 and no leader anywhere, it
+// JoinCluster makes this node a member through any of peers (peer-port addresses),
+// retrying with backoff until ctx ends. With BootstrapExpect > 1 and no leader anywhere, it
 // bootstraps once it has found that many nodes without raft state, as Consul does: every
 // node that sees the same set proposes the same configuration.
-func (n *Node) JoinCluster(ctx context.Context, client *Client, peers []string) error {
+func (n *Node) JoinCluster(ctx context.Context, peers []string) error {
 	backoff := 100 * time.Millisecond
 	for {
-		err := n.tryJoin(ctx, client, peers)
+		err := n.tryJoin(ctx, peers)
 		if err == nil {
 			return nil
 		}
 		n.log.Debug("join attempt failed", "err", err, "retry_in", backoff)
+		if errors.Is(err, errPeerRefused) {
+			// A refused handshake will not heal by itself: say so where operators look.
+			n.log.Warn("a peer refused this node", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("join %v: %w (last error: %v)", peers, ctx.Err(), err)
@@ -245,7 +195,7 @@ func (n *Node) JoinCluster(ctx context.Context, client *Client, peers []string) 
 	}
 }
 
-func (n *Node) tryJoin(ctx context.Context, client *Client, peers []string) error {
+func (n *Node) tryJoin(ctx context.Context, peers []string) error {
 	self := n.Info()
 	fresh := map[string]string{} // id -> raft address of nodes with no state
 	if !self.HasState {
@@ -253,10 +203,9 @@ func (n *Node) tryJoin(ctx context.Context, client *Client, peers []string) erro
 	}
 	var errs []error
 	for _, p := range peers {
-		var info Info
-		status, err := client.do(ctx, http.MethodGet, p, PathInfo, nil, &info)
-		if err != nil || status != http.StatusOK {
-			errs = append(errs, fmt.Errorf("%s: %d %v", p, status, err))
+		info, err := n.client.info(ctx, p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
 			continue
 		}
 		if info.ID == self.ID {
@@ -266,13 +215,12 @@ func (n *Node) tryJoin(ctx context.Context, client *Client, peers []string) erro
 			if info.LeaderID == self.ID && slices.Contains(info.Voters, self.ID) {
 				return nil
 			}
-			var out map[string]string
-			status, err := client.do(ctx, http.MethodPost, p, PathJoin, JoinRequest{ID: self.ID, RaftAddr: self.RaftAddr, Features: fsm.Features}, &out)
-			if err == nil && status == http.StatusOK {
+			err := n.client.post(ctx, p, pathJoin, JoinRequest{ID: self.ID, RaftAddr: self.RaftAddr, Features: fsm.Features}, false)
+			if err == nil {
 				n.log.Info("joined the cluster", "via", p, "leader", info.LeaderID)
 				return nil
 			}
-			errs = append(errs, fmt.Errorf("join via %s: %d %v %s", p, status, err, out["error"]))
+			errs = append(errs, fmt.Errorf("join via %s: %w", p, err))
 			continue
 		}
 		if !info.HasState {
@@ -309,36 +257,4 @@ func compareIDs(a, b raft.ServerID) int {
 		return 1
 	}
 	return 0
-}
-
-// Info asks the node at addr (HTTP) to describe itself.
-func (c *Client) Info(ctx context.Context, addr string) (Info, error) {
-	var info Info
-	status, err := c.do(ctx, http.MethodGet, addr, PathInfo, nil, &info)
-	if err == nil && status != http.StatusOK {
-		err = fmt.Errorf("%s answered %d", addr, status)
-	}
-	return info, err
-}
-
-// Join asks the node at addr to add req as a voter (it forwards to its leader).
-func (c *Client) Join(ctx context.Context, addr string, req JoinRequest) error {
-	return c.post(ctx, addr, PathJoin, req)
-}
-
-// Remove asks the node at addr to drop id from the configuration.
-func (c *Client) Remove(ctx context.Context, addr, id string) error {
-	return c.post(ctx, addr, PathRemove, RemoveRequest{ID: id})
-}
-
-func (c *Client) post(ctx context.Context, addr, path string, body any) error {
-	var out map[string]string
-	status, err := c.do(ctx, http.MethodPost, addr, path, body, &out)
-	if err != nil {
-		return err
-	}
-	if status != http.StatusOK {
-		return fmt.Errorf("%s%s answered %d: %s", addr, path, status, out["error"])
-	}
-	return nil
 }

@@ -4,11 +4,11 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -34,7 +34,7 @@ type Config struct {
 	// BootstrapExpect is how many voters form the first configuration. 1 means a node with no
 	// state bootstraps alone; larger values wait for that many peers found through Join.
 	BootstrapExpect int
-	// Join lists peers' HTTP addresses. A node given any never bootstraps alone.
+	// Join lists peers' peer-port (raft) addresses. A node given any never bootstraps alone.
 	Join []string
 
 	HeartbeatTimeout   time.Duration
@@ -42,6 +42,8 @@ type Config struct {
 	LeaderLeaseTimeout time.Duration
 	CommitTimeout      time.Duration
 	ApplyTimeout       time.Duration // how long one proposal may wait for raft
+	// CommitWait bounds how long Commit and ConsistentRead wait, across leader elections.
+	CommitWait time.Duration
 
 	NoSync            bool // skip fsync of the log: only for tests and throwaway benchmarks
 	SnapshotThreshold uint64
@@ -54,15 +56,15 @@ type Config struct {
 	Logger   *slog.Logger
 	RaftLogs hclog.Level // floor for raft's own log lines (default INFO)
 
-	// RaftServerTLS and RaftClientTLS, when set, make raft traffic mutual TLS: the server
-	// side should require and verify client certificates.
-	RaftServerTLS *tls.Config
-	RaftClientTLS *tls.Config
+	// Peer authenticates every connection on the peer port (raft and internal calls).
+	Peer PeerAuth
 
 	// Observers for metrics; nil is fine.
 	OnBatch    func(commands int)                  // a group-committed raft entry was proposed
 	OnSnapshot func(took time.Duration, err error) // a snapshot was persisted
 	OnApply    func(binary bool)                   // a command entry was applied; binary: fsm.TypeBinaryBatch
+	// OnCommit observes every Commit: path is "local" (on the leader) or "forwarded".
+	OnCommit func(path string, took time.Duration, err error)
 }
 
 func (c *Config) setDefaults() {
@@ -71,23 +73,24 @@ func (c *Config) setDefaults() {
 			*d = v
 		}
 	}
-	def(&c.HeartbeatTimeout, 400*time.Millisecond)
-	def(&c.ElectionTimeout, 400*time.Millisecond)
-	def(&c.LeaderLeaseTimeout, 200*time.Millisecond)
-	def(&c.CommitTimeout, 20*time.Millisecond)
-	def(&c.ApplyTimeout, 5*time.Second)
-	def(&c.SnapshotInterval, 2*time.Minute)
+	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	def(&c.ElectionTimeout, DefaultElectionTimeout)
+	def(&c.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
+	def(&c.CommitTimeout, DefaultCommitTimeout)
+	def(&c.ApplyTimeout, DefaultApplyTimeout)
+	def(&c.CommitWait, DefaultCommitWait)
+	def(&c.SnapshotInterval, DefaultSnapshotInterval)
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		c.LeaderLeaseTimeout = c.HeartbeatTimeout
 	}
 	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = 8192
+		c.SnapshotThreshold = DefaultSnapshotThreshold
 	}
 	if c.SnapshotRetain <= 0 {
-		c.SnapshotRetain = 2
+		c.SnapshotRetain = DefaultSnapshotRetain
 	}
 	if c.GroupCommitMax <= 0 {
-		c.GroupCommitMax = 1024
+		c.GroupCommitMax = DefaultGroupCommitMax
 	}
 	if c.BootstrapExpect <= 0 {
 		c.BootstrapExpect = 1
@@ -109,6 +112,9 @@ type Node struct {
 	transport *raft.NetworkTransport
 	store     *raftboltdb.BoltStore
 	batcher   *batcher
+	client    *peerClient
+	forwarder *forwarder   // a follower's writes, coalesced per call to the leader
+	internal  *http.Server // internal calls from peers, on the peer port
 	watch     *memberWatch
 	log       *slog.Logger
 
@@ -140,12 +146,15 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	if err := os.MkdirAll(raftDir, 0o750); err != nil {
 		return nil, fmt.Errorf("cluster: data dir: %w", err)
 	}
-	layer, err := newStreamLayer(cfg.Listener, cfg.Advertise)
+	layer, err := newStreamLayer(cfg.Listener, cfg.Advertise, &cfg.Peer)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	layer.serverTLS, layer.clientTLS = cfg.RaftServerTLS, cfg.RaftClientTLS
 	hlog := newHclogAdapter(cfg.Logger.With("subsystem", "raft"), cfg.RaftLogs)
+	fail := func(err error) (*Node, error) {
+		layer.Close()
+		return nil, err
+	}
 
 	// NoFreelistSync: bolt no longer writes its freelist on every commit, one commit per
 	// log append on every node (etcd does the same); opening rebuilds it by a scan. The
@@ -155,12 +164,12 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cluster: open raft.db: %w", err)
+		return fail(fmt.Errorf("cluster: open raft.db: %w", err))
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, cfg.SnapshotRetain, hlog)
 	if err != nil {
 		store.Close()
-		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
+		return fail(fmt.Errorf("cluster: snapshot store: %w", err))
 	}
 	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  layer,
@@ -215,6 +224,14 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		onBatch:   cfg.OnBatch,
 	})
 	n.watch = newMemberWatch(r)
+	n.client = newPeerClient(layer)
+	n.forwarder = newForwarder(n.client, func() (string, error) {
+		if _, addr := n.Leader(); addr != "" {
+			return addr, nil
+		}
+		return "", ErrNoLeader
+	}, n.BinaryBatches, cfg.GroupCommitMax, cfg.GroupCommitWait)
+	n.startInternal()
 
 	if !hasState && cfg.BootstrapExpect == 1 && len(cfg.Join) == 0 {
 		boot := raft.Configuration{Servers: []raft.Server{{
@@ -230,9 +247,6 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	}
 	return n, nil
 }
-
-// Raft exposes the underlying raft for status pages and tests.
-func (n *Node) Raft() *raft.Raft { return n.raft }
 
 // ID is this node's raft server id.
 func (n *Node) ID() string { return n.cfg.NodeID }
@@ -255,23 +269,11 @@ func (n *Node) Leader() (id, addr string) {
 func (n *Node) LeaderChanged() <-chan struct{} { return n.watch.leaderChanged() }
 
 // SetPartitioned turns the fault switch on or off (tests and the chaos harness): raft
-// traffic and the internal HTTP calls in both directions fail while it is on.
+// traffic and the internal calls in both directions fail while it is on.
 func (n *Node) SetPartitioned(on bool) { n.layer.partitioned.Store(on) }
 
 // Partitioned reports the fault switch.
 func (n *Node) Partitioned() bool { return n.layer.partitioned.Load() }
-
-// ErrNotLeader is returned by Propose on a node that does not lead.
-var ErrNotLeader = errors.New("not the leader")
-
-// Propose commits cmds as one unit (they land in the same raft entry) through group commit.
-// It must run on the leader. It returns the entry's index and one result per command.
-func (n *Node) Propose(ctx context.Context, cmds ...fsm.Command) (uint64, []error, error) {
-	if n.raft.State() != raft.Leader {
-		return 0, nil, ErrNotLeader
-	}
-	return n.batcher.propose(ctx, cmds)
-}
 
 // AppliedIndex is the index of the last entry applied to this node's state.
 func (n *Node) AppliedIndex() uint64 { return n.fsm.applied() }
@@ -425,9 +427,13 @@ func (n *Node) stopNudging() {
 // Close stops group commit and raft and releases the bolt file.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.forwarder.close()
 		n.batcher.close()
 		n.stopNudging()
 		err := n.raft.Shutdown().Error()
+		// raft closed the peer port's listener with its transport: nothing new arrives.
+		n.internal.Close()
+		n.client.close()
 		n.watch.close(n.raft)
 		if terr := n.transport.Close(); err == nil {
 			err = terr

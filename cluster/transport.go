@@ -1,7 +1,7 @@
 package cluster
 
 import (
-	"crypto/tls"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -12,21 +12,20 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// errPartitioned is what a node cut off by the fault switch sees for every raft dial.
-var errPartitioned = errors.New("raft transport: partitioned by fault switch")
+// errPartitioned is what a node cut off by the fault switch sees for every peer dial.
+var errPartitioned = errors.New("peer transport: partitioned by fault switch")
 
-// streamLayer is raft's stream abstraction over a listener the caller owns, so tests can pass
-// 127.0.0.1:0 listeners and later TLS can wrap both sides. The partitioned switch lets a
-// test cut a node off from its peers without touching the host's network.
+// streamLayer is raft's stream abstraction over the peer port: raft's connections are the
+// ones whose handshake named raft (peer.go). The partitioned switch lets a test cut a node
+// off from its peers, raft and internal calls alike, without touching the host's network.
 type streamLayer struct {
-	net.Listener
+	peers       *peerListener
+	auth        *PeerAuth
 	advertise   net.Addr
 	partitioned atomic.Bool
-	serverTLS   *tls.Config // mutual TLS between nodes when set
-	clientTLS   *tls.Config
 }
 
-func newStreamLayer(ln net.Listener, advertise string) (*streamLayer, error) {
+func newStreamLayer(ln net.Listener, advertise string, auth *PeerAuth) (*streamLayer, error) {
 	host, port, err := net.SplitHostPort(advertise)
 	if err != nil {
 		return nil, fmt.Errorf("raft advertise address %q: %w", advertise, err)
@@ -39,7 +38,9 @@ func newStreamLayer(ln net.Listener, advertise string) (*streamLayer, error) {
 	}
 	// A DNS name is kept as it is (resolved on every dial), so a cluster whose members come
 	// back with new IPs (Kubernetes pods, compose containers) still finds itself.
-	return &streamLayer{Listener: ln, advertise: advertiseAddr(advertise)}, nil
+	s := &streamLayer{auth: auth, advertise: advertiseAddr(advertise)}
+	s.peers = newPeerListener(ln, auth, s.partitioned.Load)
+	return s, nil
 }
 
 // advertiseAddr is the address raft stores for this node: an IP or a DNS name, with port.
@@ -50,48 +51,32 @@ func (a advertiseAddr) String() string  { return string(a) }
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
 
-func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	if s.partitioned.Load() {
-		return nil, errPartitioned
-	}
-	conn, err := net.DialTimeout("tcp", string(address), timeout)
+func (s *streamLayer) Accept() (net.Conn, error) {
+	conn, err := s.peers.raft.Accept()
 	if err != nil {
 		return nil, err
-	}
-	if s.clientTLS != nil {
-		cfg := s.clientTLS.Clone()
-		if cfg.ServerName == "" {
-			cfg.ServerName, _, _ = net.SplitHostPort(string(address))
-		}
-		tc := tls.Client(conn, cfg)
-		tc.SetDeadline(time.Now().Add(timeout))
-		if err := tc.Handshake(); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("raft TLS handshake with %s: %w", address, err)
-		}
-		tc.SetDeadline(time.Time{})
-		conn = tc
 	}
 	return &faultConn{Conn: conn, layer: s}, nil
 }
 
-func (s *streamLayer) Accept() (net.Conn, error) {
-	for {
-		conn, err := s.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if s.partitioned.Load() {
-			conn.Close()
-			continue
-		}
-		if s.serverTLS != nil {
-			// The handshake runs on the first read, in raft's connection goroutine, so a
-			// slow or certificate-less peer never blocks Accept.
-			conn = tls.Server(conn, s.serverTLS)
-		}
-		return &faultConn{Conn: conn, layer: s}, nil
+// Close ends the whole peer port: raft closes its stream layer last, on shutdown.
+func (s *streamLayer) Close() error { return s.peers.Close() }
+
+func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.dial(ctx, string(address), kindRaft)
+}
+
+func (s *streamLayer) dial(ctx context.Context, address string, kind byte) (net.Conn, error) {
+	if s.partitioned.Load() {
+		return nil, errPartitioned
 	}
+	conn, err := s.auth.dialPeer(ctx, address, kind)
+	if err != nil {
+		return nil, err
+	}
+	return &faultConn{Conn: conn, layer: s}, nil
 }
 
 // faultConn fails reads and writes once the switch is on, so pooled connections that were

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/fsm"
 	"github.com/wsregistry/wsregistry/wsserver"
 )
@@ -278,6 +280,11 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 	ns, err := namespaceArg("online", props)
 	if err != nil {
 		return nil, err
+	}
+	if g, _ := ch.Auth().(*auth.Grant); !g.AllowsNamespace(ns) {
+		// The connection stays up: the agent may own other namespaces.
+		n.auth.Refuse(nil, g, "online "+strconv.Quote(ns)+" from "+ch.Key(), auth.ReasonNamespace)
+		return nil, wsserver.NewError(403, "online: the agent token %q may not register namespace %q", g.Name, ns)
 	}
 	added, ok := s.addUpTo(ns, n.cfg.Limits.MaxRegistrationsPerConn)
 	if !ok {

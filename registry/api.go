@@ -2,14 +2,12 @@ package registry
 
 import (
 	"encoding/json"
-	"errors"
-	"io"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
-	"time"
 
-	"github.com/wsregistry/wsregistry/cluster"
+	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/watch"
 )
 
@@ -19,40 +17,72 @@ func (n *Node) apiHandler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", n.handleReady)
-	mux.Handle("GET /metrics", n.metrics.handler())
-	mux.HandleFunc("GET /v1/where/{namespace...}", n.read(n.handleHTTPWhere))
-	mux.HandleFunc("GET /v1/namespaces", n.read(n.handleNamespaces))
-	mux.HandleFunc("GET /v1/namespaces/{namespace...}", n.read(n.handleNamespace))
-	mux.HandleFunc("POST /v1/fetch/{namespace}/{path...}", n.handleFetch)
-	mux.HandleFunc("POST /v1/fetch/{namespace}", n.handleFetch)
-	mux.HandleFunc("GET /v1/cluster", n.read(n.handleCluster))
-	mux.HandleFunc("POST /v1/join", n.adminOnly(n.handleAdminJoin))
-	mux.HandleFunc("POST /v1/leave", n.adminOnly(n.handleLeave))
-	mux.HandleFunc("POST /v1/remove/{id}", n.adminOnly(n.handleRemove))
-	mux.HandleFunc("GET /v1/snapshot", n.adminOnly(n.handleSnapshotSave))
-	mux.HandleFunc("POST /v1/snapshot", n.adminOnly(n.handleSnapshotRestore))
+	read := func(what string, h http.HandlerFunc) http.HandlerFunc {
+		return n.auth.Require(auth.ScopeRead, what, h)
+	}
+	mux.HandleFunc("GET /metrics", read("metrics", n.metrics.handler().ServeHTTP))
+	mux.HandleFunc("GET /v1/where/{namespace...}", read("where", n.read(n.handleHTTPWhere)))
+	mux.HandleFunc("GET /v1/namespaces", read("namespaces", n.read(n.handleNamespaces)))
+	mux.HandleFunc("GET /v1/namespaces/{namespace...}", read("namespaces", n.read(n.handleNamespace)))
+	mux.HandleFunc("GET /v1/cluster", read("cluster", n.read(n.handleCluster)))
+	// A proxied call reaches an agent's handlers: it needs a credential like a mutation.
+	fetch := n.auth.Require(auth.ScopeFetch, "fetch", n.handleFetch)
+	mux.HandleFunc("POST /v1/fetch/{namespace}/{path...}", fetch)
+	mux.HandleFunc("POST /v1/fetch/{namespace}", fetch)
+	mux.HandleFunc("POST /v1/join", n.admin("join", n.handleAdminJoin))
+	mux.HandleFunc("POST /v1/leave", n.admin("leave", n.handleLeave))
+	mux.HandleFunc("POST /v1/remove/{id}", n.admin("remove", n.handleRemove))
+	mux.HandleFunc("GET /v1/snapshot", n.admin("snapshot save", n.handleSnapshotSave))
+	mux.HandleFunc("POST /v1/snapshot", n.admin("snapshot restore", n.handleSnapshotRestore))
 
-	n.mountUI(mux)
+	n.mountUI(mux, read)
 	if n.cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// Profiles expose internals: admin only, like the other debug switches.
+		mux.HandleFunc("/debug/pprof/", n.admin("pprof", pprof.Index))
+		mux.HandleFunc("/debug/pprof/cmdline", n.admin("pprof", pprof.Cmdline))
+		mux.HandleFunc("/debug/pprof/profile", n.admin("pprof", pprof.Profile))
+		mux.HandleFunc("/debug/pprof/symbol", n.admin("pprof", pprof.Symbol))
+		mux.HandleFunc("/debug/pprof/trace", n.admin("pprof", pprof.Trace))
 	}
 	if n.cfg.FaultInjection {
-		mux.HandleFunc("POST /v1/debug/partition", n.adminOnly(n.handlePartition))
+		mux.HandleFunc("POST /v1/debug/partition", n.admin("partition", n.handlePartition))
 	}
-
-	key := n.cfg.ClusterKey
-	mux.HandleFunc("POST "+cluster.PathPropose, n.raft.ProposeHandler(key))
-	mux.HandleFunc("GET "+cluster.PathInfo, n.raft.InfoHandler(key))
-	mux.HandleFunc("POST "+cluster.PathJoin, n.raft.JoinHandler(key, n.client))
-	mux.HandleFunc("POST "+cluster.PathRemove, n.raft.RemoveHandler(key, n.client))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
+}
+
+// admin guards a mutation: a credential with scope admin (or, with none configured, a
+// caller on --trusted-networks), and one audit line with its outcome.
+func (n *Node) admin(what string, h http.HandlerFunc) http.HandlerFunc {
+	return n.auth.Require(auth.ScopeAdmin, what, func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		h(rec, r)
+		var err error
+		if rec.status >= 400 {
+			err = fmt.Errorf("answered %d", rec.status)
+		}
+		n.auth.Audit(r, what, err)
+	})
+}
+
+// statusRecorder remembers the status a handler answered, for the audit line.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// Flush keeps streaming responses (pprof's trace) streaming.
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // apiError is the error body of every HTTP endpoint.
@@ -97,14 +127,11 @@ func (n *Node) read(h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (n *Node) lastContactMillis() int64 {
-	if n.raft.IsLeader() {
-		return 0
-	}
-	lc := n.raft.Raft().LastContact()
-	if lc.IsZero() {
+	d := n.raft.SinceLeaderContact()
+	if d < 0 {
 		return -1
 	}
-	return time.Since(lc).Milliseconds()
+	return d.Milliseconds()
 }
 
 func (n *Node) handleReady(w http.ResponseWriter, _ *http.Request) {
@@ -153,45 +180,16 @@ func (n *Node) handleNamespace(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, watch.NamespaceOf(ns, regs))
 }
 
-// consistentRead answers from the leader after a barrier, so the answer reflects every
-// write committed before the request: on the leader itself, or proxied to it.
+// consistentRead answers from this node once it has applied everything the leader had
+// committed when the request came (the leader's read index), so the answer reflects every
+// write committed before it.
 func (n *Node) consistentRead(w http.ResponseWriter, r *http.Request, h http.HandlerFunc) {
-	if n.raft.IsLeader() {
-		if err := n.raft.Barrier(n.cfg.CommitWait); err != nil {
-			writeError(w, http.StatusServiceUnavailable, "consistent read: barrier failed: "+err.Error())
-			return
-		}
-		w.Header().Set("X-Wsregistry-Index", strconv.FormatUint(n.raft.AppliedIndex(), 10))
-		h(w, r)
+	if err := n.raft.ConsistentRead(r.Context()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	leader, err := n.raft.LeaderHTTP()
-	if err == nil && (r.Header.Get("X-Wsregistry-Forwarded") != "" || n.raft.Partitioned()) {
-		err = errors.New("this node is not the leader either")
-	}
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "consistent read: "+err.Error())
-		return
-	}
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, n.client.Scheme+"://"+leader+r.URL.RequestURI(), nil)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	req.Header.Set("X-Wsregistry-Forwarded", "1")
-	resp, err := n.client.HTTP.Do(req)
-	if err != nil {
-		writeError(w, http.StatusBadGateway, "consistent read: leader "+leader+": "+err.Error())
-		return
-	}
-	defer resp.Body.Close()
-	for _, k := range []string{"Content-Type", "X-Wsregistry-Index", "X-Wsregistry-Known-Leader", "X-Wsregistry-Last-Contact"} {
-		if v := resp.Header.Get(k); v != "" {
-			w.Header().Set(k, v)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	io.Copy(w, resp.Body)
+	w.Header().Set("X-Wsregistry-Index", strconv.FormatUint(n.raft.AppliedIndex(), 10))
+	h(w, r)
 }
 
 // handlePartition flips the fault switch: ?on=true cuts this node off from its peers (raft

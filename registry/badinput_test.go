@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-
-	"github.com/wsregistry/wsregistry/cluster"
 )
 
 // Every bad input of issue 8 against a live node: each gets a clear error or the
@@ -211,7 +209,7 @@ func TestAuth_AgentTokenAndAddressChecks(t *testing.T) {
 	logs := &syncBuf{}
 	const token = "agent-s3cret-token"
 	n := startNode(t, t.TempDir(), func(c *Config) {
-		c.AgentToken = token
+		c.Auth.AgentToken = token
 		c.VerifyAgentIP = true
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -266,10 +264,10 @@ func TestAuth_AgentTokenAndAddressChecks(t *testing.T) {
 	}
 }
 
-func TestAuth_ClusterKeyAndAdminToken(t *testing.T) {
+func TestAuth_AdminTokenAndNoInternalCallsOnThePublicPort(t *testing.T) {
 	n := startNode(t, t.TempDir(), func(c *Config) {
-		c.ClusterKey = "cluster-s3cret"
-		c.AdminToken = "admin-s3cret"
+		c.Cluster.Peer.Keys = []string{"cluster-s3cret"}
+		c.Auth.AdminToken = "admin-s3cret"
 	})
 	post := func(path, header, value string) int {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+n.HTTPAddr()+path, strings.NewReader("{}"))
@@ -283,16 +281,12 @@ func TestAuth_ClusterKeyAndAdminToken(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	for _, p := range []string{cluster.PathPropose, cluster.PathJoin, cluster.PathRemove} {
-		if got := post(p, "", ""); got != 401 {
-			t.Errorf("%s without cluster key: %d", p, got)
+	// Node-to-node calls live on the peer port only: the public port does not know them,
+	// whatever key is sent.
+	for _, p := range []string{"/internal/v1/propose", "/internal/v1/join", "/internal/v1/remove", "/internal/v1/info"} {
+		if got := post(p, "X-Wsregistry-Cluster-Key", "cluster-s3cret"); got != 404 {
+			t.Errorf("%s on the public HTTP port: %d, want 404", p, got)
 		}
-		if got := post(p, cluster.ClusterKeyHeader, "wrong"); got != 401 {
-			t.Errorf("%s with a wrong cluster key: %d", p, got)
-		}
-	}
-	if got := post(cluster.PathJoin, cluster.ClusterKeyHeader, "cluster-s3cret"); got != 400 {
-		t.Errorf("join with the key but no body fields: %d, want 400", got)
 	}
 	for _, p := range []string{"/v1/join?addr=127.0.0.1:1", "/v1/leave", "/v1/remove/x"} {
 		if got := post(p, "", ""); got != 401 {

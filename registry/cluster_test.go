@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -36,11 +35,11 @@ func clusterConfig(t *testing.T, id string, dir string, grace time.Duration) Con
 			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
 			LeaderLeaseTimeout: 100 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 			NoSync: true,
+			Peer:   cluster.PeerAuth{Keys: []string{"test-cluster-key"}},
 		},
 		PingInterval: time.Second,
 		NodeGrace:    grace,
 		CommitWait:   scaled(5 * time.Second),
-		ClusterKey:   "test-cluster-key",
 		Logger:       testLogger(t).With("test_node", id),
 	}
 }
@@ -58,7 +57,7 @@ func startCluster(t *testing.T, n int, grace time.Duration, adjust ...func(*Conf
 			fn(&cfg)
 		}
 		tc.cfgs = append(tc.cfgs, cfg)
-		peers = append(peers, cfg.HTTPAdvertise)
+		peers = append(peers, cfg.RaftAdvertise)
 	}
 	tc.nodes = make([]*Node, n)
 	var wg sync.WaitGroup
@@ -344,7 +343,7 @@ func TestForward_WritesDuringLeaderChangeApplyExactlyOnce(t *testing.T) {
 	}
 	l := tc.leader()
 	close(start)
-	if err := l.raft.Raft().LeadershipTransfer().Error(); err != nil {
+	if err := l.raft.TransferLeadership(); err != nil {
 		t.Fatalf("leadership transfer: %v", err)
 	}
 	wg.Wait()
@@ -364,7 +363,7 @@ func TestForward_WritesDuringLeaderChangeApplyExactlyOnce(t *testing.T) {
 
 func TestCluster_FourthAndFifthNodeJoinThenLeaveAndRemove(t *testing.T) {
 	tc := startCluster(t, 3, 2*time.Second)
-	join := []string{tc.cfgs[0].HTTPAdvertise, tc.cfgs[1].HTTPAdvertise}
+	join := []string{tc.cfgs[0].RaftAdvertise, tc.cfgs[1].RaftAdvertise}
 	var extra []*Node
 	for i := 3; i < 5; i++ {
 		cfg := clusterConfig(t, fmt.Sprintf("node%d", i), t.TempDir(), 2*time.Second)
@@ -378,7 +377,7 @@ func TestCluster_FourthAndFifthNodeJoinThenLeaveAndRemove(t *testing.T) {
 		extra = append(extra, n)
 	}
 	tc.waitReady(extra...)
-	eventually(t, 5*time.Second, func() bool { return len(tc.leader().raft.Servers()) == 5 }, "cluster did not grow to 5")
+	eventually(t, 5*time.Second, func() bool { return len(tc.leader().raft.Members()) == 5 }, "cluster did not grow to 5")
 
 	// leave: the member is gone from the configuration and its metadata is forgotten
 	ctx, cancel := context.WithTimeout(context.Background(), scaled(15*time.Second))
@@ -388,7 +387,7 @@ func TestCluster_FourthAndFifthNodeJoinThenLeaveAndRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	extra[0].Close()
-	eventually(t, 5*time.Second, func() bool { return len(tc.leader().raft.Servers()) == 4 }, "left node still a member")
+	eventually(t, 5*time.Second, func() bool { return len(tc.leader().raft.Members()) == 4 }, "left node still a member")
 	eventually(t, 5*time.Second, func() bool { _, ok := tc.leader().State().Node("node3"); return !ok }, "left node's metadata kept")
 
 	// remove: an admin drops a member that is gone for good
@@ -402,7 +401,7 @@ func TestCluster_FourthAndFifthNodeJoinThenLeaveAndRemove(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("remove: %d", resp.StatusCode)
 	}
-	eventually(t, 5*time.Second, func() bool { return len(tc.leader().raft.Servers()) == 3 }, "removed node still a member")
+	eventually(t, 5*time.Second, func() bool { return len(tc.leader().raft.Members()) == 3 }, "removed node still a member")
 }
 
 func TestLeave_LeaderHandsOverFirst(t *testing.T) {
@@ -418,13 +417,13 @@ func TestLeave_LeaderHandsOverFirst(t *testing.T) {
 	if nl == l {
 		t.Fatal("leader did not hand over")
 	}
-	eventually(t, 5*time.Second, func() bool { return len(nl.raft.Servers()) == 2 }, "old leader still a member")
+	eventually(t, 5*time.Second, func() bool { return len(nl.raft.Members()) == 2 }, "old leader still a member")
 }
 
 func TestCluster_ReadyAgainAfterAnElectionWithoutWrites(t *testing.T) {
 	tc := startCluster(t, 3, 5*time.Second)
 	l := tc.leader()
-	if err := l.raft.Raft().LeadershipTransfer().Error(); err != nil {
+	if err := l.raft.TransferLeadership(); err != nil {
 		t.Fatal(err)
 	}
 	// Nothing is written after the election but the new leader's own no-op entry.
@@ -442,7 +441,7 @@ func TestCluster_RaftAdvertisesDNSNames(t *testing.T) {
 		cfg.RaftAdvertise = "localhost:" + port // kept as a name, resolved on every dial
 		cfg.Cluster.BootstrapExpect = 3
 		tc.cfgs = append(tc.cfgs, cfg)
-		peers = append(peers, cfg.HTTPAdvertise)
+		peers = append(peers, cfg.RaftAdvertise)
 	}
 	for i := range tc.cfgs {
 		tc.cfgs[i].Join = peers
@@ -454,8 +453,8 @@ func TestCluster_RaftAdvertisesDNSNames(t *testing.T) {
 		tc.nodes = append(tc.nodes, n)
 	}
 	tc.waitReady(tc.nodes...)
-	for _, s := range tc.leader().raft.Servers() {
-		if !strings.HasPrefix(string(s.Address), "localhost:") {
+	for _, s := range tc.leader().raft.Members() {
+		if !strings.HasPrefix(s.Address, "localhost:") {
 			t.Fatalf("raft stored %s for %s, want the advertised name", s.Address, s.ID)
 		}
 	}
@@ -547,56 +546,4 @@ func TestRollingUpgrade_LostFeaturesAreAnnouncedAgain(t *testing.T) {
 			return m == n1
 		}, "%s never saw node1's features again", n.cfg.NodeID)
 	}
-}
-
-// Once the log holds binary entries, a node of an earlier build (its join request names no
-// features) is refused with the reason instead of joining and stopping on the first entry.
-func TestJoin_RefusesABuildThatCannotReadTheLog(t *testing.T) {
-	n := startNode(t, t.TempDir(), func(c *Config) { c.ClusterKey = "k" })
-	eventually(t, 10*time.Second, n.raft.BinaryBatches, "the one-node cluster never switched to binary entries")
-	join := func(body string) (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+n.HTTPAddr()+cluster.PathJoin, strings.NewReader(body))
-		req.Header.Set(cluster.ClusterKeyHeader, "k")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	status, body := join(`{"id":"old","raft_addr":"127.0.0.1:1"}`)
-	if status == http.StatusOK || !strings.Contains(body, "cannot read") || !strings.Contains(body, "old") {
-		t.Fatalf("join of an earlier build: %d %s, want a refusal naming the reason", status, body)
-	}
-	cfg := n.raft.Raft().GetConfiguration()
-	if err := cfg.Error(); err != nil {
-		t.Fatal(err)
-	}
-	if servers := cfg.Configuration().Servers; len(servers) != 1 {
-		t.Fatalf("configuration after the refused join: %+v", servers)
-	}
-}
-
-// A write waiting for a leader retries when raft reports one (cluster.Node.LeaderChanged),
-// not after its backoff: every member's channel closes on a leadership change.
-func TestCluster_LeaderChangeWakesEveryMember(t *testing.T) {
-	tc := startCluster(t, 3, 5*time.Second)
-	var changed []<-chan struct{}
-	for _, n := range tc.nodes {
-		changed = append(changed, n.Raft().LeaderChanged())
-	}
-	old := tc.leader()
-	if err := old.raft.Raft().LeadershipTransfer().Error(); err != nil {
-		t.Fatalf("leadership transfer: %v", err)
-	}
-	for i, ch := range changed {
-		select {
-		case <-ch:
-		case <-time.After(scaled(10 * time.Second)):
-			t.Fatalf("%s: no leader change reported", tc.nodes[i].cfg.NodeID)
-		}
-	}
-	eventually(t, 5*time.Second, func() bool { id, _ := old.Raft().Leader(); return id != "" && id != old.cfg.NodeID },
-		"no new leader after the transfer")
 }

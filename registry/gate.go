@@ -1,11 +1,9 @@
 package registry
 
 import (
-	"crypto/subtle"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -76,14 +74,16 @@ func (n *Node) agentGate(next http.Handler) http.Handler {
 			http.Error(w, "this registry node is fenced (cut off from the cluster leader): connect to another node", http.StatusServiceUnavailable)
 			return
 		}
-		if tok := n.cfg.AgentToken; tok != "" {
-			path, ok := agentTokenOK(r, tok)
-			if !ok {
-				// Never echo what was sent: it may be a real token with a typo.
-				http.Error(w, "missing or wrong agent token (use the registry address host:port/t/<token>, Authorization: Bearer, or ?token=)", http.StatusUnauthorized)
-				return
-			}
+		grant, path, status, msg := n.auth.Agent(r)
+		if status != 0 {
+			http.Error(w, msg, status)
+			return
+		}
+		if path != r.URL.Path {
 			r.URL.Path, r.URL.RawPath = path, ""
+		}
+		if grant != nil {
+			r = wsserver.WithAuth(r, grant) // online checks the namespaces it may register
 		}
 		srcIP, _, err := net.SplitHostPort(r.RemoteAddr)
 		if err != nil {
@@ -107,22 +107,6 @@ func (n *Node) agentGate(next http.Handler) http.Handler {
 		defer n.conns.release(srcIP)
 		next.ServeHTTP(w, r)
 	})
-}
-
-// agentTokenOK checks the token in the path prefix /t/<token>, the Authorization header or
-// the query, and returns the path without the prefix.
-func agentTokenOK(r *http.Request, token string) (string, bool) {
-	path := r.URL.Path
-	var got string
-	if rest, ok := strings.CutPrefix(path, "/t/"); ok {
-		got, path, _ = strings.Cut(rest, "/")
-		path = "/" + path
-	} else if h, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		got = h
-	} else {
-		got = r.URL.Query().Get("token")
-	}
-	return path, subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 func sameIP(a, b string) bool {

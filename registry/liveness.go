@@ -32,7 +32,7 @@ func (n *Node) watchLiveness() {
 		now := time.Now()
 		if n.raft.IsLeader() {
 			lastLeaderContact = now
-		} else if lc := n.raft.Raft().LastContact(); lc.After(lastLeaderContact) {
+		} else if lc := n.raft.LastContact(); lc.After(lastLeaderContact) {
 			lastLeaderContact = lc
 		}
 		n.purgeSilentMembers()
@@ -130,8 +130,8 @@ func (n *Node) purgeSilentMembers() {
 		}
 	}
 	members := map[string]bool{}
-	for _, s := range n.raft.Servers() {
-		members[string(s.ID)] = true
+	for _, m := range n.raft.Members() {
+		members[m.ID] = true
 	}
 	if len(members) > 0 {
 		for _, meta := range n.state.Nodes() {

@@ -6,11 +6,11 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/wsserver"
 )
 
@@ -33,6 +33,7 @@ type nodeMetrics struct {
 	snapshots    *prometheus.HistogramVec
 	agentEvents  *prometheus.CounterVec
 	refused      *prometheus.CounterVec
+	authRefused  *prometheus.CounterVec
 	// Raft command entries applied here by encoding; pre-resolved (one per entry).
 	entriesBinary, entriesJSON prometheus.Counter
 }
@@ -100,7 +101,24 @@ func (n *Node) startMetrics() {
 		Name: "wsregistry_limit_refusals_total",
 		Help: "Agent connections or requests refused by a limit, label reason: connection_limit, rate_limit, registration_limit.",
 	}, []string{"reason"})
-	m.reg.MustRegister(m.refused)
+	m.authRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_auth_refusals_total",
+		Help: "Requests and connections refused for want of a credential, label reason: no_token, bad_token, scope, untrusted, namespace, peer.",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.refused, m.authRefused)
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wsregistry_peers_unauthenticated",
+		Help: "1 while this node accepts peers without a credential (no --cluster-key, no mutual TLS): from trusted networks only, or from anywhere with --cluster-insecure.",
+	}, func() float64 {
+		if n.raft == nil {
+			return 0
+		}
+		switch n.raft.Security() {
+		case cluster.PeerTrusted, cluster.PeerInsecure:
+			return 1
+		}
+		return 0
+	}))
 	m.reg.MustRegister(m.wsRequests, m.ignored, m.whereSeconds, m.fetchSeconds, m.writes, m.writeSeconds,
 		m.batchSize, m.purges, m.snapshots, m.agentEvents)
 
@@ -197,48 +215,29 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 	if n.raft == nil {
 		return
 	}
-	r := n.raft.Raft()
-	state := r.State()
-	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
-		ch <- prometheus.MustNewConstMetric(raftStateDesc, prometheus.GaugeValue, boolFloat(s == state), stateName(s))
+	st := n.raft.Status()
+	for _, name := range cluster.States {
+		ch <- prometheus.MustNewConstMetric(raftStateDesc, prometheus.GaugeValue, boolFloat(name == st.State), name)
 	}
-	ch <- prometheus.MustNewConstMetric(raftTermDesc, prometheus.GaugeValue, float64(r.CurrentTerm()))
-	ch <- prometheus.MustNewConstMetric(raftCommitDesc, prometheus.GaugeValue, float64(r.CommitIndex()))
-	ch <- prometheus.MustNewConstMetric(raftAppliedDesc, prometheus.GaugeValue, float64(n.raft.AppliedIndex()))
-	ch <- prometheus.MustNewConstMetric(raftLastIndexDesc, prometheus.GaugeValue, float64(r.LastIndex()))
+	ch <- prometheus.MustNewConstMetric(raftTermDesc, prometheus.GaugeValue, float64(st.Term))
+	ch <- prometheus.MustNewConstMetric(raftCommitDesc, prometheus.GaugeValue, float64(st.CommitIndex))
+	ch <- prometheus.MustNewConstMetric(raftAppliedDesc, prometheus.GaugeValue, float64(st.AppliedIndex))
+	ch <- prometheus.MustNewConstMetric(raftLastIndexDesc, prometheus.GaugeValue, float64(st.LastIndex))
 	lc := -1.0
 	if d := n.raft.SinceLeaderContact(); d >= 0 {
 		lc = d.Seconds()
 	}
 	ch <- prometheus.MustNewConstMetric(raftLastContactDesc, prometheus.GaugeValue, lc)
 	voters := 0
-	for _, s := range n.raft.Servers() {
-		if s.Suffrage == raft.Voter {
+	for _, m := range n.raft.Members() {
+		if m.Voter {
 			voters++
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(raftPeersDesc, prometheus.GaugeValue, float64(voters))
-	stats := r.Stats()
-	ch <- prometheus.MustNewConstMetric(raftSnapIndexDesc, prometheus.GaugeValue, parseStat(stats["last_snapshot_index"]))
-	ch <- prometheus.MustNewConstMetric(raftFSMPendingDesc, prometheus.GaugeValue, parseStat(stats["fsm_pending"]))
+	ch <- prometheus.MustNewConstMetric(raftSnapIndexDesc, prometheus.GaugeValue, float64(st.LastSnapshotIndex))
+	ch <- prometheus.MustNewConstMetric(raftFSMPendingDesc, prometheus.GaugeValue, float64(st.FSMPending))
 	ch <- prometheus.MustNewConstMetric(raftMemberSilence, prometheus.GaugeValue, float64(len(n.raft.SilentMembers(n.cfg.NodeGrace))))
-}
-
-func stateName(s raft.RaftState) string {
-	switch s {
-	case raft.Follower:
-		return "follower"
-	case raft.Candidate:
-		return "candidate"
-	case raft.Leader:
-		return "leader"
-	}
-	return "shutdown"
-}
-
-func parseStat(s string) float64 {
-	v, _ := strconv.ParseFloat(s, 64)
-	return v
 }
 
 // failureOf is the iocore status a handler error is answered with.

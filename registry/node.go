@@ -4,7 +4,6 @@ package registry
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/fsm"
 	"github.com/wsregistry/wsregistry/watch"
@@ -47,6 +47,7 @@ type Config struct {
 
 	// CommitWait bounds how long an agent's `online` waits for its entry to commit,
 	// across leader elections (DESIGN: writes wait, bounded, and retry on the new leader).
+	// It sets Cluster.CommitWait.
 	CommitWait time.Duration
 
 	// FetchTimeoutDefault applies to proxied calls that name none (30 s, as iocore);
@@ -55,18 +56,15 @@ type Config struct {
 	FetchTimeoutMax     time.Duration
 	FetchDialTimeout    time.Duration
 
-	// Join lists peers' HTTP addresses; ClusterKey authenticates calls between nodes.
-	Join       []string
-	ClusterKey string
+	// Join lists peers' peer-port (raft) addresses. How peers authenticate each other is
+	// Cluster.Peer.
+	Join []string
 	// NodeGrace is how long a member may be silent before the leader purges its sessions,
 	// and how long a node cut off from the leader keeps serving before it fences itself.
 	NodeGrace time.Duration
-	// ClientTLS, when set, is used for calls to other nodes' HTTP port (forwarding, join,
-	// consistent reads): they then go over HTTPS with its client certificate.
-	ClientTLS *tls.Config
-
-	// AgentToken, when set, is required of agents (path prefix /t/<token>, Bearer, ?token=).
-	AgentToken string
+	// Auth is who may do what: tokens (--admin-token, --agent-token, --token-file) and the
+	// trusted networks that may act without one while none is configured.
+	Auth auth.Config
 	// VerifyAgentIP refuses agents whose advertised host is not their source address.
 	VerifyAgentIP bool
 	Limits        Limits
@@ -84,8 +82,6 @@ type Config struct {
 	Pprof bool
 	// FaultInjection exposes POST /v1/debug/partition (tests and the chaos harness only).
 	FaultInjection bool
-	// AdminToken, when set, is required (Authorization: Bearer) for join, leave and remove.
-	AdminToken string
 	// OnLeft runs after the node left the cluster through the API (the process then exits).
 	OnLeft func()
 
@@ -106,11 +102,10 @@ type Node struct {
 	ws          *wsserver.Server
 	peers       *wsserver.Pool // channels to agents for proxied calls
 	metrics     *nodeMetrics
+	auth        *auth.Authority
 	watchUI     *uiParts // the watch hub and dashboard (ui.go)
 	wsHTTP      *http.Server
 	api         *http.Server
-	client      *cluster.Client
-	forwarder   *cluster.Forwarder // a follower's writes, coalesced per call to the leader
 	incarnation atomic.Uint64
 
 	sessionSeq atomic.Uint64
@@ -140,7 +135,7 @@ func Start(cfg Config) (*Node, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.CommitWait <= 0 {
-		cfg.CommitWait = 5 * time.Second
+		cfg.CommitWait = cluster.DefaultCommitWait
 	}
 	if cfg.NodeGrace <= 0 {
 		cfg.NodeGrace = 10 * time.Second
@@ -185,15 +180,32 @@ func Start(cfg Config) (*Node, error) {
 	log := cfg.Logger.With("node", cfg.NodeID)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: log, state: fsm.New(), client: cluster.NewClient(cfg.ClusterKey, cfg.ClientTLS), ctx: ctx, cancel: cancel}
+	n := &Node{cfg: cfg, log: log, state: fsm.New(), ctx: ctx, cancel: cancel}
 	n.incarnation.Store(inc)
 	n.handovers = map[string]handover{}
 	n.conns.perIP = map[string]int{}
 	n.startMetrics()
+	ac := cfg.Auth
+	if ac.Logger == nil {
+		ac.Logger = log
+	}
+	ac.OnRefusal = func(reason string) { n.metrics.authRefused.WithLabelValues(reason).Inc() }
+	if n.auth, err = auth.New(ac); err != nil {
+		cancel()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
 	n.startUI() // observes the FSM, so it must be in place before raft replays the log
 
 	cc := cfg.Cluster
 	cc.NodeID, cc.DataDir, cc.Listener, cc.Advertise, cc.Join = cfg.NodeID, cfg.DataDir, cfg.RaftListener, cfg.RaftAdvertise, cfg.Join
+	cc.CommitWait = cfg.CommitWait
+	cc.OnCommit = n.metrics.observeWrite
+	if cc.Peer.Trusted == nil {
+		cc.Peer.Trusted = func(remote net.Addr) bool { return n.auth.Trusted(remote.String()) }
+	}
+	cc.Peer.OnRefused = func(remote net.Addr, reason string) {
+		n.auth.Refuse(nil, nil, "peer connection from "+remote.String()+": "+reason, auth.ReasonPeer)
+	}
 	if cc.Logger == nil {
 		cc.Logger = log
 	}
@@ -219,12 +231,6 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
 	n.raft = rn
-	n.client.Blocked = rn.Partitioned
-	forwardMax := cc.GroupCommitMax
-	if forwardMax <= 0 {
-		forwardMax = 1024
-	}
-	n.forwarder = cluster.NewForwarder(n.client, rn.LeaderHTTP, rn.BinaryBatches, forwardMax, cc.GroupCommitWait)
 	n.mux = wsserver.NewMux()
 	n.mux.Handle("ws", "online", n.handleOnline)
 	n.mux.HandleInline("ws", "where", n.handleWhere) // a local lookup: no goroutine per request
@@ -263,8 +269,26 @@ func Start(cfg Config) (*Node, error) {
 	n.wg.Add(2)
 	go n.announce()
 	go n.watchLiveness()
+	n.logPeerSecurity()
 	log.Info("node started", "incarnation", inc, "ws", cfg.WSAdvertise, "http", cfg.HTTPAdvertise, "raft", cfg.RaftAdvertise, "data", cfg.DataDir)
 	return n, nil
+}
+
+// logPeerSecurity says at start how peers are authenticated, loudly when they are not.
+func (n *Node) logPeerSecurity() {
+	clustered := len(n.cfg.Join) > 0 || n.cfg.Cluster.BootstrapExpect > 1
+	switch mode := n.raft.Security(); mode {
+	case cluster.PeerInsecure:
+		n.log.Warn("peers are NOT authenticated: any host that reaches the peer port can join and rewrite the registry (--cluster-insecure)", "peer_security", mode)
+	case cluster.PeerTrusted:
+		level := slog.LevelInfo
+		if clustered {
+			level = slog.LevelWarn
+		}
+		n.log.Log(n.ctx, level, "peers are not authenticated: only peers on --trusted-networks (loopback by default) may connect; set --cluster-key or --tls-ca to cluster across hosts", "peer_security", mode)
+	default:
+		n.log.Info("peers authenticated", "peer_security", mode)
+	}
 }
 
 func (n *Node) serve(srv *http.Server, ln net.Listener, name string) {
@@ -330,7 +354,7 @@ func (n *Node) announceOnce(ctx context.Context) error {
 // node (even one that left) asks again.
 func (n *Node) join() {
 	defer n.wg.Done()
-	if err := n.raft.JoinCluster(n.ctx, n.client, n.cfg.Join); err != nil && n.ctx.Err() == nil {
+	if err := n.raft.JoinCluster(n.ctx, n.cfg.Join); err != nil && n.ctx.Err() == nil {
 		n.log.Error("could not join the cluster", "err", err)
 	}
 }
@@ -339,59 +363,10 @@ func (n *Node) newRequestID() string {
 	return n.cfg.NodeID + "/" + strconv.FormatUint(n.incarnation.Load(), 10) + "/" + strconv.FormatUint(n.requestSeq.Add(1), 10)
 }
 
-// errNoLeader is what a write gets when no leader could take it within CommitWait.
-var errNoLeader = errors.New("no raft leader available")
-
-// submit commits cmds as one unit and waits until this node has applied them, so the caller
-// can promise read-your-write here. Failures that may or may not have committed are retried
-// with the same request ids, which the FSM deduplicates.
+// submit commits cmds as one unit through the cluster (see cluster.Node.Commit): the
+// caller may promise read-your-write on this node once it returns.
 func (n *Node) submit(ctx context.Context, cmds ...fsm.Command) ([]error, error) {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitWait)
-	defer cancel()
-	start, path := time.Now(), "local"
-	backoff := 10 * time.Millisecond
-	var lastErr error
-	for {
-		var (
-			index uint64
-			errs  []error
-			err   error
-		)
-		leaderChanged := n.raft.LeaderChanged()
-		if n.raft.IsLeader() {
-			index, errs, err = n.raft.Propose(ctx, cmds...)
-		} else if _, lerr := n.raft.LeaderHTTP(); lerr != nil {
-			err = lerr
-		} else {
-			path = "forwarded"
-			index, errs, err = n.forwarder.Forward(ctx, cmds...)
-		}
-		if err == nil {
-			if werr := n.raft.WaitApplied(ctx, index); werr != nil {
-				err = fmt.Errorf("committed at index %d but not yet applied here: %w", index, werr)
-				n.metrics.observeWrite(path, time.Since(start), err)
-				return nil, err
-			}
-			n.metrics.observeWrite(path, time.Since(start), nil)
-			return errs, nil
-		}
-		lastErr = err
-		select {
-		case <-ctx.Done():
-			err := fmt.Errorf("%w: %v", errNoLeader, lastErr)
-			n.metrics.observeWrite(path, time.Since(start), err)
-			return nil, err
-		case <-leaderChanged:
-			// A new leader: try it now. After a failover the backoff
-			// had grown to 320 ms, a third of the write gap.
-			backoff = 10 * time.Millisecond
-			continue
-		case <-time.After(backoff):
-		}
-		if backoff < 200*time.Millisecond {
-			backoff *= 2
-		}
-	}
+	return n.raft.Commit(ctx, cmds...)
 }
 
 // Ready reports whether this node can serve: a leader is known, this node has applied
@@ -414,8 +389,11 @@ func (n *Node) Ready() (bool, string) {
 // State is the node's replicated registration state (read-only use).
 func (n *Node) State() *fsm.FSM { return n.state }
 
-// Raft is the node's raft member.
-func (n *Node) Raft() *cluster.Node { return n.raft }
+// Auth is who may do what on this node; Reload re-reads its token file (SIGHUP).
+func (n *Node) Auth() *auth.Authority { return n.auth }
+
+// Cluster is the node's raft member.
+func (n *Node) Cluster() *cluster.Node { return n.raft }
 
 // Incarnation is this run's incarnation number.
 func (n *Node) Incarnation() uint64 { return n.incarnation.Load() }
@@ -451,7 +429,6 @@ func (n *Node) Close() error {
 		apiCancel()
 		n.api.Close()
 		n.log.Debug("stopping: HTTP closed")
-		n.forwarder.Close()
 		n.closeErr = n.raft.Close()
 		n.log.Debug("stopping: raft closed")
 		n.wg.Wait()
@@ -469,7 +446,6 @@ func (n *Node) Crash() error {
 		n.stopUI()
 		n.api.Close()
 		n.peers.Close()
-		n.forwarder.Close()
 		n.closeErr = n.raft.Close()
 		n.ws.CloseAll(websocket.StatusGoingAway, "crash")
 		n.wg.Wait()

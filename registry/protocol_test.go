@@ -289,7 +289,7 @@ func TestRestart_StateRestoredAndStaleSessionsPurged(t *testing.T) {
 	n := startNode(t, dir)
 	a := dialRaw(t, n, "/127.0.0.1/9001")
 	a.call(online(0, "svc"), ok(0))
-	before := n.Raft().AppliedIndex()
+	before := n.Cluster().AppliedIndex()
 	if err := n.Crash(); err != nil { // as kill -9: nobody deregisters
 		t.Fatal(err)
 	}
@@ -298,7 +298,7 @@ func TestRestart_StateRestoredAndStaleSessionsPurged(t *testing.T) {
 	if n2.Incarnation() <= n.Incarnation() {
 		t.Fatalf("incarnation %d after %d", n2.Incarnation(), n.Incarnation())
 	}
-	if got := n2.Raft().AppliedIndex(); got <= before {
+	if got := n2.Cluster().AppliedIndex(); got <= before {
 		t.Fatalf("applied index %d after restart, was %d: state not restored", got, before)
 	}
 	if meta, ok := n2.State().Node("n1"); !ok || meta.Incarnation != n2.Incarnation() {

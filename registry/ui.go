@@ -5,7 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsregistry/wsregistry/dashboard"
@@ -14,12 +13,10 @@ import (
 
 // uiParts is what the watch stream and the dashboard need while the node runs.
 type uiParts struct {
-	hub      *watch.Hub
-	raftUp   atomic.Bool // n.raft is set: the cluster view may be read
-	observer *raft.Observer
-	done     chan struct{}
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	hub           *watch.Hub
+	raftUp        atomic.Bool // n.raft is set: the cluster view may be read
+	stopObserving func()      // ends the cluster.Node.OnChange subscription
+	stopOnce      sync.Once
 }
 
 func (n *Node) ui() *uiParts { return n.watchUI }
@@ -29,7 +26,7 @@ func (n *Node) watchConfig() watch.Config { return n.cfg.Watch }
 
 // startUI starts what the watch stream needs; it runs before raft applies anything.
 func (n *Node) startUI() {
-	u := &uiParts{done: make(chan struct{})}
+	u := &uiParts{}
 	cfg := n.watchConfig()
 	cfg.Logger = n.log
 	cfg.Cluster = func() any {
@@ -55,38 +52,17 @@ func (n *Node) startUI() {
 
 // mountUI adds the watch stream and the dashboard to the HTTP API. raft is running by now,
 // so this is also where leader and membership changes start to be observed.
-func (n *Node) mountUI(mux *http.ServeMux) {
+func (n *Node) mountUI(mux *http.ServeMux, read func(string, http.HandlerFunc) http.HandlerFunc) {
 	u := n.ui()
-	mux.Handle("GET /v1/watch", u.hub)
+	mux.HandleFunc("GET /v1/watch", read("watch", u.hub.ServeHTTP))
 	dash := dashboard.Handler()
-	mux.Handle("GET /{$}", dash)
-	mux.Handle("GET /assets/", dash)
+	mux.HandleFunc("GET /{$}", read("dashboard", dash.ServeHTTP))
+	mux.HandleFunc("GET /assets/", read("dashboard", dash.ServeHTTP))
 
-	ch := make(chan raft.Observation, 16)
-	// Not blocking: a dropped observation costs nothing, the hub re-reads the whole view
-	// (and polls it anyway).
-	u.observer = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
-		switch o.Data.(type) {
-		case raft.LeaderObservation, raft.PeerObservation, raft.RaftState:
-			return true
-		}
-		return false
-	})
-	n.raft.Raft().RegisterObserver(u.observer)
+	// A dropped change costs nothing: the hub re-reads the whole view (and polls it anyway).
+	u.stopObserving = n.raft.OnChange(u.hub.ClusterChanged)
 	u.raftUp.Store(true)
 	u.hub.ClusterChanged()
-	u.wg.Add(1)
-	go func() {
-		defer u.wg.Done()
-		for {
-			select {
-			case <-u.done:
-				return
-			case <-ch:
-				u.hub.ClusterChanged()
-			}
-		}
-	}()
 }
 
 // stopUI ends watch streams on Close.
@@ -96,11 +72,9 @@ func (n *Node) stopUI() {
 		return
 	}
 	u.stopOnce.Do(func() {
-		if u.observer != nil {
-			n.raft.Raft().DeregisterObserver(u.observer)
+		if u.stopObserving != nil {
+			u.stopObserving()
 		}
-		close(u.done)
-		u.wg.Wait()
 		u.hub.Close()
 	})
 }
@@ -119,17 +93,19 @@ type watchMember struct {
 }
 
 type watchCluster struct {
-	Node    string        `json:"node"`
-	State   string        `json:"state"`
-	Leader  string        `json:"leader"`
-	Term    uint64        `json:"term"`
-	Fenced  bool          `json:"fenced"`
-	Members []watchMember `json:"members"`
+	Node   string `json:"node"`
+	State  string `json:"state"`
+	Leader string `json:"leader"`
+	Term   uint64 `json:"term"`
+	Fenced bool   `json:"fenced"`
+	// PeerSecurity: the dashboard warns when peers are not authenticated.
+	PeerSecurity string        `json:"peer_security"`
+	Members      []watchMember `json:"members"`
 }
 
 func (n *Node) watchClusterView() watchCluster {
 	v := n.ClusterView()
-	out := watchCluster{Node: v.Node, State: v.State, Leader: v.Leader, Term: v.Term, Fenced: v.Fenced, Members: []watchMember{}}
+	out := watchCluster{Node: v.Node, State: v.State, Leader: v.Leader, Term: v.Term, Fenced: v.Fenced, PeerSecurity: v.PeerSecurity, Members: []watchMember{}}
 	for _, m := range v.Members {
 		out.Members = append(out.Members, watchMember{
 			ID: m.ID, Raft: m.Raft, WS: m.WS, HTTP: m.HTTP, Suffrage: m.Suffrage, Leader: m.Leader, Incarnation: m.Incarnation,

@@ -139,7 +139,7 @@ func TestWatch_FollowerStreamsRegistrationsAndLeaderChanges(t *testing.T) {
 	nextEvent(t, r, "deregister of watched on the resumed stream", changeIn("deregister", "watched"))
 
 	// A leader change is a cluster event.
-	if err := leader.raft.Raft().LeadershipTransfer().Error(); err != nil {
+	if err := leader.raft.TransferLeadership(); err != nil {
 		t.Fatalf("leadership transfer: %v", err)
 	}
 	nextEvent(t, s, "cluster event with a new leader", func(ev sseEvent) bool {
@@ -215,6 +215,10 @@ func TestDashboard_LiveOnAFollowerWithoutReload(t *testing.T) {
 		// Marks this page load: if the page reloaded, the mark would be gone.
 		chromedp.Evaluate[chromedp.Void](`window.__loadMark = "first-load"`),
 	)
+	// The test cluster authenticates its peers with a cluster key, and the page says so.
+	if sec, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("peer-security").textContent`)); err != nil || sec != "cluster key" {
+		t.Fatalf("peer security shown as %q (%v), want \"cluster key\"", sec, err)
+	}
 
 	// Agents register through every node, the first one through the leader.
 	agents := []struct {

@@ -41,7 +41,7 @@ start)
   join=""
   # A one-node cluster bootstraps alone; --join would make it wait for peers.
   if [ "$n" -gt 1 ]; then
-    for ((i = 0; i < n; i++)); do join+="${join:+,}$host:$(http_port "$i")"; done
+    for ((i = 0; i < n; i++)); do join+="${join:+,}$host:$((8429 + 10 * i))"; done
   fi
   for ((i = 0; i < n; i++)); do
     # shellcheck disable=SC2086

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/registry"
 	"github.com/wsregistry/wsregistry/wsserver"
@@ -31,9 +32,9 @@ func startTestNode(t *testing.T, adminToken string) *registry.Node {
 	n, err := registry.Start(registry.Config{
 		NodeID: "n1", DataDir: t.TempDir(), WSListener: ws, HTTPListener: api, RaftListener: rl,
 		WSAdvertise: ws.Addr().String(), HTTPAdvertise: api.Addr().String(), RaftAdvertise: rl.Addr().String(),
-		Cluster:    cluster.Config{HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond},
-		AdminToken: adminToken,
-		Logger:     slog.New(slog.DiscardHandler),
+		Cluster: cluster.Config{HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond},
+		Auth:    auth.Config{AdminToken: adminToken},
+		Logger:  slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +110,7 @@ func TestCLI_NodeDownAndWrongTokenAreClearErrors(t *testing.T) {
 		t.Fatalf("node down: %d %q", code, errOut)
 	}
 	code, _, errOut = runCLI("remove", "ghost", "--addr", n.HTTPAddr(), "--admin-token", "wrong")
-	if code == 0 || !strings.Contains(errOut, "401") || !strings.Contains(errOut, "admin token") || strings.Contains(errOut, "s3cret") {
+	if code == 0 || !strings.Contains(errOut, "401") || !strings.Contains(errOut, "--admin-token") || strings.Contains(errOut, "s3cret") {
 		t.Fatalf("wrong token: %d %q", code, errOut)
 	}
 	code, _, errOut = runCLI("remove", "ghost", "--addr", n.HTTPAddr(), "--admin-token", "s3cret")

@@ -274,7 +274,7 @@ func threeProcs(t *testing.T, grace string) []*proc {
 	net := loopbackNet()
 	var join []string
 	for i := range 3 {
-		join = append(join, fmt.Sprintf("%s%d:8428", net, i+1))
+		join = append(join, fmt.Sprintf("%s%d:8429", net, i+1))
 	}
 	procs := make([]*proc, 3)
 	for i := range 3 {

@@ -16,9 +16,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/registry"
 	"github.com/wsregistry/wsregistry/watch"
+	"github.com/wsregistry/wsregistry/wsserver"
 )
 
 // serveConfig is everything `serve` reads from flags and environment.
@@ -32,7 +34,11 @@ type serveConfig struct {
 	bootstrapExpect int
 	join            string
 	clusterKey      string
+	clusterInsecure bool
+	trustedNets     string
 	adminToken      string
+	tokenFile       string
+	agentTLS        string
 	nodeGrace       time.Duration
 	leaveOnTerm     bool
 	faultInjection  bool
@@ -76,9 +82,12 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.raftAddr, "raft-addr", ":8429", "raft transport listen address")
 	fs.StringVar(&c.advertise, "advertise", "", "host or IP other nodes use to reach this one (default: the listen host, else the first non-loopback IPv4)")
 	fs.IntVar(&c.bootstrapExpect, "bootstrap-expect", 1, "voters that form a new cluster; 1 bootstraps alone when there is no state")
-	fs.StringVar(&c.join, "join", "", "comma-separated HTTP addresses (host:8428) of members to join or to form the cluster with")
-	fs.StringVar(&c.clusterKey, "cluster-key", "", "shared secret for calls between nodes (forwarding, join); empty: none")
-	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token required for join, leave and remove over HTTP; empty: none")
+	fs.StringVar(&c.join, "join", "", "comma-separated peer addresses (host:8429, their --raft-addr) of members to join or to form the cluster with")
+	fs.StringVar(&c.clusterKey, "cluster-key", "", "shared secret(s) that authenticate peers (raft and calls between nodes), comma-separated: the first is sent, any is accepted (rotation); empty: peers from --trusted-networks only, unless mutual TLS")
+	fs.BoolVar(&c.clusterInsecure, "cluster-insecure", false, "accept peers from any address without --cluster-key or mutual TLS (a trusted private network only: anyone who reaches the peer port can rewrite the registry)")
+	fs.StringVar(&c.trustedNets, "trusted-networks", "127.0.0.0/8,::1/128", "addresses (CIDRs or IPs, comma-separated; none: nobody) whose callers may use admin and fetch calls while no token is configured for them, and may be peers while no --cluster-key or mutual TLS is set")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for admin calls (join, leave, remove, snapshot, debug) and fetch; empty: those calls only from --trusted-networks")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file of named tokens with scopes (admin, fetch, read, agent) and agent namespace patterns, one per line: NAME SCOPES TOKEN [NAMESPACES]; re-read on SIGHUP")
 	fs.DurationVar(&c.nodeGrace, "node-grace", 10*time.Second, "silence after which the leader purges a member's agents, and a cut-off node fences itself")
 	fs.BoolVar(&c.leaveOnTerm, "leave-on-terminate", true, "on SIGTERM leave the cluster (hand over leadership, remove self) before stopping")
 	fs.DurationVar(&c.heartbeat, "raft-heartbeat-timeout", 400*time.Millisecond, "raft heartbeat timeout (LAN default; raft's own is 1s)")
@@ -95,7 +104,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.pingInterval, "ping-interval", 10*time.Second, "how often every agent connection is pinged")
 	fs.IntVar(&c.pingMisses, "ping-misses", 3, "missed pongs after which an agent connection is closed")
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "deadline for one write to an agent")
-	fs.StringVar(&c.agentToken, "agent-token", "", "token agents must present (registry address host:8427/t/<token>, Authorization: Bearer, or ?token=); empty: none")
+	fs.StringVar(&c.agentToken, "agent-token", "", "token agents must present (registry address host:8427/t/<token>, Authorization: Bearer, or ?token=); empty: none (unless --token-file has agent tokens)")
 	fs.BoolVar(&c.verifyAgentIP, "verify-agent-ip", false, "refuse agents whose advertised host is not their connection's source address")
 	fs.IntVar(&c.limits.MaxConnections, "max-connections", 50000, "agent connections on this node (-1: no limit)")
 	fs.IntVar(&c.limits.MaxConnectionsPerIP, "max-connections-per-ip", 16384, "agent connections from one source address (-1: no limit)")
@@ -104,7 +113,8 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.handshake, "handshake-timeout", 10*time.Second, "time an agent connection has to send its upgrade request")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate: serve HTTPS and WSS (with --tls-key); its SANs must cover the advertised addresses")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
-	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA bundle: with --tls-cert, raft between nodes becomes mutual TLS and calls between nodes verify peers")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA bundle: with --tls-cert, the peer port (raft and calls between nodes) becomes mutual TLS")
+	fs.StringVar(&c.agentTLS, "agent-tls", "both", "with --tls-cert, what the agent port serves: both (ws:// and wss:// side by side, for agents that cannot speak TLS) or tls (wss:// only)")
 	fs.DurationVar(&c.watch.Coalesce, "watch-coalesce", 50*time.Millisecond, "window over which /v1/watch coalesces changes into one event (negative: none)")
 	fs.DurationVar(&c.watch.Heartbeat, "watch-heartbeat", 15*time.Second, "idle time after which /v1/watch sends a heartbeat comment")
 	fs.IntVar(&c.watch.History, "watch-history", 8192, "changes kept so a watcher can resume with ?index=")
@@ -186,6 +196,14 @@ func (c *serveConfig) validate() error {
 	if c.tlsCA != "" && c.tlsCert == "" {
 		errs = append(errs, errors.New("--tls-ca needs --tls-cert and --tls-key (mutual TLS)"))
 	}
+	switch c.agentTLS {
+	case "both", "tls":
+	default:
+		errs = append(errs, fmt.Errorf("--agent-tls %q: want both or tls", c.agentTLS))
+	}
+	if _, err := auth.ParseNetworks(c.trustedNets); err != nil {
+		errs = append(errs, fmt.Errorf("--trusted-networks: %w", err))
+	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		errs = append(errs, err)
 	}
@@ -234,6 +252,17 @@ func firstIPv4() string {
 	return "127.0.0.1"
 }
 
+// splitList splits a comma-separated flag value, dropping blanks.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 func runServe(args []string, stdout, stderr io.Writer) int {
 	c, err := parseServe(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -272,23 +301,18 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot load TLS material", "err", err)
 		return 1
 	}
-	var clientTLS *tls.Config
-	var raftServer, raftClient *tls.Config
+	peer := cluster.PeerAuth{Keys: splitList(c.clusterKey), Insecure: c.clusterInsecure}
 	if tlsCfg != nil {
-		wsLn = tls.NewListener(wsLn, tlsCfg.server)
+		// Unchanged agents speak only ws://: the agent port serves both unless told not to.
+		wsLn = wsserver.NewSniffListener(wsLn, tlsCfg.server, c.agentTLS == "both", c.handshake)
 		httpLn = tls.NewListener(httpLn, tlsCfg.server)
-		clientTLS = tlsCfg.client
 		if tlsCfg.mutual {
-			raftServer, raftClient = tlsCfg.raftServer, tlsCfg.client
+			peer.ServerTLS, peer.ClientTLS = tlsCfg.raftServer, tlsCfg.client
 		}
 	}
+	trusted, _ := auth.ParseNetworks(c.trustedNets) // validated
 
-	var join []string
-	for _, j := range strings.Split(c.join, ",") {
-		if j = strings.TrimSpace(j); j != "" {
-			join = append(join, j)
-		}
-	}
+	join := splitList(c.join)
 	left := make(chan struct{}, 1)
 	node, err := registry.Start(registry.Config{
 		NodeID:        c.nodeID,
@@ -299,10 +323,8 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		WSAdvertise:   advertiseFor(c.advertise, wsLn),
 		HTTPAdvertise: advertiseFor(c.advertise, httpLn),
 		RaftAdvertise: advertiseFor(c.advertise, raftLn),
-		ClientTLS:     clientTLS,
 		Cluster: cluster.Config{
-			RaftServerTLS:      raftServer,
-			RaftClientTLS:      raftClient,
+			Peer:               peer,
 			BootstrapExpect:    c.bootstrapExpect,
 			HeartbeatTimeout:   c.heartbeat,
 			ElectionTimeout:    c.election,
@@ -320,13 +342,13 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		WriteTimeout: c.writeTimeout,
 		CommitWait:   c.commitWait,
 		Join:         join,
-		ClusterKey:   c.clusterKey,
-		AdminToken:   c.adminToken,
-		NodeGrace:    c.nodeGrace,
-		OnLeft:       func() { left <- struct{}{} },
+		Auth: auth.Config{
+			AdminToken: c.adminToken, AgentToken: c.agentToken, TokenFile: c.tokenFile, TrustedNetworks: trusted,
+		},
+		NodeGrace: c.nodeGrace,
+		OnLeft:    func() { left <- struct{}{} },
 
 		Watch:            c.watch,
-		AgentToken:       c.agentToken,
 		VerifyAgentIP:    c.verifyAgentIP,
 		Limits:           c.limits,
 		HandshakeTimeout: c.handshake,
@@ -346,20 +368,30 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "wsregistry %s: agents ws://%s, http://%s, raft %s\n", c.nodeID, wsLn.Addr(), httpLn.Addr(), raftLn.Addr())
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	select {
-	case sig := <-sigs:
-		log.Info("signal received: stopping", "signal", sig.String())
-		if sig == syscall.SIGTERM && c.leaveOnTerm {
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			node.CloseAgents(ctx)
-			if err := node.Leave(ctx); err != nil {
-				log.Warn("could not leave the cluster cleanly", "err", err)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	for running := true; running; {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if err := node.Auth().Reload(); err != nil {
+					log.Error("token file not reloaded: keeping the tokens in force", "err", err)
+				}
+				continue
 			}
-			cancel()
+			running = false
+			log.Info("signal received: stopping", "signal", sig.String())
+			if sig == syscall.SIGTERM && c.leaveOnTerm {
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				node.CloseAgents(ctx)
+				if err := node.Leave(ctx); err != nil {
+					log.Warn("could not leave the cluster cleanly", "err", err)
+				}
+				cancel()
+			}
+		case <-left:
+			running = false
+			log.Info("left the cluster: stopping")
 		}
-	case <-left:
-		log.Info("left the cluster: stopping")
 	}
 	signal.Stop(sigs)
 	if err := node.Close(); err != nil {

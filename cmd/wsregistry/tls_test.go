@@ -22,7 +22,7 @@ func TestProcess_TLSClusterServesWSSAndRefusesRaftWithoutClientCert(t *testing.T
 	var join []string
 	for i := range 3 {
 		ips = append(ips, net.ParseIP(fmt.Sprintf("%s%d", net0, i+1)))
-		join = append(join, fmt.Sprintf("%s%d:8428", net0, i+1))
+		join = append(join, fmt.Sprintf("%s%d:8429", net0, i+1))
 	}
 	certs, err := testcerts.Write(t.TempDir(), ips...)
 	if err != nil {

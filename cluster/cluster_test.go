@@ -1,0 +1,251 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/testutil"
+)
+
+// Real raft on real TCP: every node has its own bolt file in a temp dir and its own peer
+// port on 127.0.0.1:0, and forms the cluster through JoinCluster as operators' nodes do.
+
+type testNode struct {
+	*Node
+	state *fsm.FSM
+	cfg   Config
+}
+
+func listen(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func testConfig(t testing.TB, id string) Config {
+	ln := listen(t)
+	return Config{
+		NodeID: id, DataDir: t.TempDir(), Listener: ln, Advertise: ln.Addr().String(),
+		HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond,
+		LeaderLeaseTimeout: 75 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
+		CommitWait: testutil.Scaled(5 * time.Second), NoSync: true, RaftLogs: hclog.Warn,
+		Peer: PeerAuth{Keys: []string{"test-key"}},
+	}
+}
+
+func open(t testing.TB, cfg Config) *testNode {
+	t.Helper()
+	state := fsm.New()
+	n, err := Open(cfg, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return &testNode{Node: n, state: state, cfg: cfg}
+}
+
+// startCluster forms a cluster of size nodes, each told every peer's address.
+func startCluster(t *testing.T, size int, adjust ...func(*Config)) []*testNode {
+	t.Helper()
+	var cfgs []Config
+	var peers []string
+	for i := range size {
+		cfg := testConfig(t, fmt.Sprintf("node%d", i))
+		cfg.BootstrapExpect = size
+		for _, fn := range adjust {
+			fn(&cfg)
+		}
+		cfgs = append(cfgs, cfg)
+		peers = append(peers, cfg.Advertise)
+	}
+	nodes := make([]*testNode, size)
+	var wg sync.WaitGroup
+	for i := range cfgs {
+		cfgs[i].Join = peers
+		nodes[i] = open(t, cfgs[i])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), testutil.Scaled(20*time.Second))
+			defer cancel()
+			if err := nodes[i].JoinCluster(ctx, peers); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, n := range nodes {
+		testutil.Eventually(t, 10*time.Second, n.Ready, "%s not ready", n.ID())
+	}
+	return nodes
+}
+
+func leaderOf(t testing.TB, nodes []*testNode) *testNode {
+	t.Helper()
+	var l *testNode
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, n := range nodes {
+			if n.IsLeader() {
+				l = n
+				return true
+			}
+		}
+		return false
+	}, "no leader")
+	return l
+}
+
+func followerOf(t testing.TB, nodes []*testNode) *testNode {
+	l := leaderOf(t, nodes)
+	for _, n := range nodes {
+		if n != l {
+			return n
+		}
+	}
+	t.Fatal("no follower")
+	return nil
+}
+
+var seq sync.Mutex
+var seqN int
+
+// meta is a write every node can check: a node's metadata under a fresh id.
+func meta(id string) fsm.Command {
+	seq.Lock()
+	seqN++
+	rid := fmt.Sprintf("test/%d", seqN)
+	seq.Unlock()
+	return fsm.SetNode{RequestID: rid, Meta: fsm.NodeMeta{ID: id, WSAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2", RaftAddr: "127.0.0.1:3", Incarnation: 1}}
+}
+
+func commit(t testing.TB, n *testNode, cmds ...fsm.Command) {
+	t.Helper()
+	errs, err := n.Commit(context.Background(), cmds...)
+	if err == nil {
+		err = errors.Join(errs...)
+	}
+	if err != nil {
+		t.Fatalf("commit on %s: %v", n.ID(), err)
+	}
+}
+
+func TestJoin_ThreeNodesFormOneClusterWithNoSpecialNode(t *testing.T) {
+	nodes := startCluster(t, 3)
+	for _, n := range nodes {
+		if got := len(n.Members()); got != 3 {
+			t.Fatalf("%s knows %d members, want 3", n.ID(), got)
+		}
+	}
+	l := leaderOf(t, nodes)
+	for _, n := range nodes {
+		if id, _ := n.Leader(); id != l.ID() {
+			t.Fatalf("%s follows %q, the leader is %s", n.ID(), id, l.ID())
+		}
+	}
+}
+
+// A write made on a follower is forwarded, and the caller gets its answer only once this
+// follower has applied it (read-your-write).
+func TestCommit_ForwardedFromAFollowerIsAppliedThereOnReturn(t *testing.T) {
+	nodes := startCluster(t, 3)
+	f := followerOf(t, nodes)
+	commit(t, f, meta("from-follower"))
+	if _, ok := f.state.Node("from-follower"); !ok {
+		t.Fatal("the follower's own state lacks its write when Commit returned")
+	}
+	for _, n := range nodes {
+		testutil.Eventually(t, 5*time.Second, func() bool { _, ok := n.state.Node("from-follower"); return ok }, "%s never applied the write", n.ID())
+	}
+}
+
+// Writes keep going through a leader change: they wait for the new leader, and each is
+// applied once.
+func TestCommit_RetriesAcrossALeaderChange(t *testing.T) {
+	nodes := startCluster(t, 3)
+	var changed []<-chan struct{}
+	for _, n := range nodes {
+		changed = append(changed, n.LeaderChanged())
+	}
+	old := leaderOf(t, nodes)
+	f := followerOf(t, nodes)
+	if err := old.TransferLeadership(); err != nil {
+		t.Fatal(err)
+	}
+	for i, ch := range changed { // every member hears of the change: waiting writes retry at once
+		select {
+		case <-ch:
+		case <-time.After(testutil.Scaled(10 * time.Second)):
+			t.Fatalf("%s: no leader change reported", nodes[i].ID())
+		}
+	}
+	for i := range 20 {
+		commit(t, f, meta(fmt.Sprintf("after-change-%d", i)))
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { id, _ := old.Leader(); return id != "" && id != old.ID() }, "no new leader")
+}
+
+// A follower's consistent read sees a write committed through another node before it.
+func TestConsistentRead_FollowerSeesEveryEarlierWrite(t *testing.T) {
+	nodes := startCluster(t, 3)
+	l := leaderOf(t, nodes)
+	commit(t, l, meta("before-read"))
+	for _, n := range nodes {
+		if err := n.ConsistentRead(context.Background()); err != nil {
+			t.Fatalf("%s: %v", n.ID(), err)
+		}
+		if _, ok := n.state.Node("before-read"); !ok {
+			t.Fatalf("%s: consistent read returned before the write was applied", n.ID())
+		}
+	}
+}
+
+// The leader learns that a member went silent from raft's heartbeats; the member itself
+// stops hearing from the leader.
+func TestLiveness_LeaderSeesASilentMember(t *testing.T) {
+	nodes := startCluster(t, 3)
+	l := leaderOf(t, nodes)
+	f := followerOf(t, nodes)
+	f.SetPartitioned(true)
+	testutil.Eventually(t, 10*time.Second, func() bool { return slices.Contains(l.SilentMembers(200*time.Millisecond), f.ID()) },
+		"the leader never reported %s silent", f.ID())
+	testutil.Eventually(t, 10*time.Second, func() bool { return f.SinceLeaderContact() > 200*time.Millisecond || f.SinceLeaderContact() < 0 },
+		"the cut-off member still hears a leader")
+	f.SetPartitioned(false)
+	testutil.Eventually(t, 10*time.Second, func() bool { return !slices.Contains(l.SilentMembers(0), f.ID()) }, "%s still silent after healing", f.ID())
+}
+
+// Once the log holds binary entries, a node of an earlier build (its join request names no
+// features) is refused with the reason instead of joining and stopping on the first entry.
+func TestJoin_RefusesABuildThatCannotReadTheLog(t *testing.T) {
+	cfg := testConfig(t, "solo")
+	n := open(t, cfg)
+	testutil.Eventually(t, 10*time.Second, n.IsLeader, "the one-node cluster never elected itself")
+	commit(t, n, meta("solo")) // announces the binary feature for "solo"
+	commit(t, n, fsm.SetNode{RequestID: "feat", Meta: fsm.NodeMeta{ID: "solo", WSAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2", RaftAddr: cfg.Advertise, Incarnation: 1, Features: fsm.Features}})
+	testutil.Eventually(t, 10*time.Second, n.BinaryBatches, "the one-node cluster never switched to binary entries")
+
+	other := open(t, testConfig(t, "other"))
+	err := other.client.post(context.Background(), cfg.Advertise, pathJoin, JoinRequest{ID: "old", RaftAddr: "127.0.0.1:1"}, false)
+	if err == nil || !strings.Contains(err.Error(), "cannot read") || !strings.Contains(err.Error(), "old") {
+		t.Fatalf("join of an earlier build: %v, want a refusal naming the reason", err)
+	}
+	if got := len(n.Members()); got != 1 {
+		t.Fatalf("configuration after the refused join: %+v", n.Members())
+	}
+}
