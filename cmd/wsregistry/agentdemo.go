@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -22,7 +23,9 @@ import (
 func runAgentDemo(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("agent-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	registryAddr := fs.String("registry", "127.0.0.1:8427", "registry address host:port (or host:port/t/<token>)")
+	registryAddr := fs.String("registry", "127.0.0.1:8427", "registry addresses, comma-separated (host:port, host:port/t/<token>, ws:// or wss://host:port); the agent fails over between them")
+	token := fs.String("token", "", "agent token, sent as Authorization: Bearer")
+	tlsCA := fs.String("tls-ca", "", "CA bundle to verify a registry dialed over wss:// (addresses without a scheme then use wss://)")
 	namespaces := fs.String("namespace", "demo", "comma-separated namespaces to register")
 	listen := fs.String("listen", ":9000", "the agent's own micro-ws listen address")
 	advertise := fs.String("advertise", "", "the agent's advertised ip (default: first non-loopback IPv4)")
@@ -34,8 +37,18 @@ func runAgentDemo(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	var tlsCfg *tls.Config
+	if *tlsCA != "" {
+		pool, err := loadPool(*tlsCA)
+		if err != nil {
+			fmt.Fprintf(stderr, "wsregistry agent-demo: %v\n", err)
+			return 2
+		}
+		tlsCfg = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
 	agent, err := wsserver.NewAgent(wsserver.AgentConfig{
-		Registry: *registryAddr, Listen: *listen, Advertise: *advertise, Logger: log,
+		Registries: splitList(*registryAddr), Token: *token, TLS: tlsCfg,
+		Listen: *listen, Advertise: *advertise, Logger: log,
 		ReconnectMin: 100 * time.Millisecond, ReconnectMax: 2 * time.Second,
 	})
 	if err != nil {
