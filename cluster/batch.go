@@ -52,13 +52,10 @@ type proposalResult struct {
 
 // maxBatchesInFlight bounds the batches committing at once. Under load the next batch then
 // grows while the previous one commits, instead of every proposal leaving in a batch of its
-// own: per-batch costs (a log entry, an fsync on each node, a forwarded call) were most of
-// a registration's CPU when batches were sent as fast as they formed (wsbench register
-// c=256: 17 commands per entry, ~190 µs of server CPU per registration). One in flight
-// beat two in every back-to-back pair measured (fewer, larger entries: ~10% less CPU per
-// registration at c=256, the same latency at c=16). A lone proposal still leaves at once;
-// a slow disk caps throughput at GroupCommitMax per commit (by arithmetic, 1,024 per
-// ~25 ms with two 12.8 ms fsyncs: ~40,000/s).
+// own: per-batch costs (a log entry, an fsync on each node, a forwarded call) dominate a
+// registration's CPU when batches leave as fast as they form, and fewer, larger entries
+// cost less at the same latency (BENCHMARKS.md has the measurements). A lone proposal still
+// leaves at once; a slow disk caps throughput at GroupCommitMax per commit.
 const maxBatchesInFlight = 1
 
 // ErrClosed is returned for proposals made while the node shuts down.

@@ -58,7 +58,7 @@ func open(t testing.TB, cfg Config) *testNode {
 }
 
 // startCluster forms a cluster of size nodes, each told every peer's address.
-func startCluster(t *testing.T, size int, adjust ...func(*Config)) []*testNode {
+func startCluster(t testing.TB, size int, adjust ...func(*Config)) []*testNode {
 	t.Helper()
 	var cfgs []Config
 	var peers []string
