@@ -335,3 +335,96 @@ func TestServicesAndBudget(t *testing.T) {
 		t.Errorf("PodDisruptionBudget selector %v does not select the pods", pdb.Selector)
 	}
 }
+
+// The Secret the pods need: Kubernetes starts no pod until it exists.
+const (
+	secretName       = "wsregistry"
+	secretKeyCluster = "cluster-key"
+	secretKeyAdmin   = "admin-token"
+)
+
+// Pods talk over the pod network, not loopback: without the cluster key they would refuse each
+// other (or, with --cluster-insecure, accept anyone), and the preStop leave from the pod IP
+// needs the admin token. So both come from a Secret that must exist.
+func TestStatefulSetRequiresTheSecret(t *testing.T) {
+	c := container(t, loadManifests(t).sts)
+	want := map[string]string{"WSREGISTRY_CLUSTER_KEY": secretKeyCluster, "WSREGISTRY_ADMIN_TOKEN": secretKeyAdmin}
+	seen := map[string]bool{}
+	for _, e := range c.Env {
+		key, ok := want[e.Name]
+		if !ok {
+			continue
+		}
+		seen[e.Name] = true
+		if e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			t.Errorf("env %s must come from the Secret %s (key %s), not %+v", e.Name, secretName, key, e)
+			continue
+		}
+		ref := e.ValueFrom.SecretKeyRef
+		if ref.Name != secretName || ref.Key != key {
+			t.Errorf("env %s comes from Secret %q key %q, want %q key %q", e.Name, ref.Name, ref.Key, secretName, key)
+		}
+		if ref.Optional == nil {
+			t.Errorf("env %s: write optional: false out, so the Secret is visibly required", e.Name)
+		} else if *ref.Optional {
+			t.Errorf("env %s: optional: true lets the pods run without the Secret; want optional: false", e.Name)
+		}
+	}
+	for name := range want {
+		if !seen[name] {
+			t.Errorf("no env %s: the pods would run without it", name)
+		}
+	}
+	for _, a := range c.Args {
+		if strings.HasPrefix(a, "--cluster-insecure") || strings.HasPrefix(a, "--cluster-key") || strings.HasPrefix(a, "--admin-token") {
+			t.Errorf("argument %q: secrets come from the Secret only, and peers are never accepted without it", a)
+		}
+	}
+}
+
+// --join takes peers' peer-port addresses: every replica's stable DNS name on the headless
+// Service at the port the container listens on with --raft-addr, which that Service publishes.
+func TestJoinNamesEveryPodOnThePeerPort(t *testing.T) {
+	m := loadManifests(t)
+	c := container(t, m.sts)
+	flagValue := func(name string) string {
+		t.Helper()
+		var v string
+		n := 0
+		for _, a := range c.Args {
+			if rest, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				v, n = rest, n+1
+			}
+		}
+		if n != 1 {
+			t.Fatalf("want one --%s=..., found %d in %v", name, n, c.Args)
+		}
+		return v
+	}
+	_, raftPort, ok := strings.Cut(flagValue("raft-addr"), ":")
+	if !ok {
+		t.Fatalf("--raft-addr %q has no port", flagValue("raft-addr"))
+	}
+	peerPort := containerPort(t, c, intstr.FromString("peer"))
+	if raftPort != fmt.Sprint(peerPort) {
+		t.Errorf("--raft-addr port %s, but the container port named peer is %d", raftPort, peerPort)
+	}
+	var want []string
+	for i := range int(*m.sts.Spec.Replicas) {
+		want = append(want, fmt.Sprintf("%s-%d.%s:%d", m.sts.Name, i, m.sts.Spec.ServiceName, peerPort))
+	}
+	if got := strings.Split(flagValue("join"), ","); !slices.Equal(got, want) {
+		t.Errorf("--join=%s, want %s: every pod's peer-port address (not the HTTP port)", strings.Join(got, ","), strings.Join(want, ","))
+	}
+	peers := m.services[m.sts.Spec.ServiceName]
+	if peers == nil {
+		t.Fatalf("no Service %q", m.sts.Spec.ServiceName)
+	}
+	published := false
+	for _, p := range peers.Spec.Ports {
+		published = published || (p.Port == peerPort && containerPort(t, c, p.TargetPort) == peerPort)
+	}
+	if !published {
+		t.Errorf("the headless Service %s does not publish the peer port %d: %+v", peers.Name, peerPort, peers.Spec.Ports)
+	}
+}

@@ -3,8 +3,12 @@ package deploy
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -106,12 +110,32 @@ func imageEnv(t *testing.T) [][2]string {
 	return env
 }
 
+// secrets are the Secrets of the test's namespace, name -> key -> value, as
+// `kubectl create secret generic` makes them (README).
+type secrets map[string]map[string]string
+
+// newSecrets makes the Secret the README tells to create, with random values.
+func newSecrets(t *testing.T) secrets {
+	t.Helper()
+	random := func() string {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			t.Fatal(err)
+		}
+		return hex.EncodeToString(b)
+	}
+	return secrets{secretName: {secretKeyCluster: random(), secretKeyAdmin: random()}}
+}
+
 // pod is one StatefulSet replica run as a local process.
 type pod struct {
 	name, ip string
 	env      []string // KEY=value, as the container gets it
 	argv     []string // command + args, expanded
 	preStop  []string
+	ports    []int32         // container ports: the process listens on them at the pod IP
+	dir      string          // its working directory: its own, never the test's
+	secret   map[string]bool // env names whose values come from a Secret (never logged)
 	httpPort int32
 	log      string
 	cmd      *exec.Cmd
@@ -119,14 +143,16 @@ type pod struct {
 }
 
 // podsFor builds what the kubelet would run for replica i: image env, then the container's
-// env in order (downward API and optional, absent Secrets resolved like the kubelet does),
-// then $(VAR) expansion of command and args. The claim's mountPath is replaced by a
-// directory of the test, the only liberty taken.
-func podFor(t *testing.T, sts *appsv1.StatefulSet, i int, dir string) *pod {
+// env in order (downward API and Secrets resolved like the kubelet does: a missing optional
+// one is left unset, a missing required one fails the pod), then $(VAR) expansion of command
+// and args. The claim's mountPath is replaced by a directory of the test, the only liberty
+// taken.
+func podFor(t *testing.T, sts *appsv1.StatefulSet, i int, dir string, sec secrets) *pod {
 	t.Helper()
 	c := container(t, sts)
-	p := &pod{name: fmt.Sprintf("%s-%d", sts.Name, i), ip: podIP(i)}
-	dataDir := filepath.Join(dir, p.name, "data")
+	p := &pod{name: fmt.Sprintf("%s-%d", sts.Name, i), ip: podIP(i), secret: map[string]bool{}}
+	p.dir = filepath.Join(dir, p.name)
+	dataDir := filepath.Join(p.dir, "data")
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -174,8 +200,18 @@ func podFor(t *testing.T, sts *appsv1.StatefulSet, i int, dir string) *pod {
 			default:
 				t.Fatalf("env %s: the test does not know field %s", e.Name, e.ValueFrom.FieldRef.FieldPath)
 			}
-		case e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Optional != nil && *e.ValueFrom.SecretKeyRef.Optional:
-			// The Secret does not exist in a fresh namespace: the kubelet leaves it unset.
+		case e.ValueFrom.SecretKeyRef != nil:
+			ref := e.ValueFrom.SecretKeyRef
+			v, ok := sec[ref.Name][ref.Key]
+			switch {
+			case ok:
+				set(e.Name, v)
+				p.secret[e.Name] = true
+			case ref.Optional != nil && *ref.Optional:
+				// The kubelet leaves a variable from a missing optional Secret unset.
+			default:
+				t.Fatalf("env %s: the pod needs Secret %q key %q, which the README does not tell to create (the kubelet would not start it)", e.Name, ref.Name, ref.Key)
+			}
 		default:
 			t.Fatalf("env %s: the test does not know this source %+v", e.Name, e.ValueFrom)
 		}
@@ -192,6 +228,7 @@ func podFor(t *testing.T, sts *appsv1.StatefulSet, i int, dir string) *pod {
 		p.preStop = c.Lifecycle.PreStop.Exec.Command // the kubelet does not expand exec commands
 	}
 	for _, cp := range c.Ports {
+		p.ports = append(p.ports, cp.ContainerPort)
 		if cp.Name == "http" {
 			p.httpPort = cp.ContainerPort
 		}
@@ -209,12 +246,35 @@ func (p *pod) command(bin, hosts string, argv []string) *exec.Cmd {
 	script := `mount --bind "$0" /etc/hosts && exec "$@"`
 	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script, hosts}, argv...)...)
 	cmd.Env = p.env
+	cmd.Dir = p.dir
 	return cmd
 }
 
-func (p *pod) get(path string) (int, []byte, error) {
+// loggableEnv is the pod's env with the Secret's values left out.
+func (p *pod) loggableEnv() []string {
+	out := make([]string, len(p.env))
+	for i, kv := range p.env {
+		if k, _, _ := strings.Cut(kv, "="); p.secret[k] {
+			kv = k + "=<from the Secret>"
+		}
+		out[i] = kv
+	}
+	return out
+}
+
+func (p *pod) get(path string) (int, []byte, error) { return p.call(http.MethodGet, path, "") }
+
+// call sends one HTTP request to the pod's HTTP port, with token as Bearer unless empty.
+func (p *pod) call(method, path, token string) (int, []byte, error) {
 	client := http.Client{Timeout: 2 * time.Second}
-	resp, err := client.Get(fmt.Sprintf("http://%s:%d%s", p.ip, p.httpPort, path))
+	req, err := http.NewRequest(method, fmt.Sprintf("http://%s:%d%s", p.ip, p.httpPort, path), nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -231,10 +291,11 @@ func (p *pod) tail() string {
 }
 
 type clusterView struct {
-	Node    string `json:"node"`
-	Leader  string `json:"leader"`
-	Fenced  bool   `json:"fenced"`
-	Members []struct {
+	Node         string `json:"node"`
+	Leader       string `json:"leader"`
+	Fenced       bool   `json:"fenced"`
+	PeerSecurity string `json:"peer_security"`
+	Members      []struct {
 		ID       string `json:"id"`
 		Raft     string `json:"raft"`
 		Suffrage string `json:"suffrage"`
@@ -281,6 +342,10 @@ func oneCluster(pods []*pod, want []*pod) error {
 		if v.Node != p.name {
 			return fmt.Errorf("%s calls itself %q", p.name, v.Node)
 		}
+		// The Secret's cluster key, not the loopback addresses the test happens to use.
+		if v.PeerSecurity != "cluster-key" {
+			return fmt.Errorf("%s authenticates peers by %q, want cluster-key", p.name, v.PeerSecurity)
+		}
 		if v.Leader == "" || (leader != "" && v.Leader != leader) {
 			return fmt.Errorf("%s names leader %q, others %q", p.name, v.Leader, leader)
 		}
@@ -304,20 +369,47 @@ func oneCluster(pods []*pod, want []*pod) error {
 	return nil
 }
 
+// portsTaken lists the pods' fixed ports that cannot be bound at their pod IPs now, e.g.
+// because a wsregistry started by hand listens on the wildcard address.
+func portsTaken(pods []*pod) []string {
+	var taken []string
+	for _, p := range pods {
+		for _, port := range p.ports {
+			addr := net.JoinHostPort(p.ip, strconv.Itoa(int(port)))
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				if errors.Is(err, syscall.EADDRINUSE) {
+					taken = append(taken, addr)
+				} else {
+					taken = append(taken, fmt.Sprintf("%s (%v)", addr, err))
+				}
+				continue
+			}
+			ln.Close()
+		}
+	}
+	return taken
+}
+
 // TestStatefulSetPodsFormOneCluster starts three wsregistry processes with exactly the
 // command, args and env the StatefulSet gives its pods (downward API: POD_NAME
-// wsregistry-i, POD_IP 127.0.5.i+1), each in a mount namespace whose /etc/hosts maps the
-// pods' stable DNS names (<pod>.<serviceName>) to those addresses, and checks they form one
-// cluster; then it runs the preStop hook of one pod and checks that the pod leaves.
+// wsregistry-i, POD_IP 127.0.5.i+1; the Secret wsregistry with random values), each in a
+// mount namespace whose /etc/hosts maps the pods' stable DNS names (<pod>.<serviceName>) to
+// those addresses, and checks they form one cluster authenticated by the cluster key and
+// refuse an admin call without the admin token; then it runs the preStop hook of one pod
+// and checks that the pod leaves.
+// The pods listen on the manifest's fixed ports (8427-8429) at their own addresses: unlike
+// the main module's tests this one cannot pick free ports, so it checks they are free first.
 func TestStatefulSetPodsFormOneCluster(t *testing.T) {
 	need := func(ok bool, why string) {
+		t.Helper()
 		if ok {
 			return
 		}
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and %s", why)
+			t.Fatalf("CI=true and %s: nothing may be skipped on CI", why)
 		}
-		t.Skipf("!!! SKIPPED: %s", why)
+		t.Skipf("!!!!!! SKIPPED: %s !!!!!!", why)
 	}
 	need(runtime.GOOS == "linux", "not Linux (needs mount namespaces)")
 	need(os.Geteuid() == 0, "not root (needs unshare --mount and mount --bind)")
@@ -327,6 +419,21 @@ func TestStatefulSetPodsFormOneCluster(t *testing.T) {
 	m := loadManifests(t)
 	sts := m.sts
 	dir := t.TempDir()
+	sec := newSecrets(t)
+	n := int(*sts.Spec.Replicas)
+	var pods []*pod
+	hosts := "127.0.0.1 localhost\n"
+	for i := range n {
+		p := podFor(t, sts, i, dir, sec)
+		pods = append(pods, p)
+		// What the headless Service publishes (publishNotReadyAddresses: from the start).
+		hosts += fmt.Sprintf("%s %s.%s %s.%s.default.svc.cluster.local\n", p.ip, p.name, sts.Spec.ServiceName, p.name, sts.Spec.ServiceName)
+	}
+	if taken := portsTaken(pods); len(taken) > 0 {
+		need(false, fmt.Sprintf("the pods' fixed ports are taken: %s cannot be bound. Is a wsregistry running here? `go run ./cmd/wsregistry` listens on :8427-8429 of every address: stop it. If only these addresses are busy, WSREGISTRY_K8S_TEST_PREFIX=127.0.N picks others",
+			strings.Join(taken, ", ")))
+	}
+
 	bin := filepath.Join(dir, "wsregistry")
 	build := exec.Command("go", "build", "-C", "..", "-o", bin, "./cmd/wsregistry")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the image's static binary, pure-Go resolver
@@ -334,15 +441,6 @@ func TestStatefulSetPodsFormOneCluster(t *testing.T) {
 		t.Fatalf("build the binary: %v\n%s", err, out)
 	}
 
-	n := int(*sts.Spec.Replicas)
-	var pods []*pod
-	hosts := "127.0.0.1 localhost\n"
-	for i := range n {
-		p := podFor(t, sts, i, dir)
-		pods = append(pods, p)
-		// What the headless Service publishes (publishNotReadyAddresses: from the start).
-		hosts += fmt.Sprintf("%s %s.%s %s.%s.default.svc.cluster.local\n", p.ip, p.name, sts.Spec.ServiceName, p.name, sts.Spec.ServiceName)
-	}
 	hostsFile := filepath.Join(dir, "hosts")
 	if err := os.WriteFile(hostsFile, []byte(hosts), 0o644); err != nil {
 		t.Fatal(err)
@@ -364,12 +462,22 @@ func TestStatefulSetPodsFormOneCluster(t *testing.T) {
 		t.Logf("%s: %s", p.name, strings.Join(p.argv, " "))
 		t.Cleanup(func() { stop(t, p) })
 	}
-	t.Logf("env of %s: %v", pods[0].name, pods[0].env)
+	t.Logf("env of %s: %v", pods[0].name, pods[0].loggableEnv())
 
 	waitFor(t, 60*time.Second, "three pods form one cluster with a leader", pods, func() error { return oneCluster(pods, pods) })
 
-	// The preStop hook of the last pod: it must make that node leave and stop by itself.
+	// The admin token is in force: without it (or with another) a leave is refused, even
+	// from the pod's own host.
 	last := pods[n-1]
+	for _, token := range []string{"", "not-the-admin-token"} {
+		code, body, err := last.call(http.MethodPost, "/v1/leave", token)
+		if err != nil || code != http.StatusUnauthorized {
+			t.Fatalf("POST /v1/leave with token %q: %d %s %v; want 401, the Secret's admin token being required", token, code, body, err)
+		}
+	}
+
+	// The preStop hook of the last pod: with the Secret's admin token from its env, it must
+	// make that node leave and stop by itself.
 	if len(last.preStop) == 0 {
 		t.Fatal("no preStop exec hook")
 	}
@@ -377,7 +485,7 @@ func TestStatefulSetPodsFormOneCluster(t *testing.T) {
 	defer cancel()
 	hook := last.command(bin, hostsFile, last.preStop)
 	hookCmd := exec.CommandContext(ctx, hook.Path, hook.Args[1:]...)
-	hookCmd.Env = hook.Env
+	hookCmd.Env, hookCmd.Dir = hook.Env, hook.Dir
 	if out, err := hookCmd.CombinedOutput(); err != nil {
 		t.Fatalf("preStop %v: %v\n%s", last.preStop, err, out)
 	}

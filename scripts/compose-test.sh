@@ -7,6 +7,12 @@
 #   agent's node -> it rejoins, the agent reconnects through the alias -> docker network
 #   disconnect of one node -> it fences itself (/readyz 503, fenced:true) while the other two
 #   serve -> reconnect -> it recovers.
+# With credentials on, as docker-compose.yml requires them: the project gets its own env file
+# from scripts/compose-env.sh (the user's .env is neither read nor created), admin calls from
+# the host carry its admin token (read from .env in the working directory, as the README
+# says), and the test checks that compose refuses to start without the secrets, that the
+# nodes authenticate peers with the cluster key (a container with a wrong key cannot join)
+# and that an admin call without the token is refused while reads stay open.
 # The project is always removed with `down -v`, failure or not.
 # Environment:
 #   WSREGISTRY_COMPOSE_TEST_BIND  host address the nodes' ports are published on (127.0.0.1)
@@ -36,6 +42,10 @@ tag="composetest-$$"
 nodes=(node1 node2 node3)
 tmp=$(mktemp -d /tmp/wsregistry-compose-test.XXXXXX)
 bin="$tmp/wsregistry"
+# The project's secrets: compose reads them with --env-file, the CLI from $tmp/.env when it
+# runs in $tmp (api below), as it reads ./.env next to docker-compose.yml.
+envfile="$tmp/.env"
+rogue="$project-rogue"
 
 export WSREGISTRY_TAG="$tag" WSREGISTRY_BIND="$bind" WSREGISTRY_NODE_GRACE=4s
 declare -A http ws cid
@@ -60,7 +70,7 @@ elif command -v docker-compose >/dev/null 2>&1; then
 else
   fail "neither 'docker compose' nor 'docker-compose' is installed"
 fi
-compose() { "${compose_cmd[@]}" -p "$project" -f "$root/docker-compose.yml" --profile demo "$@"; }
+compose() { "${compose_cmd[@]}" --env-file "$envfile" -p "$project" -f "$root/docker-compose.yml" --profile demo "$@"; }
 network="${project}_default"
 
 cleanup() {
@@ -75,6 +85,7 @@ cleanup() {
     compose ps >&2
     compose logs --no-color --tail 25 >&2 2>&1
   fi
+  docker rm -f -v "$rogue" >/dev/null 2>&1
   log "down -v"
   compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || echo "WARNING: compose down failed for project $project" >&2
   docker image rm "wsregistry:$tag" >/dev/null 2>&1
@@ -103,12 +114,19 @@ wait_for() {
   done
 }
 
-# Client calls through the published HTTP port of a node, or inside its container (the
-# only way to reach a node cut off from the network).
+# Client calls through the published HTTP port of a node, run in $tmp so the CLI takes the
+# admin token from $tmp/.env (the path the README gives); or inside its container (the only
+# way to reach a node cut off from the network; the container has the token in its env).
 api() {
   local n=$1
   shift
-  "$bin" "$@" --addr "$bind:${http[$n]}" --timeout 3s
+  (cd "$tmp" && "$bin" "$@" --addr "$bind:${http[$n]}" --timeout 3s)
+}
+# api_no_token: the same call sending no token (an empty variable: the CLI skips .env).
+api_no_token() {
+  local n=$1
+  shift
+  WSREGISTRY_ADMIN_TOKEN= "$bin" "$@" --addr "$bind:${http[$n]}" --timeout 3s
 }
 inside() {
   local n=$1
@@ -177,11 +195,42 @@ unfenced() {
   m=$(api "$1" members --json) || return 1
   [ "$(json_field fenced <<<"$m")" = false ] || { echo "$1 still fenced"; return 1; }
 }
+# peers_by_key NODE...: every NODE authenticates its peers with the cluster key.
+peers_by_key() {
+  local n s
+  for n in "$@"; do
+    s=$(api "$n" members --json | json_field peer_security) || return 1
+    [ "$s" = cluster-key ] || { echo "$n: peer_security \"$s\", want cluster-key"; return 1; }
+  done
+}
+# rogue_refused: node1 refused the container with a wrong key, which is not a member.
+rogue_refused() {
+  docker logs "${cid[node1]}" 2>&1 | grep -q 'wrong cluster key' || { echo "node1 logged no refusal: $(docker logs --tail 3 "$rogue" 2>&1)"; return 1; }
+  ! api node1 members --json | grep -q '"rogue"' || { echo "rogue is a member"; return 1; }
+}
 ip_of() { docker inspect -f "{{with index .NetworkSettings.Networks \"$network\"}}{{.IPAddress}}{{end}}" "$1"; }
 running() { [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ] || { echo "not running"; return 1; }; }
 
 log "using ${compose_cmd[*]}; project $project; ports on $bind from $port0"
-WSREGISTRY_BINARY_OUT="$bin" scripts/image.sh "$tag" >/dev/null || fail "scripts/image.sh could not build the image"
+
+# --- secrets: compose-env.sh creates them once, then never overwrites ---
+scripts/compose-env.sh "$envfile" | sed 's/^/  /'
+[ "$(stat -c %a "$envfile")" = 600 ] || fail "compose-env.sh made $envfile mode $(stat -c %a "$envfile"), want 600"
+for k in WSREGISTRY_CLUSTER_KEY WSREGISTRY_ADMIN_TOKEN; do
+  grep -Eq "^$k=[0-9a-f]{64}\$" "$envfile" || fail "compose-env.sh wrote no 64-hex-digit $k"
+done
+cp "$envfile" "$tmp/env.before"
+scripts/compose-env.sh "$envfile" >/dev/null
+cmp -s "$envfile" "$tmp/env.before" || fail "compose-env.sh changed an existing env file"
+log "ok: compose-env.sh wrote both secrets (mode 600) and leaves an existing file alone"
+: >"$tmp/empty.env"
+if out=$("${compose_cmd[@]}" --env-file "$tmp/empty.env" -p "$project" -f "$root/docker-compose.yml" config 2>&1); then
+  fail "compose accepts docker-compose.yml without the secrets"
+fi
+grep -q 'run scripts/compose-env.sh' <<<"$out" || fail "compose without the secrets does not say to run scripts/compose-env.sh: $out"
+log "ok: compose refuses to start without the secrets and names scripts/compose-env.sh"
+
+WSREGISTRY_SKIP_COMPOSE_ENV=1 WSREGISTRY_BINARY_OUT="$bin" scripts/image.sh "$tag" >/dev/null || fail "scripts/image.sh could not build the image"
 log "image wsregistry:$tag built"
 
 # --- up: three nodes, one leader ---
@@ -190,6 +239,22 @@ for n in "${nodes[@]}"; do cid[$n]=$(compose ps -q "$n"); done
 wait_for 90 "three nodes formed one cluster with a leader" cluster_ok "${nodes[@]}"
 leader=$(leader_of "${nodes[@]}")
 log "leader: $leader"
+
+# --- credentials are on: peers by key, admin by token, reads open ---
+wait_for 5 "every node authenticates its peers with the cluster key" peers_by_key "${nodes[@]}"
+out=$(api_no_token node1 remove ghost 2>&1) && fail "remove without a token succeeded: $out"
+grep -q 401 <<<"$out" || fail "remove from the host without a token: want 401, got: $out"
+log "ok: an admin call from the host without the token is refused (401)"
+out=$(api node1 remove ghost 2>&1) && fail "remove of an unknown node succeeded: $out"
+grep -q 'no member with id ghost' <<<"$out" || fail "remove with the token from .env was not authorized: $out"
+log "ok: the same call with the admin token from .env is authorized"
+api_no_token node2 members >/dev/null || fail "members without a token: $(api_no_token node2 members 2>&1)"
+log "ok: reads need no token"
+docker run -d --name "$rogue" --network "$network" --env WSREGISTRY_CLUSTER_KEY=not-the-key \
+  "wsregistry:$tag" serve --node-id rogue --advertise "$rogue" --bootstrap-expect 3 --join node1:8429 >/dev/null
+wait_for 30 "node1 refused a container with a wrong cluster key" rogue_refused
+docker rm -f -v "$rogue" >/dev/null
+wait_for 10 "still one cluster of three" cluster_ok "${nodes[@]}"
 
 # --- a demo agent registers through the alias ---
 compose up -d agent-demo 2>&1 | sed 's/^/  /'

@@ -6,6 +6,9 @@
 # also keeps a copy of the binary there (the compose test runs it as a client).
 # The build context is a staging directory holding only the binary and an empty data/
 # directory (no builder image can be pulled here), so nothing else of the tree is sent.
+# When .env (the compose cluster's secrets) is missing next to docker-compose.yml, it is
+# created by scripts/compose-env.sh, so `docker compose up -d` works next;
+# WSREGISTRY_SKIP_COMPOSE_ENV=1 leaves it alone (the compose test brings its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +35,6 @@ if ! docker build --quiet -f deploy/Dockerfile "${tags[@]}" \
 fi
 grep -v -i -E 'deprecated|buildx|^sha256:|^ *$' "$ctx/build.log" >&2 || true
 docker image inspect "$repo:$version" --format "image $repo:$version {{.Id}} {{.Size}} bytes"
+if [ ! -e .env ] && [ "${WSREGISTRY_SKIP_COMPOSE_ENV:-}" != 1 ]; then
+  scripts/compose-env.sh
+fi

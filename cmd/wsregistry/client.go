@@ -25,6 +25,9 @@ type clientFlags struct {
 	asJSON     bool
 	timeout    time.Duration
 	tlsCA      string
+	// tokenFrom names the file adminToken was read from (dotEnvFile), empty when it came
+	// from the flag or the environment; errors mention it, so a stale file is easy to spot.
+	tokenFrom string
 }
 
 // httpClient trusts --tls-ca for https:// addresses.
@@ -43,7 +46,7 @@ func newClientFlagSet(name, synopsis string, c *clientFlags, stderr io.Writer) *
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8428", "HTTP address of any node")
-	fs.StringVar(&c.adminToken, "admin-token", "", "admin token for join, leave and remove")
+	fs.StringVar(&c.adminToken, "admin-token", "", "admin token for join, leave, remove, snapshot and fetch (neither flag nor env given: WSREGISTRY_ADMIN_TOKEN from ./.env, as scripts/compose-env.sh writes it)")
 	fs.BoolVar(&c.asJSON, "json", false, "print JSON instead of a table")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "CA bundle to verify a node served over HTTPS (--addr https://host:8428)")
@@ -156,11 +159,97 @@ func clientCommandWith(name, synopsis string, args []string, stdout, stderr io.W
 		fs.Usage()
 		return 2
 	}
+	if err := c.tokenFromDotEnv(fs, dotEnvFile); err != nil {
+		// A broken .env must not stop read commands: say so and go on without a token.
+		fmt.Fprintf(stderr, "wsregistry %s: not using %s: %v\n", name, dotEnvFile, err)
+	}
 	if err := fn(&c, positional, stdout); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.status == http.StatusUnauthorized {
+			switch {
+			case c.tokenFrom != "":
+				err = fmt.Errorf("%w (the admin token was read from %s; is it this cluster's?)", err, c.tokenFrom)
+			case c.adminToken == "":
+				err = fmt.Errorf("%w (no token was sent; beside docker-compose.yml it is read from %s)", err, dotEnvFile)
+			}
+		}
 		fmt.Fprintf(stderr, "wsregistry %s: %v\n", name, err)
 		return 1
 	}
 	return 0
+}
+
+// dotEnvFile is the file, in the working directory, where client commands look for
+// WSREGISTRY_ADMIN_TOKEN when neither --admin-token nor the variable is given: the .env that
+// scripts/compose-env.sh writes next to docker-compose.yml, so that admin commands run there
+// reach the compose cluster (whose published ports are not a trusted network) without the
+// secret being pasted onto a command line.
+const dotEnvFile = ".env"
+
+// tokenFromDotEnv sets the admin token from path unless --admin-token or its environment
+// twin was given; either one, even empty, wins (WSREGISTRY_ADMIN_TOKEN= sends no token). A
+// missing file is not an error.
+func (c *clientFlags) tokenFromDotEnv(fs *flag.FlagSet, path string) error {
+	given := false
+	// applyEnv sets the flag from the environment with fs.Set, so Visit sees both sources.
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "admin-token" })
+	if given {
+		return nil
+	}
+	tok, found, err := readDotEnv(path, envName("admin-token"))
+	if err != nil || !found || tok == "" {
+		return err
+	}
+	c.adminToken, c.tokenFrom = tok, path
+	return nil
+}
+
+// readDotEnv returns the value of key in an env file as Compose reads it: KEY=value lines,
+// an optional "export " before the key, the value optionally in single or double quotes,
+// blank lines, lines starting with '#' and, after an unquoted value, " #" comments ignored;
+// a later line wins. Other keys are not interpreted. Errors never contain a value.
+func readDotEnv(path, key string) (value string, found bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(strings.TrimSuffix(line, "\r"))
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		line = strings.TrimSpace(strings.TrimPrefix(line, "export "))
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.TrimSpace(k) != key {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if v != "" && (v[0] == '"' || v[0] == '\'') {
+			end := strings.IndexByte(v[1:], v[0])
+			if end < 0 {
+				return "", false, fmt.Errorf("%s line %d: the value of %s has no closing quote", path, i+1, key)
+			}
+			v = v[1 : 1+end]
+		} else if j := strings.IndexFunc(v, inlineComment()); j >= 0 {
+			v = strings.TrimSpace(v[:j])
+		}
+		value, found = v, true
+	}
+	return value, found, nil
+}
+
+// inlineComment matches the '#' that starts a comment after an unquoted value: one that
+// follows a blank ("KEY=abc # note"); a '#' inside the value ("KEY=a#b") is kept.
+func inlineComment() func(rune) bool {
+	prevBlank := false
+	return func(r rune) bool {
+		hit := r == '#' && prevBlank
+		prevBlank = r == ' ' || r == '\t'
+		return hit
+	}
 }
 
 func runWhere(args []string, stdout, stderr io.Writer) int {
@@ -277,7 +366,7 @@ func runHealthcheck(args []string, stdout, stderr io.Writer) int {
 }
 
 func runJoin(args []string, stdout, stderr io.Writer) int {
-	return clientCommand("join", "Usage: wsregistry join [flags] <http-addr-of-new-node>\n\nAdds the node listening at that HTTP address to the cluster of --addr.", args, stdout, stderr, 1, 1,
+	return clientCommand("join", "Usage: wsregistry join [flags] <peer-addr-of-new-node>\n\nAdds the node whose peer port (its --raft-addr, host:8429; not its HTTP address) is at that\naddress to the cluster of --addr. An admin call: --admin-token, WSREGISTRY_ADMIN_TOKEN or ./.env.", args, stdout, stderr, 1, 1,
 		func(c *clientFlags, args []string, stdout io.Writer) error {
 			var out map[string]string
 			if _, err := c.apiCall(http.MethodPost, "/v1/join?addr="+url.QueryEscape(args[0]), nil, &out); err != nil {
