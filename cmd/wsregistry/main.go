@@ -23,7 +23,7 @@ Commands:
   list           every namespace and its instances
   members        cluster members, leader, raft progress
   healthcheck    exit 0 when the node is ready
-  join ADDR      add the node at HTTP address ADDR to the cluster
+  join ADDR      add the node whose peer address (--raft-addr) is ADDR to the cluster
   leave          make the node at --addr leave the cluster and stop
   remove ID      remove a member that is gone for good
   fetch NS/PATH [PROPS]  call an agent through the registry, print its result

@@ -3,6 +3,13 @@
 // DOM calls and textContent: nothing from the registry is ever parsed as HTML.
 "use strict";
 
+// A registry with read tokens serves this page at /?token=<read token>: the page's own
+// requests carry it on (EventSource cannot send an Authorization header).
+const TOKEN = new URLSearchParams(location.search).get("token");
+function withToken(path) {
+  return TOKEN ? path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN) : path;
+}
+
 const MAX_ROWS = 200; // instances shown per namespace before "and N more"
 
 const model = {
@@ -75,7 +82,7 @@ function setConn(state, text) {
 function connect() {
   // EventSource reconnects by itself and sends Last-Event-ID, so the node resumes the
   // stream after the last change we saw (or sends the full state when it cannot).
-  const es = new EventSource("/v1/watch");
+  const es = new EventSource(withToken("/v1/watch"));
   es.onopen = () => setConn("live", "live");
   es.onerror = () => setConn(es.readyState === EventSource.CLOSED ? "down" : "reconnecting", es.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…");
   es.addEventListener("state", (e) => { applyState(JSON.parse(e.data)); setConn("live", "live"); render(); });
@@ -85,7 +92,7 @@ function connect() {
 
 async function pollCluster() {
   try {
-    const r = await fetch("/v1/cluster", { cache: "no-store" });
+    const r = await fetch(withToken("/v1/cluster"), { cache: "no-store" });
     if (r.ok) {
       const v = await r.json();
       model.contact = new Map((v.members || []).map((m) => [m.id, m.last_contact_ms]));
