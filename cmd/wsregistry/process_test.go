@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -54,6 +56,7 @@ type proc struct {
 	cmd  *exec.Cmd
 	http string
 	ws   string
+	raft string
 	log  *syncBuffer
 	done chan struct{}
 	err  error
@@ -76,14 +79,56 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// startProc runs the binary in dir with args and env; ws and http are the addresses the
-// test expects it on.
-func startProc(t testing.TB, dir, ws, httpAddr string, env []string, args ...string) *proc {
+// nodeAddrs are the three listen addresses of one node.
+type nodeAddrs struct{ ws, http, raft string }
+
+// flags are the listen flags that put a node on a.
+func (a nodeAddrs) flags() []string {
+	return []string{"--ws-addr", a.ws, "--http-addr", a.http, "--raft-addr", a.raft}
+}
+
+// freeAddrs asks the kernel for three free ports on ip (all three held open at once, so
+// they differ) and releases them for the process to bind. Never a fixed port: the suite
+// runs beside a registry someone started by hand on the defaults.
+func freeAddrs(t testing.TB, ip string) nodeAddrs {
+	t.Helper()
+	var addrs [3]string
+	var lns []net.Listener
+	for i := range addrs {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatalf("no free port on %s: %v", ip, err)
+		}
+		lns = append(lns, ln)
+		addrs[i] = ln.Addr().String()
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return nodeAddrs{ws: addrs[0], http: addrs[1], raft: addrs[2]}
+}
+
+// childEnv is this process's environment without the variables that configure the
+// registry, so that a developer's WSREGISTRY_* settings never leak into a test's node.
+func childEnv(extra []string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "WSREGISTRY_") || strings.HasPrefix(kv, iocorePortEnv+"=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// startProc runs the binary in dir with args and env; a holds the addresses the test
+// expects it on (args must put it there).
+func startProc(t testing.TB, dir string, a nodeAddrs, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	p := &proc{t: t, cmd: cmd, ws: ws, http: httpAddr, log: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Env = childEnv(env)
+	p := &proc{t: t, cmd: cmd, ws: a.ws, http: a.http, raft: a.raft, log: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -96,6 +141,81 @@ func startProc(t testing.TB, dir, ws, httpAddr string, env []string, args ...str
 		}
 	})
 	return p
+}
+
+// errPortTaken: the process could not bind a port the kernel had given the test, because
+// something else took it in between.
+var errPortTaken = errors.New("a listen port was taken")
+
+// waitListening waits until the process has bound its listeners (it prints its addresses
+// once registry.Start returned). It returns errPortTaken when the process exited because
+// a port was in use, and fails the test on any other exit.
+func (p *proc) waitListening(within time.Duration) error {
+	p.t.Helper()
+	var taken bool
+	eventually(p.t, within, func() bool {
+		if strings.Contains(p.log.String(), ": agents ws://") {
+			return true
+		}
+		if p.exited() {
+			if taken = strings.Contains(p.log.String(), "address already in use"); taken {
+				return true
+			}
+			p.t.Fatalf("process exited before listening: %v\n%s", p.err, p.log.String())
+		}
+		return false
+	}, "process never listened:\n%s", p.log.String())
+	if taken {
+		return errPortTaken
+	}
+	return nil
+}
+
+// nodeSpec says how to start node i of a group, given every node's addresses (a node
+// usually needs the others' peer addresses for --join).
+type nodeSpec func(i int, all []nodeAddrs) (dir string, env []string, args []string)
+
+// startNodes starts one process per ip, each on ports from the kernel. A port can be
+// taken between the kernel handing it out and the process binding it: then the whole group
+// starts again on fresh ports (the others' --join lists would be stale otherwise).
+func startNodes(t testing.TB, ips []string, spec nodeSpec) []*proc {
+	t.Helper()
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		all := make([]nodeAddrs, len(ips))
+		for i, ip := range ips {
+			all[i] = freeAddrs(t, ip)
+		}
+		procs := make([]*proc, len(ips))
+		for i := range ips {
+			dir, env, args := spec(i, all)
+			procs[i] = startProc(t, dir, all[i], env, append(all[i].flags(), args...)...)
+		}
+		var taken error
+		for _, p := range procs {
+			if err := p.waitListening(20 * time.Second); err != nil {
+				taken = err
+			}
+		}
+		if taken == nil {
+			return procs
+		}
+		for _, p := range procs {
+			p.kill()
+		}
+		if attempt == attempts {
+			t.Fatalf("%v %d times in a row: something is grabbing ports on %v", taken, attempts, ips)
+		}
+		t.Logf("%v between asking the kernel and the process binding it: starting again on fresh ports", taken)
+	}
+}
+
+// startNode starts one node on ip with ports from the kernel.
+func startNode(t testing.TB, dir, ip string, env []string, args ...string) *proc {
+	t.Helper()
+	return startNodes(t, []string{ip}, func(int, []nodeAddrs) (string, []string, []string) {
+		return dir, env, args
+	})[0]
 }
 
 func (p *proc) kill() {
@@ -205,15 +325,68 @@ func (a *agent) online(ns string) {
 	}
 }
 
-// loopbackNet returns a random 127.x.y.0 prefix so concurrent tests never share an address,
-// letting every node use the standard ports as it would on its own host.
+// loopbackNet returns a random 127.x.y. prefix (x, y in 1..250, so never 127.0.0.1's
+// network) so that concurrent tests rarely share an address; ports come from the kernel.
 func loopbackNet() string {
 	return fmt.Sprintf("127.%d.%d.", 1+rand.IntN(250), 1+rand.IntN(250))
 }
 
+// loopbackIPs returns n addresses <net>1 .. <net>n of one random loopback /24.
+func loopbackIPs(n int) (prefix string, ips []string) {
+	prefix = loopbackNet()
+	for i := range n {
+		ips = append(ips, fmt.Sprintf("%s%d", prefix, i+1))
+	}
+	return prefix, ips
+}
+
+// defaultAddrs are where a node with no flags listens, read from serve's own flag
+// defaults (not parsed, so no environment variable changes them).
+func defaultAddrs() nodeAddrs {
+	var c serveConfig
+	serveFlags(&c, io.Discard)
+	return nodeAddrs{ws: c.wsAddr, http: c.httpAddr, raft: c.raftAddr}
+}
+
+// needDefaultPorts skips the test, loudly, when another process (typically a registry a
+// developer started by hand) holds one of the default ports; in CI (CI=true) nothing should,
+// so there it fails instead.
+func needDefaultPorts(t *testing.T, def nodeAddrs, cause error) {
+	t.Helper()
+	var busy []string
+	if cause != nil {
+		busy = append(busy, cause.Error())
+	}
+	for _, addr := range []string{def.ws, def.http, def.raft} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			busy = append(busy, err.Error())
+			continue
+		}
+		ln.Close()
+	}
+	if len(busy) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("the no-flags test needs the default addresses %s, %s and %s free, but %s", def.ws, def.http, def.raft, strings.Join(busy, "; "))
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s (CI=true: nothing else may listen there on a CI runner)", msg)
+	}
+	t.Skipf("SKIPPED, NOT PASSED: %s. Stop the registry running on this machine to run it (with CI=true this is a failure).", msg)
+}
+
 func TestProcess_NoFlagsServesAgentsOnDefaultPortsWithDataInDotData(t *testing.T) {
+	def := defaultAddrs()
+	needDefaultPorts(t, def, nil)
+	local := func(addr string) string {
+		_, port, _ := net.SplitHostPort(addr)
+		return net.JoinHostPort("127.0.0.1", port)
+	}
 	dir := t.TempDir()
-	p := startProc(t, dir, "127.0.0.1:8427", "127.0.0.1:8428", nil)
+	p := startProc(t, dir, nodeAddrs{ws: local(def.ws), http: local(def.http), raft: local(def.raft)}, nil)
+	if err := p.waitListening(20 * time.Second); err != nil {
+		needDefaultPorts(t, def, fmt.Errorf("%w: another process bound it after the check", err))
+	}
 	p.waitReady(20 * time.Second)
 	a := dialAgent(t, p.ws, "10.0.0.7:9001")
 	a.online("user-service")
@@ -243,16 +416,19 @@ func TestProcess_NoFlagsServesAgentsOnDefaultPortsWithDataInDotData(t *testing.T
 
 func TestProcess_Kill9RestartPurgesStaleSessions(t *testing.T) {
 	dir := t.TempDir()
-	net := loopbackNet()
-	args := []string{"--ws-addr", net + "1:8427", "--http-addr", net + "1:8428", "--raft-addr", net + "1:8429", "--data-dir", "d"}
-	p := startProc(t, dir, net+"1:8427", net+"1:8428", nil, args...)
+	p := startNode(t, dir, loopbackNet()+"1", nil, "--data-dir", "d")
 	p.waitReady(20 * time.Second)
 	a := dialAgent(t, p.ws, "10.0.0.7:9001")
 	a.online("svc")
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
 
-	p2 := startProc(t, dir, net+"1:8427", net+"1:8428", nil, args...)
+	// The restart must come back on the same addresses: its raft state names them.
+	addrs := nodeAddrs{ws: p.ws, http: p.http, raft: p.raft}
+	p2 := startProc(t, dir, addrs, nil, append(addrs.flags(), "--data-dir", "d")...)
+	if err := p2.waitListening(20 * time.Second); err != nil {
+		t.Fatalf("restart on the killed run's addresses %v: %v (another process took one of them after the kill)", addrs, err)
+	}
 	p2.waitReady(20 * time.Second)
 	if !strings.Contains(p2.log.String(), "restarting from existing raft state") {
 		t.Fatalf("restart did not reuse the raft state:\n%s", p2.log.String())
@@ -267,25 +443,27 @@ func TestProcess_Kill9RestartPurgesStaleSessions(t *testing.T) {
 	}
 }
 
+// peerAddrs are the nodes' peer addresses as --join takes them.
+func peerAddrs(all []nodeAddrs) string {
+	var join []string
+	for _, a := range all {
+		join = append(join, a.raft)
+	}
+	return strings.Join(join, ",")
+}
+
 // threeProcs starts a three-node cluster of processes on one random loopback /24, node i
-// on <net>.(i+1) with the standard ports, all started alike.
+// on <net>(i+1) with ports from the kernel, all started alike.
 func threeProcs(t *testing.T, grace string) []*proc {
 	t.Helper()
-	net := loopbackNet()
-	var join []string
-	for i := range 3 {
-		join = append(join, fmt.Sprintf("%s%d:8429", net, i+1))
-	}
-	procs := make([]*proc, 3)
-	for i := range 3 {
-		ip := fmt.Sprintf("%s%d", net, i+1)
-		procs[i] = startProc(t, t.TempDir(), ip+":8427", ip+":8428", nil,
+	_, ips := loopbackIPs(3)
+	procs := startNodes(t, ips, func(i int, all []nodeAddrs) (string, []string, []string) {
+		return t.TempDir(), nil, []string{
 			"--node-id", fmt.Sprintf("node%d", i), "--data-dir", "d",
-			"--ws-addr", ip+":8427", "--http-addr", ip+":8428", "--raft-addr", ip+":8429",
-			"--bootstrap-expect", "3", "--join", strings.Join(join, ","), "--node-grace", grace,
+			"--bootstrap-expect", "3", "--join", peerAddrs(all), "--node-grace", grace,
 			"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms",
-			"--log-level", "debug")
-	}
+			"--log-level", "debug"}
+	})
 	for _, p := range procs {
 		p.waitReady(30 * time.Second)
 	}
