@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -55,6 +56,15 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 		args = append([]any{"component", a.name}, args...)
 	}
 	args = append(args, a.args...)
+	for i, v := range args {
+		// raft passes some values as hclog.Fmt(format, args...), formatted by hclog's own
+		// writer: format them here, or slog prints the raw format string.
+		if f, ok := v.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				args[i] = fmt.Sprintf(format, f[1:]...)
+			}
+		}
+	}
 	a.logger.Log(ctx, sl, msg, args...)
 }
 

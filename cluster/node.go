@@ -241,7 +241,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 			n.Close()
 			return nil, fmt.Errorf("cluster: bootstrap: %w", err)
 		}
-		n.log.Info("bootstrapped a one-node cluster", "node", cfg.NodeID, "raft", cfg.Advertise)
+		n.log.Info("bootstrapped a one-node cluster", "raft", cfg.Advertise)
 	} else if hasState {
 		n.log.Info("restarting from existing raft state", "node", cfg.NodeID, "dir", raftDir)
 	}

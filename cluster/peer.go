@@ -70,6 +70,10 @@ type PeerAuth struct {
 	OnRefused func(remote net.Addr, reason string)
 	// HandshakeTimeout bounds the whole handshake (default 5 s).
 	HandshakeTimeout time.Duration
+	// localIP, when set, is the source address of dialed connections: the node's own
+	// peer-port IP, so peers see (and --trusted-networks judges) that address rather than
+	// whichever the routing table picks.
+	localIP net.IP
 }
 
 // Security reports the mode in force.
@@ -122,6 +126,9 @@ func (a *PeerAuth) dialPeer(ctx context.Context, address string, kind byte) (net
 		deadline = d
 	}
 	d := net.Dialer{Deadline: deadline}
+	if a.localIP != nil {
+		d.LocalAddr = &net.TCPAddr{IP: a.localIP}
+	}
 	conn, err := d.DialContext(ctx, "tcp", address)
 	if err != nil {
 		return nil, err
@@ -224,7 +231,8 @@ func (a *PeerAuth) serverHandshake(conn net.Conn) (net.Conn, byte, error) {
 			trusted = isLoopback
 		}
 		if !trusted(conn.RemoteAddr()) {
-			return nil, 0, refuse(conn, "peers off this host need credentials: set the same --cluster-key (or --tls-cert, --tls-key and --tls-ca) on every node, or --cluster-insecure on a trusted network")
+			host, _, _ := net.SplitHostPort(conn.RemoteAddr().String())
+			return nil, 0, refuse(conn, "peer "+host+" is not on --trusted-networks and no credential is set: give every node the same --cluster-key (or --tls-cert, --tls-key and --tls-ca), or --cluster-insecure on a trusted network")
 		}
 	}
 	if _, err := conn.Write([]byte{peerAccepted}); err != nil {
@@ -240,6 +248,8 @@ type refusal struct{ reason string }
 func (r refusal) Error() string { return r.reason }
 
 func refuse(conn net.Conn, reason string) error {
+	// The handshake's deadline may have passed (a silent client): the reason still goes out.
+	conn.SetWriteDeadline(time.Now().Add(time.Second))
 	conn.Write(append([]byte{peerRefused}, reason+"\n"...))
 	return refusal{reason}
 }

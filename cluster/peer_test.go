@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -213,4 +214,23 @@ func TestPeer_HTTPPortGivenAsPeerSaysSo(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Fatalf("took %v to notice an HTTP port", took)
 	}
+}
+
+// Peers dial from their own peer-port address, so --trusted-networks judges the node's
+// address, not whichever source the routing table picks (127.0.0.1 for any loopback peer).
+func TestPeer_TrustedNetworksSeeThePeersOwnAddress(t *testing.T) {
+	const prefix = "127.77.0."
+	inNet := func(remote net.Addr) bool { return strings.HasPrefix(remote.String(), prefix) }
+	i := 0
+	nodes := startCluster(t, 3, func(c *Config) {
+		i++
+		ln, err := net.Listen("tcp", fmt.Sprintf("%s%d:0", prefix, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Listener.Close()
+		c.Listener, c.Advertise = ln, ln.Addr().String()
+		c.Peer = PeerAuth{Trusted: inNet} // no key, no TLS: the address is all there is
+	})
+	commit(t, followerOf(t, nodes), meta("trusted-by-address"))
 }

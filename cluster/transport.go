@@ -38,6 +38,9 @@ func newStreamLayer(ln net.Listener, advertise string, auth *PeerAuth) (*streamL
 	}
 	// A DNS name is kept as it is (resolved on every dial), so a cluster whose members come
 	// back with new IPs (Kubernetes pods, compose containers) still finds itself.
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
+		auth.localIP = tcp.IP
+	}
 	s := &streamLayer{auth: auth, advertise: advertiseAddr(advertise)}
 	s.peers = newPeerListener(ln, auth, s.partitioned.Load)
 	return s, nil
