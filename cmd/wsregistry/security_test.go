@@ -551,7 +551,7 @@ func TestSecurity_NodeWithoutClusterKeyRefusesPeersOutsideTrustedNetworks(t *tes
 		"--cluster-key", secClusterKey, "--join", lone.raft)
 	eventually(t, 15*time.Second, func() bool {
 		l := joiner.log.String()
-		return strings.Contains(l, "a peer refused this node") && strings.Contains(l, "peers off this host need credentials")
+		return strings.Contains(l, "a peer refused this node") && strings.Contains(l, "is not on --trusted-networks")
 	}, "the joiner never logged the refusal:\n%s", joiner.log.String())
 	o := newOutsider(t, ips[0])
 	eventually(t, 5*time.Second, func() bool { return o.refusals(t, lone)["peer"] > 0 },
