@@ -3,12 +3,13 @@ package fsm
 import (
 	"encoding/binary"
 	"fmt"
+	"reflect"
 	"unicode/utf8"
 )
 
 // TypeBinaryBatch is a Batch in a compact binary form. Every node decodes every entry, and the
-// leader also each batch a follower forwards; with JSON that decoding was the largest single
-// cost of a registration (encoding/json, ~15% of the leader's CPU under register load).
+// leader also each batch a follower forwards, so decoding is paid many times per registration
+// and must be cheap: the binary form is read field by field, without reflection.
 //
 // Layout after the type byte: uvarint count, then count items, each
 //
@@ -41,85 +42,43 @@ func appendBinaryBatch(out []byte, b Batch) ([]byte, error) {
 	return out, nil
 }
 
+// appendBinaryBody appends the binary body of a command in a batch to out.
 func appendBinaryBody(out []byte, cmd Command) ([]byte, error) {
-	cmd, err := derefCommand(cmd)
-	if err != nil {
-		return nil, err
-	}
 	switch c := cmd.(type) {
 	case nil:
 		return nil, fmt.Errorf("%w: nil command", ErrMalformed)
-	case Register:
-		out = appendString(out, c.RequestID)
-		out = appendString(out, c.Reg.Namespace)
-		out = appendString(out, c.Reg.Address)
-		out = appendSession(out, c.Reg.Session)
-		return binary.AppendVarint(out, c.Reg.Since), nil
-	case Deregister:
-		out = appendString(out, c.RequestID)
-		return appendSession(out, c.Session), nil
-	case PurgeNode:
-		out = appendString(out, c.RequestID)
-		out = appendString(out, c.Node)
-		return binary.AppendUvarint(out, c.UpToIncarnation), nil
-	case SetNode:
-		out = appendString(out, c.RequestID)
-		out = appendString(out, c.Meta.ID)
-		out = appendString(out, c.Meta.WSAddr)
-		out = appendString(out, c.Meta.HTTPAddr)
-		out = appendString(out, c.Meta.RaftAddr)
-		out = binary.AppendUvarint(out, c.Meta.Incarnation)
-		return binary.AppendUvarint(out, c.Meta.Features), nil
-	case RemoveNode:
-		out = appendString(out, c.RequestID)
-		return appendString(out, c.Node), nil
-	case Unregister:
-		out = appendString(out, c.RequestID)
-		out = appendSession(out, c.Session)
-		return appendString(out, c.Namespace), nil
-	case Unknown:
-		if c.T&IgnoreIfUnknown == 0 || known(c.T) {
-			return nil, fmt.Errorf("%w: Unknown with type %#x must carry IgnoreIfUnknown", ErrMalformed, uint8(c.T))
-		}
-		return append(out, c.Body...), nil
 	case Batch, *Batch:
 		return nil, fmt.Errorf("%w: nested batch", ErrMalformed)
-	}
-	return nil, fmt.Errorf("%w: %d (%T)", ErrUnknownType, cmd.Type(), cmd)
-}
-
-// derefCommand turns a pointer to a command into the command (json.Marshal accepted both).
-func derefCommand(cmd Command) (Command, error) {
-	var p any
-	switch c := cmd.(type) {
-	case *Register:
-		p, cmd = c, deref(c)
-	case *Deregister:
-		p, cmd = c, deref(c)
-	case *PurgeNode:
-		p, cmd = c, deref(c)
-	case *SetNode:
-		p, cmd = c, deref(c)
-	case *RemoveNode:
-		p, cmd = c, deref(c)
-	case *Unregister:
-		p, cmd = c, deref(c)
 	case *Unknown:
-		p, cmd = c, deref(c)
-	default:
-		return cmd, nil
+		if c == nil {
+			return nil, fmt.Errorf("%w: nil %T", ErrMalformed, c)
+		}
+		return appendUnknown(out, *c)
+	case Unknown:
+		return appendUnknown(out, c)
 	}
-	if cmd == nil {
-		return nil, fmt.Errorf("%w: nil %T", ErrMalformed, p)
+	if isNilPointer(cmd) {
+		return nil, fmt.Errorf("%w: nil %T", ErrMalformed, cmd)
 	}
-	return cmd, nil
+	k := kindOf(cmd)
+	if k == nil {
+		return nil, fmt.Errorf("%w: %d (%T)", ErrUnknownType, cmd.Type(), cmd)
+	}
+	return k.appendBinary(out, cmd)
 }
 
-func deref[T Command](p *T) Command {
-	if p == nil {
-		return nil
+func appendUnknown(out []byte, u Unknown) ([]byte, error) {
+	if u.T&IgnoreIfUnknown == 0 || known(u.T) {
+		return nil, fmt.Errorf("%w: Unknown with type %#x must carry IgnoreIfUnknown", ErrMalformed, uint8(u.T))
 	}
-	return *p
+	return append(out, u.Body...), nil
+}
+
+// isNilPointer reports whether cmd is a nil pointer to a command (Encode accepts pointers,
+// as json.Marshal does), on which Type would panic.
+func isNilPointer(cmd Command) bool {
+	v := reflect.ValueOf(cmd)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 func appendString(out []byte, s string) []byte {
@@ -162,58 +121,18 @@ func decodeBinaryBatch(b []byte) (Command, error) {
 }
 
 func decodeBinaryBody(t CommandType, body []byte) (Command, error) {
-	r := binReader{b: body}
-	var cmd Command
-	switch t {
-	case TypeRegister:
-		var c Register
-		c.RequestID = r.string()
-		c.Reg.Namespace = r.string()
-		c.Reg.Address = r.string()
-		c.Reg.Session = r.session()
-		c.Reg.Since = r.varint()
-		cmd = c
-	case TypeDeregister:
-		var c Deregister
-		c.RequestID = r.string()
-		c.Session = r.session()
-		cmd = c
-	case TypePurgeNode:
-		var c PurgeNode
-		c.RequestID = r.string()
-		c.Node = r.string()
-		c.UpToIncarnation = r.uvarint()
-		cmd = c
-	case TypeSetNode:
-		var c SetNode
-		c.RequestID = r.string()
-		c.Meta.ID = r.string()
-		c.Meta.WSAddr = r.string()
-		c.Meta.HTTPAddr = r.string()
-		c.Meta.RaftAddr = r.string()
-		c.Meta.Incarnation = r.uvarint()
-		c.Meta.Features = r.uvarint()
-		cmd = c
-	case TypeRemoveNode:
-		var c RemoveNode
-		c.RequestID = r.string()
-		c.Node = r.string()
-		cmd = c
-	case TypeUnregister:
-		var c Unregister
-		c.RequestID = r.string()
-		c.Session = r.session()
-		c.Namespace = r.string()
-		cmd = c
-	case TypeBatch, TypeBinaryBatch:
+	if t == TypeBatch || t == TypeBinaryBatch {
 		return nil, fmt.Errorf("%w: nested batch", ErrMalformed)
-	default:
+	}
+	k := kinds[t]
+	if k == nil {
 		if t&IgnoreIfUnknown == 0 {
 			return nil, fmt.Errorf("%w: %d", ErrUnknownType, uint8(t))
 		}
 		return Unknown{T: t, Body: append([]byte(nil), body...)}, nil
 	}
-	if r.err != nil {
+	cmd, err := k.decodeBinary(body)
+	if err != nil {
 		return nil, fmt.Errorf("%w: type %d: truncated body", ErrMalformed, uint8(t))
 	}
 	return cmd, nil

@@ -216,14 +216,6 @@ func encodeJSONBatch(b Batch) ([]byte, error) {
 	return append(out, ']'), nil
 }
 
-func known(t CommandType) bool {
-	switch t {
-	case TypeRegister, TypeDeregister, TypePurgeNode, TypeSetNode, TypeBatch, TypeRemoveNode, TypeUnregister, TypeBinaryBatch:
-		return true
-	}
-	return false
-}
-
 // Decode parses a log entry written by Encode. Errors wrap ErrMalformed or
 // ErrUnknownType; an unknown type carrying IgnoreIfUnknown decodes to Unknown.
 func Decode(b []byte) (Command, error) {
@@ -256,42 +248,15 @@ func Decode(b []byte) (Command, error) {
 }
 
 func decodeBody(t CommandType, body []byte) (Command, error) {
-	var (
-		cmd Command
-		err error
-	)
-	switch t {
-	case TypeRegister:
-		var c Register
-		err = json.Unmarshal(body, &c)
-		cmd = c
-	case TypeDeregister:
-		var c Deregister
-		err = json.Unmarshal(body, &c)
-		cmd = c
-	case TypePurgeNode:
-		var c PurgeNode
-		err = json.Unmarshal(body, &c)
-		cmd = c
-	case TypeSetNode:
-		var c SetNode
-		err = json.Unmarshal(body, &c)
-		cmd = c
-	case TypeRemoveNode:
-		var c RemoveNode
-		err = json.Unmarshal(body, &c)
-		cmd = c
-	case TypeUnregister:
-		var c Unregister
-		err = json.Unmarshal(body, &c)
-		cmd = c
-	default:
+	k := kinds[t]
+	if k == nil {
 		if t&IgnoreIfUnknown == 0 {
 			return nil, fmt.Errorf("%w: %d", ErrUnknownType, uint8(t))
 		}
 		// The body is not inspected: a newer node may use any encoding.
 		return Unknown{T: t, Body: append(json.RawMessage(nil), body...)}, nil
 	}
+	cmd, err := k.decodeJSON(body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: type %d: %v", ErrMalformed, uint8(t), err)
 	}

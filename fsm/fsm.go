@@ -98,7 +98,6 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 		panic(fmt.Sprintf("fsm: cannot apply log entry %d (term %d): %v", l.Index, l.Term, err))
 	}
 
-	var changes []Change
 	f.mu.Lock()
 	st := f.st
 	st.index = l.Index
@@ -106,11 +105,12 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	if b, ok := cmd.(Batch); ok {
 		results = make([]error, len(b.Commands))
 		for i, c := range b.Commands {
-			results[i] = st.apply(c, &changes)
+			results[i] = st.apply(c)
 		}
 	} else {
-		results = []error{st.apply(cmd, &changes)}
+		results = []error{st.apply(cmd)}
 	}
+	changes := st.takeChanges()
 	obs := f.observer
 	f.mu.Unlock()
 

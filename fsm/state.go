@@ -32,6 +32,12 @@ type state struct {
 
 	requests   *ring[string, result]
 	tombstones *ring[SessionID, struct{}]
+
+	// changes collects what the Apply in progress changed, for the observer; Apply
+	// takes it. It lives here rather than in a parameter because the commands' apply
+	// functions are called through kinds, and a pointer passed that way escapes to the
+	// heap: one allocation per Apply.
+	changes []Change
 }
 
 func newState(maxRequests, maxTombstones int) *state {
@@ -56,30 +62,26 @@ func newStateSized(maxRequests, maxTombstones int, n sizes) *state {
 // requestID is a command's request id ("" when it was sent without one); ok is false
 // for the types that carry none (Batch, Unknown).
 func requestID(cmd Command) (rid string, ok bool) {
-	switch c := cmd.(type) {
-	case Register:
-		return c.RequestID, true
-	case Deregister:
-		return c.RequestID, true
-	case PurgeNode:
-		return c.RequestID, true
-	case SetNode:
-		return c.RequestID, true
-	case RemoveNode:
-		return c.RequestID, true
-	case Unregister:
-		return c.RequestID, true
+	if k := kindOf(cmd); k != nil {
+		return k.requestID(cmd)
 	}
 	return "", false
 }
 
 // apply runs one non-batch command, with request-id dedup, and appends what
-// it changed to ch.
-func (st *state) apply(cmd Command, ch *[]Change) error {
+// it changed to st.changes.
+func (st *state) apply(cmd Command) error {
 	if _, ok := cmd.(Unknown); ok {
 		return nil
 	}
-	rid, ok := requestID(cmd)
+	k := kindOf(cmd)
+	var (
+		rid string
+		ok  bool
+	)
+	if k != nil {
+		rid, ok = k.requestID(cmd)
+	}
 	if !ok {
 		// Decode never yields anything else (nested batches included).
 		panic(fmt.Sprintf("fsm: cannot apply command %T", cmd))
@@ -89,29 +91,22 @@ func (st *state) apply(cmd Command, ch *[]Change) error {
 			return r.err()
 		}
 	}
-
-	var err error
-	switch c := cmd.(type) {
-	case Register:
-		err = st.register(c.Reg, ch)
-	case Deregister:
-		err = st.deregister(c.Session, ch)
-	case PurgeNode:
-		err = st.purgeNode(c.Node, c.UpToIncarnation, ch)
-	case SetNode:
-		err = st.setNode(c.Meta, ch)
-	case RemoveNode:
-		err = st.removeNode(c.Node, ch)
-	case Unregister:
-		err = st.unregister(c.Session, c.Namespace, ch)
-	}
+	err := k.apply(st, cmd)
 	if rid != "" {
 		st.requests.add(rid, resultOf(err))
 	}
 	return err
 }
 
-func (st *state) register(r Registration, ch *[]Change) error {
+// takeChanges returns what the commands applied since the last call changed and starts
+// a new list.
+func (st *state) takeChanges() []Change {
+	ch := st.changes
+	st.changes = nil
+	return ch
+}
+
+func (st *state) register(r Registration) error {
 	if err := r.Validate(); err != nil {
 		return err
 	}
@@ -126,7 +121,7 @@ func (st *state) register(r Registration, ch *[]Change) error {
 		return nil // a repeat keeps the original registration and its Since
 	}
 	st.insert(r)
-	*ch = append(*ch, Change{Kind: ChangeRegister, Namespace: r.Namespace, Address: r.Address, Session: s.String(), Node: s.Node})
+	st.changes = append(st.changes, Change{Kind: ChangeRegister, Namespace: r.Namespace, Address: r.Address, Session: s.String(), Node: s.Node})
 	return nil
 }
 
@@ -167,7 +162,7 @@ func (st *state) insert(r Registration) {
 	set[s] = struct{}{}
 }
 
-func (st *state) deregister(s SessionID, ch *[]Change) error {
+func (st *state) deregister(s SessionID) error {
 	if s.Node == "" {
 		return invalidf("session has an empty node")
 	}
@@ -175,13 +170,13 @@ func (st *state) deregister(s SessionID, ch *[]Change) error {
 	// this Deregister raced may still be on its way.
 	st.tombstones.add(s, struct{}{})
 	if _, ok := st.sessions[s]; ok {
-		st.removeSessions(map[SessionID]struct{}{s: {}}, ch)
+		st.removeSessions(map[SessionID]struct{}{s: {}})
 	}
 	return nil
 }
 
 // unregister drops one namespace of a live session; unknown pairs are a no-op.
-func (st *state) unregister(s SessionID, ns string, ch *[]Change) error {
+func (st *state) unregister(s SessionID, ns string) error {
 	if s.Node == "" {
 		return invalidf("session has an empty node")
 	}
@@ -206,7 +201,7 @@ func (st *state) unregister(s SessionID, ns string, ch *[]Change) error {
 			return false
 		}
 		st.regCount--
-		*ch = append(*ch, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: r.Session.String(), Node: r.Session.Node})
+		st.changes = append(st.changes, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: r.Session.String(), Node: r.Session.Node})
 		return true
 	})
 	if len(list) == 0 {
@@ -219,7 +214,7 @@ func (st *state) unregister(s SessionID, ns string, ch *[]Change) error {
 
 // removeSessions drops every registration of the given live sessions, one
 // pass per affected namespace so purging a big node stays linear.
-func (st *state) removeSessions(gone map[SessionID]struct{}, ch *[]Change) {
+func (st *state) removeSessions(gone map[SessionID]struct{}) {
 	var affected []string
 	for s := range gone {
 		affected = append(affected, st.sessions[s]...)
@@ -240,7 +235,7 @@ func (st *state) removeSessions(gone map[SessionID]struct{}, ch *[]Change) {
 				return false
 			}
 			st.regCount--
-			*ch = append(*ch, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: r.Session.String(), Node: r.Session.Node})
+			st.changes = append(st.changes, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: r.Session.String(), Node: r.Session.Node})
 			return true
 		})
 		switch {
@@ -254,7 +249,7 @@ func (st *state) removeSessions(gone map[SessionID]struct{}, ch *[]Change) {
 	}
 }
 
-func (st *state) purgeNode(node string, upTo uint64, ch *[]Change) error {
+func (st *state) purgeNode(node string, upTo uint64) error {
 	if node == "" {
 		return invalidf("purge of an empty node")
 	}
@@ -277,7 +272,7 @@ func (st *state) purgeNode(node string, upTo uint64, ch *[]Change) error {
 		}
 	}
 	if len(gone) > 0 {
-		st.removeSessions(gone, ch)
+		st.removeSessions(gone)
 	}
 	if cur, ok := st.purged[node]; !ok || upTo > cur {
 		st.purged[node] = upTo
@@ -285,7 +280,7 @@ func (st *state) purgeNode(node string, upTo uint64, ch *[]Change) error {
 	return nil
 }
 
-func (st *state) setNode(m NodeMeta, ch *[]Change) error {
+func (st *state) setNode(m NodeMeta) error {
 	if m.ID == "" {
 		return invalidf("node metadata with an empty id")
 	}
@@ -299,22 +294,22 @@ func (st *state) setNode(m NodeMeta, ch *[]Change) error {
 		return nil
 	}
 	st.nodes[m.ID] = m
-	*ch = append(*ch, Change{Kind: ChangeNode, Node: m.ID})
+	st.changes = append(st.changes, Change{Kind: ChangeNode, Node: m.ID})
 	return nil
 }
 
-func (st *state) removeNode(node string, ch *[]Change) error {
+func (st *state) removeNode(node string) error {
 	if node == "" {
 		return invalidf("remove of an empty node")
 	}
 	// Purge first: it reads the metadata's incarnation for the mark, which
 	// refuses registrations still in flight from the removed node.
-	if err := st.purgeNode(node, 0, ch); err != nil {
+	if err := st.purgeNode(node, 0); err != nil {
 		return err
 	}
 	if _, ok := st.nodes[node]; ok {
 		delete(st.nodes, node)
-		*ch = append(*ch, Change{Kind: ChangeNodeRemoved, Node: node})
+		st.changes = append(st.changes, Change{Kind: ChangeNodeRemoved, Node: node})
 	}
 	return nil
 }
