@@ -46,7 +46,7 @@ func BenchmarkFetch(b *testing.B) {
 		return err
 	}
 
-	direct, err := wsserver.Dial(ctx, agent.Addr(), "127.0.0.1:1", wsserver.DialConfig{Logger: testLogger(b)})
+	direct, err := wsserver.Dial(ctx, agent.Addr(), "127.0.0.1:1", wsserver.DialConfig{ChannelConfig: wsserver.ChannelConfig{Logger: testLogger(b)}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -238,24 +238,28 @@ func Start(cfg Config) (*Node, error) {
 		n.metrics.wsRequests.WithLabelValues(protocolLabel(protocol), "other", "104").Inc()
 	})
 	n.ws = wsserver.NewServer(wsserver.ServerConfig{
-		Mux:          n.mux,
-		ReadLimit:    cfg.ReadLimit,
-		PingInterval: cfg.PingInterval,
-		PingMisses:   cfg.PingMisses,
-		WriteTimeout: cfg.WriteTimeout,
-		OnOpen:       n.agentOpened,
-		OnClose:      n.agentClosed,
-		OnIgnored:    func(*wsserver.Channel, string) { n.metrics.ignored.Inc() },
-		Logger:       log,
+		ChannelConfig: wsserver.ChannelConfig{
+			Mux:          n.mux,
+			ReadLimit:    cfg.ReadLimit,
+			PingInterval: cfg.PingInterval,
+			PingMisses:   cfg.PingMisses,
+			WriteTimeout: cfg.WriteTimeout,
+			OnClose:      n.agentClosed,
+			OnIgnored:    func(*wsserver.Channel, string) { n.metrics.ignored.Inc() },
+			Logger:       log,
+		},
+		OnOpen: n.agentOpened,
 	})
 	n.peers = wsserver.NewPool(n.ws, cfg.WSAdvertise, wsserver.DialConfig{
-		Mux:          n.mux,
-		ReadLimit:    cfg.ReadLimit,
-		PingInterval: cfg.PingInterval,
-		PingMisses:   cfg.PingMisses,
-		WriteTimeout: cfg.WriteTimeout,
-		DialTimeout:  cfg.FetchDialTimeout,
-		Logger:       log,
+		ChannelConfig: wsserver.ChannelConfig{
+			Mux:          n.mux,
+			ReadLimit:    cfg.ReadLimit,
+			PingInterval: cfg.PingInterval,
+			PingMisses:   cfg.PingMisses,
+			WriteTimeout: cfg.WriteTimeout,
+			Logger:       log,
+		},
+		DialTimeout: cfg.FetchDialTimeout,
 	})
 	n.wsHTTP = &http.Server{Handler: n.agentGate(n.ws), ReadHeaderTimeout: cfg.HandshakeTimeout}
 	n.api = &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}

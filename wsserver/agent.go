@@ -36,7 +36,7 @@ type AgentConfig struct {
 	Mux       *Mux   // default: a new Mux (see Agent.Handle)
 	Logger    *slog.Logger
 
-	ReconnectMin, ReconnectMax time.Duration // backoff for the registry connection (defaults 100 ms .. 5 s)
+	ReconnectMin, ReconnectMax time.Duration // backoff for the registry connection (defaults DefaultReconnectMin, DefaultReconnectMax)
 
 	// Channel settings for the agent's server and the channels it dials
 	// (zero: defaults).
@@ -91,10 +91,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		cfg.Listen = ":0"
 	}
 	if cfg.ReconnectMin <= 0 {
-		cfg.ReconnectMin = 100 * time.Millisecond
+		cfg.ReconnectMin = DefaultReconnectMin
 	}
 	if cfg.ReconnectMax <= 0 {
-		cfg.ReconnectMax = 5 * time.Second
+		cfg.ReconnectMax = DefaultReconnectMax
 	}
 	if cfg.ReconnectMax < cfg.ReconnectMin {
 		cfg.ReconnectMax = cfg.ReconnectMin
@@ -132,7 +132,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	a.ln = ln
 	a.ctx, a.cancel = context.WithCancel(context.Background())
-	a.server = NewServer(ServerConfig{Mux: a.mux, PingInterval: cfg.PingInterval, Logger: a.log})
+	a.server = NewServer(ServerConfig{ChannelConfig: ChannelConfig{Mux: a.mux, PingInterval: cfg.PingInterval, Logger: a.log}})
 	a.peers = NewPool(a.server, a.addr, a.dialConfig())
 	a.httpS = &http.Server{Handler: a.server, ReadHeaderTimeout: 10 * time.Second}
 	a.wg.Add(1)
@@ -167,7 +167,7 @@ func (a *Agent) Addr() string { return a.addr }
 func (a *Agent) Handle(protocol, cmd string, h HandlerFunc) { a.mux.Handle(protocol, cmd, h) }
 
 func (a *Agent) dialConfig() DialConfig {
-	return DialConfig{Mux: a.mux, PingInterval: a.cfg.PingInterval, DialTimeout: a.cfg.DialTimeout, Logger: a.log}
+	return DialConfig{ChannelConfig: ChannelConfig{Mux: a.mux, PingInterval: a.cfg.PingInterval, Logger: a.log}, DialTimeout: a.cfg.DialTimeout}
 }
 
 // Online registers the agent under each namespace (connecting to the registry

@@ -55,7 +55,7 @@ func (r *standIn) mux() *Mux {
 
 // serveOn serves a new stand-in registry Server on ln until the returned stop is called.
 func serveOn(t testing.TB, ln net.Listener, reg *standIn) (stop func()) {
-	s := NewServer(ServerConfig{Mux: reg.mux(), Logger: testLogger(t)})
+	s := NewServer(ServerConfig{ChannelConfig: ChannelConfig{Mux: reg.mux(), Logger: testLogger(t)}})
 	hs := &http.Server{Handler: s}
 	go hs.Serve(ln)
 	var once sync.Once
@@ -162,7 +162,7 @@ func TestAgent_FetchViaWhere(t *testing.T) {
 func TestAgent_RegistryPathPrefixPassedThrough(t *testing.T) {
 	paths := make(chan string, 1)
 	reg := newStandIn()
-	s := NewServer(ServerConfig{Mux: reg.mux(), Logger: testLogger(t)})
+	s := NewServer(ServerConfig{ChannelConfig: ChannelConfig{Mux: reg.mux(), Logger: testLogger(t)}})
 	ln := listen(t)
 	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		paths <- r.URL.Path

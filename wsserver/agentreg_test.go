@@ -141,7 +141,7 @@ func TestAgent_FailsOverAtOnceAndReRegisters(t *testing.T) {
 	// than come back to A.
 	var dialsA atomic.Int32
 	regA, regB := newStandIn(), newStandIn()
-	sA, addrA := startServerWrapped(t, ServerConfig{Mux: regA.mux()}, func(next http.Handler) http.Handler {
+	sA, addrA := startServerWrapped(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: regA.mux()}}, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { dialsA.Add(1); next.ServeHTTP(w, r) })
 	})
 	lnB := listen(t)
@@ -236,7 +236,7 @@ func TestAgent_RegistersOverWSSWithToken(t *testing.T) {
 	seen := make(chan seenReq, 4)
 	reg := newStandIn()
 	// TLS only: a plain dial would be refused.
-	_, addr := startSniffServer(t, ServerConfig{Mux: reg.mux()}, recordTLS(seen), srvTLS, false, time.Second)
+	_, addr := startSniffServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: reg.mux()}}, recordTLS(seen), srvTLS, false, time.Second)
 	const token = "s3cret-token-value"
 	var logs lockedBuffer
 	a := newTestAgent(t, AgentConfig{
@@ -264,7 +264,7 @@ func TestAgent_ExplicitWSSchemeDialsPlainEvenWithTLS(t *testing.T) {
 	srvTLS, cliTLS := testTLS(t)
 	seen := make(chan seenReq, 4)
 	reg := newStandIn()
-	_, addr := startSniffServer(t, ServerConfig{Mux: reg.mux()}, recordTLS(seen), srvTLS, true, time.Second)
+	_, addr := startSniffServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: reg.mux()}}, recordTLS(seen), srvTLS, true, time.Second)
 	a := newTestAgent(t, AgentConfig{Registry: "ws://" + addr, TLS: cliTLS})
 	if err := a.Online(context.Background(), "svc"); err != nil {
 		t.Fatal(err)

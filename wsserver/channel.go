@@ -1,37 +1,17 @@
 package wsserver
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"runtime"
-	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/coder/websocket"
-)
-
-// Defaults shared by ServerConfig and DialConfig.
-const (
-	DefaultReadLimit    = 1 << 20
-	DefaultPingInterval = 10 * time.Second
-	DefaultPingMisses   = 3
-	DefaultWriteTimeout = 10 * time.Second
-	DefaultSendQueue    = 128
-	// DefaultMaxInflight bounds the requests one peer may have running at once; more are
-	// answered 429 at once, so a peer cannot make us hold unbounded goroutines.
-	DefaultMaxInflight  = 1024
-	DefaultCloseTimeout = time.Second
-	DefaultCallTimeout  = 30 * time.Second
 )
 
 // Close reasons used by this package (with the status codes they go with).
@@ -43,58 +23,16 @@ const (
 	ReasonGoingAway    = "going away"    // 1001: Shutdown
 )
 
-// chanConfig is the immutable per-channel configuration, shared by all the
-// channels of one Server (or one Dial).
-type chanConfig struct {
-	mux          *Mux
-	readLimit    int64
-	pingInterval time.Duration // <0: disabled
-	pingMisses   int
-	writeTimeout time.Duration
-	sendQueue    int
-	closeTimeout time.Duration
-	onIgnored    func(*Channel, string)
-	onClose      func(*Channel)
-	log          *slog.Logger
-	libraryReads bool // tests: read every frame through coder/websocket (no frameReader)
-}
-
-// maxServedText is the largest text frame an accepting end's frameReader serves itself;
-// longer ones go through the library, which buffers them anyway.
-const maxServedText = 64 << 10
-
-func (c *chanConfig) setDefaults() {
-	if c.mux == nil {
-		c.mux = NewMux()
-	}
-	if c.readLimit <= 0 {
-		c.readLimit = DefaultReadLimit
-	}
-	if c.pingInterval == 0 {
-		c.pingInterval = DefaultPingInterval
-	}
-	if c.pingMisses <= 0 {
-		c.pingMisses = DefaultPingMisses
-	}
-	if c.writeTimeout <= 0 {
-		c.writeTimeout = DefaultWriteTimeout
-	}
-	if c.sendQueue <= 0 {
-		c.sendQueue = DefaultSendQueue
-	}
-	if c.closeTimeout <= 0 {
-		c.closeTimeout = DefaultCloseTimeout
-	}
-	if c.log == nil {
-		c.log = slog.Default()
-	}
-}
-
 // Channel is one WebSocket connection, accepted or dialed. Both sides serve
 // requests (through the Mux) and can Call the peer.
+//
+// Its state is grouped by concern, each part owned by one file: the lifecycle
+// (this file), serving the peer's requests (dispatch.go), writing (write.go)
+// and our calls to the peer (call.go).
 type Channel struct {
 	conn   *websocket.Conn
-	nc     net.Conn // the socket under conn, to drop it whatever state conn is in
+	nc     net.Conn  // the socket under conn, to drop it whatever state conn is in
+	cc     *corkConn // nc when it is a corkConn (every accepted and dialed socket)
 	key    string
 	remote string
 	cfg    *chanConfig
@@ -110,43 +48,17 @@ type Channel struct {
 	// message. Cancelling ctx drops the socket instead (see newChannel),
 	// which ends a blocked read just the same.
 	ioCtx     context.Context
-	readEnded atomic.Bool           // set by teardown: the socket is left to the close handshake
-	writeErr  atomic.Pointer[error] // the write that failed and dropped the socket
+	readEnded atomic.Bool // set by teardown: the socket is left to the close handshake
 
-	nextID atomic.Int64 // our own message counter (requests and aborts)
-	sendq  chan []byte  // frames for the writer; full means slow consumer
+	serving serveState // the peer's requests (dispatch.go)
+	writer  writeState // the send queue and held replies (write.go)
+	calls   callState  // our requests to the peer (call.go)
+	closing closeState // whether and how a close was started
 
-	// On a corked socket (every accepted and dialed one), replies of inline
-	// handlers are held until the reader is about to read from the socket again,
-	// then written in one batch (cc calls flushHeld). wmu orders those writes
-	// with the writer's.
-	cc  *corkConn
-	wmu sync.Mutex
-	// The held replies, encoded back to back in heldBuf (no allocation per
-	// reply): frame i ends at heldEnds[i]. Guarded by wmu.
-	heldBuf    []byte
-	heldEnds   []int
-	heldFrames [][]byte // scratch for writing them
-
-	pendMu  sync.Mutex
-	pending map[int64]chan callResult // our outstanding requests
-
-	inMu     sync.Mutex
-	inflight map[int64]*inflight // the peer's requests being served
-
-	handlers sync.WaitGroup // handler goroutines
-	workers  sync.WaitGroup // writer and pinger
-
-	closeMu     sync.Mutex
-	closing     bool // a close was initiated locally
-	closeCode   websocket.StatusCode
-	closeReason string
-	closeReq    chan struct{} // asks the writer to flush and close
-	forceTimer  *time.Timer   // drops the connection if the close takes too long
-
-	dead chan struct{}              // closed when the connection is gone: calls fail
-	done chan struct{}              // closed after OnClose returned
-	err  atomic.Pointer[closeError] // set before OnClose runs
+	workers sync.WaitGroup             // writer and pinger
+	dead    chan struct{}              // closed when the connection is gone: calls fail
+	done    chan struct{}              // closed after OnClose returned
+	err     atomic.Pointer[closeError] // set before OnClose runs
 
 	valMu sync.Mutex
 	val   any
@@ -158,34 +70,34 @@ type Channel struct {
 	onGone func(*Channel)
 }
 
-type inflight struct {
-	cancel  context.CancelFunc
-	aborted bool // guarded by Channel.inMu
-}
-
-type callResult struct {
-	resp response
-	err  error
+// closeState is how the channel's close was started; mu guards all but req.
+type closeState struct {
+	mu         sync.Mutex
+	started    bool // a close was initiated locally (or the channel is being torn down)
+	code       websocket.StatusCode
+	reason     string
+	req        chan struct{} // asks the writer to flush and close
+	forceTimer *time.Timer   // drops the connection if the close takes too long
 }
 
 func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, remote string, cfg *chanConfig) *Channel {
 	ctx, cancel := context.WithCancel(parent)
 	conn.SetReadLimit(cfg.readLimit)
 	c := &Channel{
-		conn:     conn,
-		nc:       nc,
-		key:      key,
-		remote:   remote,
-		cfg:      cfg,
-		log:      cfg.log.With("peer", key, "remote", remote),
-		ctx:      ctx,
-		cancel:   cancel,
-		sendq:    make(chan []byte, cfg.sendQueue),
-		pending:  make(map[int64]chan callResult),
-		inflight: make(map[int64]*inflight),
-		closeReq: make(chan struct{}, 1),
-		dead:     make(chan struct{}),
-		done:     make(chan struct{}),
+		conn:    conn,
+		nc:      nc,
+		key:     key,
+		remote:  remote,
+		cfg:     cfg,
+		log:     cfg.log.With("peer", key, "remote", remote),
+		ctx:     ctx,
+		cancel:  cancel,
+		serving: serveState{inflight: make(map[int64]*inflight)},
+		writer:  writeState{sendq: make(chan []byte, cfg.sendQueue)},
+		calls:   callState{pending: make(map[int64]chan callResult)},
+		closing: closeState{req: make(chan struct{}, 1)},
+		dead:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	c.ioCtx = context.WithoutCancel(ctx)
 	if cc, ok := nc.(*corkConn); ok {
@@ -279,23 +191,23 @@ func (c *Channel) Close(code websocket.StatusCode, reason string) {
 
 // closeWith starts the close; it reports false if one was already started.
 func (c *Channel) closeWith(code websocket.StatusCode, reason string) bool {
-	c.closeMu.Lock()
-	if c.closing {
-		c.closeMu.Unlock()
+	c.closing.mu.Lock()
+	if c.closing.started {
+		c.closing.mu.Unlock()
 		return false
 	}
-	c.closing = true
-	c.closeCode, c.closeReason = code, reason
-	c.closeMu.Unlock()
+	c.closing.started = true
+	c.closing.code, c.closing.reason = code, reason
+	c.closing.mu.Unlock()
 	select {
-	case c.closeReq <- struct{}{}:
+	case c.closing.req <- struct{}{}:
 	default:
 	}
 	// Bound the handshake.
 	t := time.AfterFunc(c.cfg.closeTimeout, c.forceClose)
-	c.closeMu.Lock()
-	c.forceTimer = t
-	c.closeMu.Unlock()
+	c.closing.mu.Lock()
+	c.closing.forceTimer = t
+	c.closing.mu.Unlock()
 	return true
 }
 
@@ -310,9 +222,9 @@ func (c *Channel) forceClose() {
 }
 
 func (c *Channel) isClosing() bool {
-	c.closeMu.Lock()
-	defer c.closeMu.Unlock()
-	return c.closing
+	c.closing.mu.Lock()
+	defer c.closing.mu.Unlock()
+	return c.closing.started
 }
 
 func (c *Channel) isDead() bool {
@@ -322,337 +234,6 @@ func (c *Channel) isDead() bool {
 	default:
 		return false
 	}
-}
-
-// Call sends a request and waits for its response. props is marshalled with
-// encoding/json (a json.RawMessage passes through; nil sends []). timeout <= 0
-// means 30 s. On timeout or ctx cancellation an abort frame is sent and the
-// call fails with &Error{Code: "ECONNABORTED", Message: "Abort"} (which wraps
-// the context error). If the channel closes first, the error wraps ErrClosed.
-// A failure response gives an *Error with the peer's status and message. The
-// result is nil when the response had no data key.
-func (c *Channel) Call(ctx context.Context, protocol, cmd string, props any, timeout time.Duration) (json.RawMessage, error) {
-	p, err := marshalProps(props)
-	if err != nil {
-		return nil, fmt.Errorf("wsserver: call %s:/%s: props: %w", protocol, cmd, err)
-	}
-	if timeout <= 0 {
-		timeout = DefaultCallTimeout
-	}
-	if c.isDead() {
-		return nil, fmt.Errorf("wsserver: call %s:/%s to %s: %w", protocol, cmd, c.key, ErrClosed)
-	}
-	id := c.nextID.Add(1) - 1
-	frame := appendRequest(make([]byte, 0, 64+len(protocol)+len(cmd)+len(p)), id, true, protocol, cmd, p)
-	rc := make(chan callResult, 1)
-	c.pendMu.Lock()
-	c.pending[id] = rc
-	c.pendMu.Unlock()
-	forget := func() {
-		c.pendMu.Lock()
-		delete(c.pending, id)
-		c.pendMu.Unlock()
-	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	// A call waits for room in the send queue (back-pressure on the caller)
-	// rather than treating a burst of calls as a slow consumer.
-	select {
-	case c.sendq <- frame:
-	case <-c.dead:
-		forget()
-		return nil, fmt.Errorf("wsserver: call %s:/%s to %s: %w", protocol, cmd, c.key, ErrClosed)
-	case <-timer.C:
-		forget()
-		return nil, errAbort(context.DeadlineExceeded)
-	case <-ctx.Done():
-		forget()
-		return nil, errAbort(ctx.Err())
-	}
-	var cause error
-	select {
-	case r := <-rc:
-		return r.result()
-	case <-c.dead:
-		forget()
-		// A response may have raced the close.
-		select {
-		case r := <-rc:
-			return r.result()
-		default:
-		}
-		return nil, fmt.Errorf("wsserver: call %s:/%s to %s: %w", protocol, cmd, c.key, ErrClosed)
-	case <-timer.C:
-		cause = context.DeadlineExceeded
-	case <-ctx.Done():
-		cause = ctx.Err()
-	}
-	forget()
-	select {
-	case r := <-rc: // answered just in time
-		return r.result()
-	default:
-	}
-	abortID := c.nextID.Add(1) - 1
-	_ = c.enqueue(appendAbort(make([]byte, 0, 64), abortID, id))
-	return nil, errAbort(cause)
-}
-
-func (r callResult) result() (json.RawMessage, error) {
-	if r.err != nil {
-		return nil, r.err
-	}
-	if r.resp.code != "" {
-		return nil, &Error{Code: r.resp.code, Message: r.resp.message}
-	}
-	if r.resp.status != 200 {
-		return nil, &Error{Status: r.resp.status, Message: r.resp.message}
-	}
-	if !r.resp.hasData {
-		return nil, nil
-	}
-	return json.RawMessage(r.resp.data), nil
-}
-
-func marshalProps(props any) ([]byte, error) {
-	switch v := props.(type) {
-	case nil:
-		return []byte("[]"), nil
-	case json.RawMessage:
-		if v == nil {
-			return []byte("[]"), nil
-		}
-		if !validJSON(v) {
-			return nil, errors.New("invalid JSON in json.RawMessage")
-		}
-		return v, nil
-	default:
-		return json.Marshal(props)
-	}
-}
-
-var errSlowConsumer = errors.New("send queue full (slow consumer)")
-
-// enqueue hands a reply or abort to the writer without blocking. A full
-// queue means the peer sends requests faster than it reads our answers: the
-// channel is closed (1008 "slow consumer").
-func (c *Channel) enqueue(frame []byte) error {
-	if c.isDead() {
-		return ErrClosed
-	}
-	select {
-	case c.sendq <- frame:
-		return nil
-	default:
-	}
-	// A full queue with a writer that is still writing is a burst, not a slow consumer: wait
-	// as long as one write may take. A peer that does not read makes it time out.
-	t := time.NewTimer(c.cfg.writeTimeout)
-	defer t.Stop()
-	select {
-	case c.sendq <- frame:
-		return nil
-	case <-c.dead:
-		return ErrClosed
-	case <-t.C:
-		if c.closeWith(websocket.StatusPolicyViolation, ReasonSlowConsumer) {
-			c.log.Warn("send queue full, closing", "queue", cap(c.sendq))
-		}
-		return errSlowConsumer
-	}
-}
-
-// writeBatch bounds how many queued frames go out in one system call.
-const writeBatch = 128
-
-// writeLoop is the only writer of data frames. It drains everything queued
-// before blocking again; on an accepted connection the frames of one batch
-// leave in a single write (a system call costs more than encoding a reply).
-func (c *Channel) writeLoop() {
-	defer c.workers.Done()
-	batch := make([][]byte, 0, writeBatch)
-	cc := c.cc
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-c.closeReq:
-			c.flushAndClose()
-			return
-		case f := <-c.sendq:
-			batch = append(batch[:0], f)
-		}
-		c.drain(&batch)
-		if cc != nil && len(batch) == 1 {
-			// Replies to requests that arrived together are usually still
-			// being computed by handler goroutines made runnable by the
-			// same read; letting them run first turns several writes into
-			// one.
-			runtime.Gosched()
-			c.drain(&batch)
-		}
-		if cc != nil {
-			c.wmu.Lock()
-			batch = c.appendHeld(batch) // replies of inline handlers ride along
-			ok := c.writeCorked(cc, batch)
-			c.resetHeld()
-			c.wmu.Unlock()
-			if !ok {
-				return
-			}
-			clear(batch)
-			batch = batch[:0]
-			continue
-		}
-		for i, f := range batch {
-			if !c.write(f) {
-				return
-			}
-			batch[i] = nil
-		}
-	}
-}
-
-// drain appends what is queued, without blocking, up to the batch's capacity.
-func (c *Channel) drain(batch *[][]byte) {
-	for len(*batch) < cap(*batch) {
-		select {
-		case f := <-c.sendq:
-			*batch = append(*batch, f)
-		default:
-			return
-		}
-	}
-}
-
-// hold keeps an inline handler's reply for the next flushHeld; a full batch goes
-// at once.
-func (c *Channel) hold(id int64, res json.RawMessage, err error) {
-	c.wmu.Lock()
-	c.heldBuf = c.appendReply(c.heldBuf, id, res, err)
-	c.heldEnds = append(c.heldEnds, len(c.heldBuf))
-	full := len(c.heldEnds) >= writeBatch
-	c.wmu.Unlock()
-	if full {
-		c.flushHeld()
-	}
-}
-
-// appendHeld appends the held frames to batch (slices of heldBuf: valid until
-// resetHeld). The caller holds wmu.
-func (c *Channel) appendHeld(batch [][]byte) [][]byte {
-	start := 0
-	for _, end := range c.heldEnds {
-		batch = append(batch, c.heldBuf[start:end:end])
-		start = end
-	}
-	return batch
-}
-
-// resetHeld forgets the held frames once written. The caller holds wmu.
-func (c *Channel) resetHeld() {
-	c.heldEnds = c.heldEnds[:0]
-	if cap(c.heldBuf) > 256<<10 {
-		c.heldBuf = nil // do not keep a burst's buffer for the connection's life
-	} else {
-		c.heldBuf = c.heldBuf[:0]
-	}
-}
-
-// flushHeld writes the held replies with one system call. The corkConn calls it
-// before every socket read, so the replies to what one read brought leave
-// together. While a close is under way the writer's flushAndClose takes them
-// (a data frame after the close frame would break the close handshake).
-func (c *Channel) flushHeld() {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if len(c.heldEnds) == 0 || c.isClosing() {
-		return
-	}
-	c.heldFrames = c.appendHeld(c.heldFrames[:0])
-	c.writeCorked(c.cc, c.heldFrames) // a failure closes the channel
-	clear(c.heldFrames)
-	c.resetHeld()
-}
-
-// writeCorked sends the batch with one write under the write timeout: on the accepting
-// end as frames the corkConn writes itself, on a dialing end through the library frame
-// by frame into the cork buffer (no socket I/O, so no per-frame deadline context).
-func (c *Channel) writeCorked(cc *corkConn, batch [][]byte) bool {
-	if cc.server {
-		if err := cc.writeTextFrames(batch, c.cfg.writeTimeout); err != nil {
-			c.writeFailed(err)
-			return false
-		}
-		return true
-	}
-	// A dialing end masks its frames with a random key: leave that to the library.
-	cc.cork()
-	var err error
-	for _, f := range batch {
-		if err = c.conn.Write(c.ioCtx, websocket.MessageText, f); err != nil {
-			break
-		}
-	}
-	if uerr := cc.uncork(c.cfg.writeTimeout); err == nil {
-		err = uerr
-	}
-	if err != nil {
-		c.writeFailed(err)
-		return false
-	}
-	return true
-}
-
-// writeFailed drops the connection after a failed write (it is unusable) and
-// remembers why, so Err blames the write rather than the peer.
-func (c *Channel) writeFailed(err error) {
-	if c.ctx.Err() == nil {
-		c.log.Debug("write failed, dropping connection", "err", err)
-		c.writeErr.CompareAndSwap(nil, &err)
-	}
-	c.forceClose()
-}
-
-func (c *Channel) write(f []byte) bool {
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.writeTimeout)
-	err := c.conn.Write(ctx, websocket.MessageText, f)
-	cancel()
-	if err != nil {
-		c.writeFailed(err)
-		return false
-	}
-	return true
-}
-
-// flushAndClose writes what is queued, then does the close handshake.
-func (c *Channel) flushAndClose() {
-	c.wmu.Lock()
-	held := c.appendHeld(nil)
-	c.heldBuf, c.heldEnds = nil, nil // held keeps the old buffer
-	c.wmu.Unlock()
-	for _, f := range held {
-		if !c.write(f) {
-			return
-		}
-	}
-	for flushed := false; !flushed; {
-		select {
-		case f := <-c.sendq:
-			if !c.write(f) {
-				return
-			}
-		default:
-			flushed = true
-		}
-	}
-	c.closeMu.Lock()
-	code, reason := c.closeCode, c.closeReason
-	c.closeMu.Unlock()
-	if err := c.conn.Close(code, reason); err != nil {
-		c.log.Debug("close handshake", "err", err)
-	}
-	c.cancel()
 }
 
 // pingLoop pings every interval; after pingMisses consecutive pings without a
@@ -692,223 +273,6 @@ func (c *Channel) pingLoop() {
 	}
 }
 
-// readLoop reads messages until the connection fails or closes.
-func (c *Channel) readLoop() error {
-	var scratch []byte
-	for {
-		typ, r, err := c.conn.Reader(c.ioCtx)
-		if err != nil {
-			if c.ctx.Err() != nil && !errors.Is(err, context.Canceled) {
-				// The socket was dropped because ctx ended: report it as
-				// the cancellation it is.
-				return fmt.Errorf("%w: %w", context.Canceled, err)
-			}
-			return err
-		}
-		scratch, err = readInto(r, scratch[:0])
-		if err != nil {
-			return err
-		}
-		c.serveMessage(typ == websocket.MessageText, scratch)
-		if cap(scratch) > 64<<10 {
-			scratch = nil
-		}
-	}
-}
-
-// serveMessage serves one message, read by the library (readLoop) or by the corkConn's
-// frameReader; msg is only valid during the call.
-func (c *Channel) serveMessage(text bool, msg []byte) {
-	if c.isClosing() || c.readEnded.Load() {
-		return // draining until the close handshake ends
-	}
-	if text && !utf8.Valid(msg) {
-		c.log.Info("invalid UTF-8 in a text message, closing")
-		c.closeWith(websocket.StatusInvalidFramePayloadData, ReasonInvalidUTF8)
-		return
-	}
-	c.dispatch(msg)
-}
-
-func readInto(r io.Reader, b []byte) ([]byte, error) {
-	if cap(b) == 0 {
-		b = make([]byte, 0, 512)
-	}
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
-}
-
-func (c *Channel) ignored(reason string, msg []byte) {
-	c.log.Debug("ignored message", "reason", reason, "len", len(msg))
-	if c.cfg.onIgnored != nil {
-		c.cfg.onIgnored(c, reason)
-	}
-}
-
-// dispatch handles one message. msg is the reader's buffer, reused for the next
-// message: what outlives the call (a handler goroutine's props, a response's data)
-// is copied.
-func (c *Channel) dispatch(msg []byte) {
-	f, err := DecodeFrame(msg)
-	if err != nil {
-		c.ignored(err.Error(), msg)
-		return
-	}
-	switch f.Mode {
-	case ModeRequest:
-		if f.Data == nil {
-			c.ignored("request without data", msg)
-			return
-		}
-		req, err := decodeRequest(f.Data)
-		if err != nil {
-			c.ignored(err.Error(), msg)
-			return
-		}
-		c.startHandler(f.ID, f.TwoWay, req)
-	case ModeResponse:
-		c.pendMu.Lock()
-		rc, ok := c.pending[f.ID]
-		if ok {
-			delete(c.pending, f.ID)
-		}
-		c.pendMu.Unlock()
-		if !ok {
-			c.ignored("response to no outstanding request", msg)
-			return
-		}
-		var r callResult
-		if f.Data == nil {
-			r.err = malformed("response without data")
-		} else {
-			r.resp, r.err = decodeResponse(bytes.Clone(f.Data))
-		}
-		if r.err != nil {
-			r.err = fmt.Errorf("wsserver: bad response from %s: %w", c.key, r.err)
-		}
-		rc <- r
-	case ModeAbort:
-		target, ok := parseInt(trimWS(f.Data))
-		if !ok {
-			c.ignored("abort data is not an integer", msg)
-			return
-		}
-		c.inMu.Lock()
-		in := c.inflight[target]
-		if in != nil {
-			in.aborted = true
-			delete(c.inflight, target)
-		}
-		c.inMu.Unlock()
-		if in != nil {
-			in.cancel()
-		} else {
-			c.log.Debug("abort for a request not in progress", "id", target)
-		}
-	}
-}
-
-func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
-	r := c.cfg.mux.lookup(req.protocol, req.cmd)
-	h := r.h
-	if h == nil {
-		if twoway {
-			e := notFound(req.protocol, req.cmd)
-			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(e.Message)), id, e.Status, "", e.Message))
-		}
-		return
-	}
-	if r.inline {
-		c.runInline(id, twoway, h, req.props)
-		return
-	}
-	ctx, cancel := context.WithCancel(c.ctx)
-	in := &inflight{cancel: cancel}
-	c.inMu.Lock()
-	if len(c.inflight) >= DefaultMaxInflight {
-		c.inMu.Unlock()
-		cancel()
-		if twoway {
-			msg := "too many requests in flight on this connection (limit " + strconv.Itoa(DefaultMaxInflight) + ")"
-			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(msg)), id, 429, "", msg))
-		}
-		return
-	}
-	c.inflight[id] = in
-	c.inMu.Unlock()
-	c.handlers.Add(1)
-	go c.runHandler(ctx, in, id, twoway, h, bytes.Clone(req.props))
-}
-
-// runInline serves a request on the reader (see Mux.HandleInline).
-func (c *Channel) runInline(id int64, twoway bool, h HandlerFunc, props []byte) {
-	res, err := c.callHandler(c.ctx, h, props)
-	if !twoway {
-		return
-	}
-	if c.cc != nil {
-		c.hold(id, res, err)
-		return
-	}
-	_ = c.enqueue(c.appendReply(nil, id, res, err))
-}
-
-func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway bool, h HandlerFunc, props []byte) {
-	defer c.handlers.Done()
-	res, err := c.callHandler(ctx, h, props)
-	in.cancel()
-	c.inMu.Lock()
-	aborted := in.aborted
-	if c.inflight[id] == in {
-		delete(c.inflight, id)
-	}
-	c.inMu.Unlock()
-	if aborted || !twoway {
-		return
-	}
-	_ = c.enqueue(c.appendReply(nil, id, res, err))
-}
-
-// appendReply appends the frame that answers request id with a handler's result.
-func (c *Channel) appendReply(b []byte, id int64, res json.RawMessage, err error) []byte {
-	if err == nil && res != nil && !validJSON(res) {
-		c.log.Error("handler returned invalid JSON")
-		err = NewError(500, "handler returned invalid JSON")
-	}
-	if err != nil {
-		status, code, msg := toFailure(err)
-		if b == nil {
-			b = make([]byte, 0, 96+len(msg))
-		}
-		return appendFailure(b, id, status, code, msg)
-	}
-	if b == nil {
-		b = make([]byte, 0, 64+len(res))
-	}
-	return appendSuccess(b, id, res)
-}
-
-func (c *Channel) callHandler(ctx context.Context, h HandlerFunc, props []byte) (res json.RawMessage, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			c.log.Error("handler panicked", "panic", p, "stack", string(debug.Stack()))
-			res, err = nil, NewError(500, "internal error")
-		}
-	}()
-	return h(ctx, c, props)
-}
-
 // closeError is what Err returns.
 type closeError struct {
 	ce    websocket.CloseError
@@ -939,9 +303,9 @@ func (e *closeError) Unwrap() []error {
 // classify turns the read loop's error into the channel's end reason, and
 // says whether the library already sent a close frame for it.
 func (c *Channel) classify(readErr error) (e *closeError, librarySentClose bool) {
-	c.closeMu.Lock()
-	closing, code, reason := c.closing, c.closeCode, c.closeReason
-	c.closeMu.Unlock()
+	c.closing.mu.Lock()
+	closing, code, reason := c.closing.started, c.closing.code, c.closing.reason
+	c.closing.mu.Unlock()
 	switch {
 	case closing:
 		return &closeError{ce: websocket.CloseError{Code: code, Reason: reason}, local: true}, false
@@ -951,12 +315,12 @@ func (c *Channel) classify(readErr error) (e *closeError, librarySentClose bool)
 		return &closeError{ce: ce}, false
 	case errors.Is(readErr, websocket.ErrMessageTooBig):
 		return &closeError{ce: websocket.CloseError{Code: websocket.StatusMessageTooBig, Reason: "message too big"}, local: true, cause: readErr}, true
-	case isConnErr(readErr) && c.writeErr.Load() != nil:
+	case isConnErr(readErr) && c.writer.err.Load() != nil:
 		// We dropped the socket because a write failed (e.g. timed out on a peer that
 		// does not read); the read error is only the echo. A close frame or a protocol
 		// error the reader saw first wins over it (a write fails too once the library
 		// closes the socket after the close handshake).
-		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, local: true, cause: *c.writeErr.Load()}, false
+		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, local: true, cause: *c.writer.err.Load()}, false
 	case isConnErr(readErr):
 		return &closeError{ce: websocket.CloseError{Code: websocket.StatusAbnormalClosure}, cause: readErr}, false
 	default:
@@ -978,10 +342,10 @@ func isConnErr(err error) bool {
 func (c *Channel) teardown(readErr error) {
 	c.readEnded.Store(true)
 	e, libraryClosed := c.classify(readErr)
-	c.closeMu.Lock()
-	c.closing = true // no new close handshake from now on
-	ft := c.forceTimer
-	c.closeMu.Unlock()
+	c.closing.mu.Lock()
+	c.closing.started = true // no new close handshake from now on
+	ft := c.closing.forceTimer
+	c.closing.mu.Unlock()
 	c.cancel() // aborts writes and pings, cancels handler contexts
 	close(c.dead)
 	force := time.AfterFunc(c.cfg.closeTimeout, c.forceClose)
@@ -1005,7 +369,7 @@ func (c *Channel) teardown(readErr error) {
 		lvl = slog.LevelInfo
 	}
 	c.log.Log(context.Background(), lvl, "channel closed", "code", int(e.ce.Code), "reason", e.ce.Reason, "local", e.local)
-	c.handlers.Wait()
+	c.serving.handlers.Wait()
 	c.err.Store(e)
 	if c.cfg.onClose != nil {
 		c.cfg.onClose(c)

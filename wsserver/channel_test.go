@@ -25,7 +25,7 @@ func TestAbort_CancelsHandlerAndSuppressesReply(t *testing.T) {
 		close(cancelled)
 		return json.RawMessage(`"too late"`), nil // must not be sent
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.2/8427")
 	rawWrite(t, c, `{"id":0,"twoway":true,"data":{"cmd":"/slow","props":[],"protocol":"ws"},"mode":0}`)
 	recv(t, started, 5*time.Second, "handler start")
@@ -45,7 +45,7 @@ func TestOneWayRequest_GetsNoResponse(t *testing.T) {
 		calls.Add(1)
 		return props, nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.2/8427")
 	rawWrite(t, c, `{"id":0,"twoway":false,"data":{"cmd":"/echo","props":[0],"protocol":"ws"},"mode":0}`)
 	rawWrite(t, c, `{"id":1,"twoway":false,"data":{"cmd":"/nope","props":[0],"protocol":"ws"},"mode":0}`)
@@ -67,11 +67,11 @@ func TestBadMessages_IgnoredConnectionStaysOpen(t *testing.T) {
 		mu.Unlock()
 		return props, nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux, OnIgnored: func(ch *Channel, reason string) {
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, OnIgnored: func(ch *Channel, reason string) {
 		mu.Lock()
 		reasons = append(reasons, reason)
 		mu.Unlock()
-	}})
+	}}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.2/8427")
 	bad := []string{
 		`not json`,
@@ -112,7 +112,7 @@ func TestCall_ConcurrentCallsMatchedByID(t *testing.T) {
 		}
 		return props, nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	ch := dialTest(t, addr, DialConfig{})
 	const n = 1000
 	var wg sync.WaitGroup
@@ -136,7 +136,7 @@ func TestCall_ConcurrentCallsMatchedByID(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if got := ch.nextID.Load(); got != n {
+	if got := ch.calls.nextID.Load(); got != n {
 		t.Errorf("used %d ids, want %d", got, n)
 	}
 }
@@ -148,12 +148,12 @@ func TestChannel_BothSidesServe(t *testing.T) {
 	mux.Handle("ws", "/callback", func(ctx context.Context, ch *Channel, props json.RawMessage) (json.RawMessage, error) {
 		return ch.Call(ctx, "ws", "/who", nil, 5*time.Second)
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	client := NewMux()
 	client.Handle("ws", "/who", func(ctx context.Context, ch *Channel, props json.RawMessage) (json.RawMessage, error) {
 		return json.RawMessage(`"dialer"`), nil
 	})
-	ch := dialTest(t, addr, DialConfig{Mux: client})
+	ch := dialTest(t, addr, DialConfig{ChannelConfig: ChannelConfig{Mux: client}})
 	res, err := ch.Call(context.Background(), "ws", "/callback", nil, 5*time.Second)
 	if err != nil || string(res) != `"dialer"` {
 		t.Fatalf("got %s, %v", res, err)
@@ -176,7 +176,7 @@ func TestCall_ResultsAndFailures(t *testing.T) {
 	mux.Handle("ws", "/badjson", func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) {
 		return json.RawMessage("{"), nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	ch := dialTest(t, addr, DialConfig{})
 	ctx := context.Background()
 	if res, err := ch.Call(ctx, "ws", "/undefined", nil, 0); err != nil || res != nil {
@@ -211,7 +211,7 @@ func TestCall_FailsWithErrClosedWhenChannelCloses(t *testing.T) {
 		<-ctx.Done()
 		return nil, nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	ch := dialTest(t, addr, DialConfig{})
 	errc := make(chan error, 1)
 	go func() {
@@ -236,9 +236,9 @@ func TestCall_FailsWithErrClosedWhenChannelCloses(t *testing.T) {
 func TestDial_ChannelOutlivesDialContext(t *testing.T) {
 	mux := NewMux()
 	mux.Handle("ws", "/echo", echoHandler)
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	ctx, cancel := context.WithCancel(context.Background())
-	ch, err := Dial(ctx, addr, "127.0.0.1:9", DialConfig{Logger: testLogger(t)})
+	ch, err := Dial(ctx, addr, "127.0.0.1:9", DialConfig{ChannelConfig: ChannelConfig{Logger: testLogger(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -13,26 +12,17 @@ import (
 	"github.com/coder/websocket"
 )
 
-// DialConfig configures Dial. Zero values mean the defaults of ServerConfig.
+// DialConfig configures Dial. Zero values mean the defaults.
 type DialConfig struct {
-	Mux          *Mux // serves the peer's requests on the dialed channel; nil: all answered 104
-	ReadLimit    int64
-	PingInterval time.Duration
-	PingMisses   int
-	WriteTimeout time.Duration
-	SendQueue    int
-	CloseTimeout time.Duration
-	DialTimeout  time.Duration // default 10 s, for the TCP connect and the handshake
-	PathPrefix   string        // e.g. "/t/<token>"; put between the target and /<own-host>/<own-port>
-	TLS          *tls.Config   // when set, dial wss:// with it (ServerName defaults to the target's host)
-	HTTPHeader   http.Header   // added to the handshake request, e.g. Authorization
-	OnClose      func(ch *Channel)
-	OnIgnored    func(ch *Channel, reason string)
-	Logger       *slog.Logger
-}
+	// ChannelConfig applies to the dialed channel; its Mux serves the peer's
+	// requests there (nil: all answered 104).
+	ChannelConfig
 
-// DefaultDialTimeout bounds Dial when DialConfig.DialTimeout is zero.
-const DefaultDialTimeout = 10 * time.Second
+	DialTimeout time.Duration // default DefaultDialTimeout (10 s), for the TCP connect and the handshake
+	PathPrefix  string        // e.g. "/t/<token>"; put between the target and /<own-host>/<own-port>
+	TLS         *tls.Config   // when set, dial wss:// with it (ServerName defaults to the target's host)
+	HTTPHeader  http.Header   // added to the handshake request, e.g. Authorization
+}
 
 // Dial opens ws://<target><PathPrefix>/<own-host>/<own-port> (wss:// when
 // cfg.TLS is set) and serves the channel until it closes. own is our
@@ -94,19 +84,7 @@ func Dial(ctx context.Context, target, own string, cfg DialConfig) (*Channel, er
 		}
 		return nil, fmt.Errorf("wsserver: dial %s: %w", target, err)
 	}
-	ccfg := &chanConfig{
-		mux:          cfg.Mux,
-		readLimit:    cfg.ReadLimit,
-		pingInterval: cfg.PingInterval,
-		pingMisses:   cfg.PingMisses,
-		writeTimeout: cfg.WriteTimeout,
-		sendQueue:    cfg.SendQueue,
-		closeTimeout: cfg.CloseTimeout,
-		onIgnored:    cfg.OnIgnored,
-		onClose:      cfg.OnClose,
-		log:          cfg.Logger,
-	}
-	ccfg.setDefaults()
+	ccfg := newChanConfig(cfg.ChannelConfig, false)
 	mu.Lock()
 	raw := nc
 	mu.Unlock()
@@ -114,7 +92,7 @@ func Dial(ctx context.Context, target, own string, cfg DialConfig) (*Channel, er
 	if raw != nil {
 		remote = raw.RemoteAddr().String()
 	}
-	ch := newChannel(context.WithoutCancel(ctx), conn, raw, target, remote, ccfg)
+	ch := newChannel(context.WithoutCancel(ctx), conn, raw, target, remote, &ccfg)
 	ch.start()
 	go ch.serve()
 	return ch, nil

@@ -44,7 +44,7 @@ func Example() {
 		return json.Marshal(addr)
 	})
 	quiet := slog.New(slog.DiscardHandler)
-	srv := wsserver.NewServer(wsserver.ServerConfig{Mux: reg, Logger: quiet})
+	srv := wsserver.NewServer(wsserver.ServerConfig{ChannelConfig: wsserver.ChannelConfig{Mux: reg, Logger: quiet}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)

@@ -99,7 +99,7 @@ func TestExchanges_CallerTimeoutSendsAbort(t *testing.T) {
 		}
 	}))
 	t.Cleanup(ts.Close)
-	ch, err := Dial(context.Background(), strings.TrimPrefix(ts.URL, "http://"), "10.0.0.7:9001", DialConfig{Logger: testLogger(t)})
+	ch, err := Dial(context.Background(), strings.TrimPrefix(ts.URL, "http://"), "10.0.0.7:9001", DialConfig{ChannelConfig: ChannelConfig{Logger: testLogger(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestCall_ContextCancelSendsAbort(t *testing.T) {
 		mu.Unlock()
 		return nil, ctx.Err()
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	ch := dialTest(t, addr, DialConfig{})
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)

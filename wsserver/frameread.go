@@ -12,7 +12,8 @@ import (
 // was read into. Every other frame (control frames, fragments, binary, anything unusual
 // or invalid) is handed to the library byte for byte, which checks and handles it as if
 // nothing stood in between. The library's per-message path (locks on channels, context
-// checks, a reader per message) cost ~13% of a where's CPU.
+// checks, a reader per message) is a sizeable share of a short request such as where
+// (BENCHMARKS.md, round 4).
 //
 // Frames are served strictly in order: after a handed-over frame, nothing behind it is
 // parsed until the library has read it and asks for more. Only the library calls Read,
@@ -28,6 +29,10 @@ type frameReader struct {
 	fragmented bool   // a fragmented data message is being handed over
 	err        error  // a read error to report once the bytes before it are consumed
 }
+
+// maxServedText is the largest text frame an accepting end's frameReader serves itself;
+// longer ones go through the library, which buffers them anyway.
+const maxServedText = 64 << 10
 
 // maxHeader is the longest frame header: 2 bytes, a 64-bit length, a mask key.
 const maxHeader = 14

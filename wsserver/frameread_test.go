@@ -210,7 +210,7 @@ func TestFrameReader_AnswersExactlyAsTheLibraryAlone(t *testing.T) {
 	for _, lib := range []bool{false, true} {
 		mux := NewMux()
 		mux.HandleInline("ws", "/echo", echoHandler)
-		_, servers[lib] = startServer(t, ServerConfig{Mux: mux, PingInterval: -1, ReadLimit: 200_000, CloseTimeout: 200 * time.Millisecond, libraryReads: lib})
+		_, servers[lib] = startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1, ReadLimit: 200_000, CloseTimeout: 200 * time.Millisecond}, libraryReads: lib})
 	}
 	for name, sc := range scripts {
 		for how, split := range splits {
@@ -485,7 +485,7 @@ func TestFrameReader_EOFInsideAFrameHandsOverWhatCame(t *testing.T) {
 func TestFrameReader_FramesSentWithTheHandshakeAreAnswered(t *testing.T) {
 	mux := NewMux()
 	mux.HandleInline("ws", "/echo", echoHandler)
-	_, addr := startServer(t, ServerConfig{Mux: mux, PingInterval: -1})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}})
 	nc, err := net.DialTimeout("tcp", addr, scaled(5*time.Second))
 	if err != nil {
 		t.Fatal(err)

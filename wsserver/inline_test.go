@@ -61,7 +61,7 @@ func echoRequest(id int) []byte {
 func TestInline_RepliesToOneReadLeaveInOneWrite(t *testing.T) {
 	mux := NewMux()
 	mux.HandleInline("ws", "/echo", echoHandler)
-	addr, writes := startCountingServer(t, ServerConfig{Mux: mux, PingInterval: -1})
+	addr, writes := startCountingServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}})
 	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/20")
 
 	// 40 requests (~3.4 KB) in one TCP write: on loopback one segment, one read on the server.
@@ -99,7 +99,7 @@ func TestInline_RunWhileOtherHandlersBlock(t *testing.T) {
 		}
 		return json.RawMessage(`"released"`), nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux, PingInterval: -1})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.9/21")
 	rawWrite(t, c, `{"id":0,"twoway":true,"data":{"cmd":"/hold","props":[],"protocol":"ws"},"mode":0}`)
 	// More than one write batch of inline replies, while /hold is still running.
@@ -123,7 +123,7 @@ func TestInline_PanicIs500AndTheConnectionLives(t *testing.T) {
 	mux := NewMux()
 	mux.HandleInline("ws", "/boom", func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) { panic("boom") })
 	mux.HandleInline("ws", "/echo", echoHandler)
-	_, addr := startServer(t, ServerConfig{Mux: mux, PingInterval: -1})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.9/22")
 	rawWrite(t, c, `{"id":0,"twoway":true,"data":{"cmd":"/boom","props":[],"protocol":"ws"},"mode":0}`)
 	rawWrite(t, c, `{"id":1,"twoway":true,"data":{"cmd":"/echo","props":[1],"protocol":"ws"},"mode":0}`)

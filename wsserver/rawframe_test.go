@@ -24,7 +24,7 @@ func TestReplies_FramesAcrossEveryLengthForm(t *testing.T) {
 		}
 		return json.RawMessage(`"` + strings.Repeat("x", n[0]) + `"`), nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux, PingInterval: -1})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.9/4000")
 	var sizes []int
 	for n := 60; n <= 200; n++ { // the reply payload crosses 125/126

@@ -75,12 +75,12 @@ func TestAccept_NewerConnectionReplacesOlder(t *testing.T) {
 			mu.Unlock()
 			opened <- ch
 		},
-		OnClose: func(ch *Channel) {
+		ChannelConfig: ChannelConfig{OnClose: func(ch *Channel) {
 			time.Sleep(20 * time.Millisecond) // a slow deregistration must still come first
 			mu.Lock()
 			events = append(events, "close "+ch.RemoteAddr())
 			mu.Unlock()
-		},
+		}},
 	})
 	a := rawDial(t, "ws://"+addr+"/10.0.0.7/9001")
 	aErr := make(chan error, 1)
@@ -119,7 +119,7 @@ func TestAccept_NewerConnectionReplacesOlder(t *testing.T) {
 
 func TestShutdown_ClosesWith1001AndRefusesNew(t *testing.T) {
 	closed := make(chan struct{}, 1)
-	s := NewServer(ServerConfig{Logger: testLogger(t), OnClose: func(*Channel) { closed <- struct{}{} }})
+	s := NewServer(ServerConfig{ChannelConfig: ChannelConfig{Logger: testLogger(t), OnClose: func(*Channel) { closed <- struct{}{} }}})
 	srv := &http.Server{Handler: s}
 	ln := listen(t)
 	go srv.Serve(ln)
@@ -153,11 +153,11 @@ func TestShutdown_ClosesWith1001AndRefusesNew(t *testing.T) {
 func TestCloseAll_WaitsForOnClose(t *testing.T) {
 	var mu sync.Mutex
 	var codes []websocket.StatusCode
-	s, addr := startServer(t, ServerConfig{OnClose: func(ch *Channel) {
+	s, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{OnClose: func(ch *Channel) {
 		mu.Lock()
 		codes = append(codes, websocket.CloseStatus(ch.Err()))
 		mu.Unlock()
-	}})
+	}}})
 	for _, p := range []string{"/10.0.0.7/1", "/10.0.0.7/2", "/10.0.0.7/3"} {
 		c := rawDial(t, "ws://"+addr+p)
 		go readErr(t, c)
@@ -177,11 +177,11 @@ func TestBadFrames_CloseOnlyThatConnection(t *testing.T) {
 	mux.Handle("ws", "/echo", echoHandler)
 	var mu sync.Mutex
 	ends := map[string]error{}
-	s, addr := startServer(t, ServerConfig{Mux: mux, ReadLimit: 1024, OnClose: func(ch *Channel) {
+	s, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, ReadLimit: 1024, OnClose: func(ch *Channel) {
 		mu.Lock()
 		ends[ch.Key()] = ch.Err()
 		mu.Unlock()
-	}})
+	}}})
 	bystander := dialTest(t, addr, DialConfig{})
 	check := func(key string, code websocket.StatusCode) {
 		t.Helper()
@@ -237,10 +237,10 @@ func TestBadFrames_CloseOnlyThatConnection(t *testing.T) {
 func TestHeartbeat_ClosesPeerThatStopsAnsweringPings(t *testing.T) {
 	const interval = 50 * time.Millisecond
 	closed := make(chan error, 2)
-	s, addr := startServer(t, ServerConfig{PingInterval: interval, PingMisses: 3, CloseTimeout: 100 * time.Millisecond,
-		OnClose: func(ch *Channel) { closed <- ch.Err() }})
+	s, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{PingInterval: interval, PingMisses: 3, CloseTimeout: 100 * time.Millisecond,
+		OnClose: func(ch *Channel) { closed <- ch.Err() }}})
 	// A healthy peer (it reads, so it answers pings) stays connected.
-	healthy := dialTest(t, addr, DialConfig{PingInterval: -1})
+	healthy := dialTest(t, addr, DialConfig{ChannelConfig: ChannelConfig{PingInterval: -1}})
 	// A vanished peer: handshake done, then it never reads again.
 	start := time.Now()
 	rawTCPHandshake(t, addr, "/10.0.0.9/7")
@@ -263,8 +263,8 @@ func TestSlowConsumer_IsCutOff(t *testing.T) {
 	mux := NewMux()
 	mux.Handle("ws", "/big", func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) { return big, nil })
 	closed := make(chan error, 1)
-	_, addr := startServer(t, ServerConfig{Mux: mux, SendQueue: 4, WriteTimeout: 500 * time.Millisecond, PingInterval: -1, CloseTimeout: 100 * time.Millisecond,
-		OnClose: func(ch *Channel) { closed <- ch.Err() }})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, SendQueue: 4, WriteTimeout: 500 * time.Millisecond, PingInterval: -1, CloseTimeout: 100 * time.Millisecond,
+		OnClose: func(ch *Channel) { closed <- ch.Err() }}})
 	// The client asks for a lot and never reads.
 	nc, _ := rawTCPHandshake(t, addr, "/10.0.0.9/8")
 	go func() {
@@ -302,11 +302,11 @@ func TestOnClose_RunsAfterHandlersReturned(t *testing.T) {
 		mu.Unlock()
 		return nil, nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux, OnClose: func(ch *Channel) {
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, OnClose: func(ch *Channel) {
 		mu.Lock()
 		result <- handlerDone
 		mu.Unlock()
-	}})
+	}}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.9/1")
 	rawWrite(t, c, `{"id":0,"twoway":true,"data":{"cmd":"/hang","props":[],"protocol":"ws"},"mode":0}`)
 	recv(t, started, 5*time.Second, "handler start")
@@ -319,7 +319,7 @@ func TestOnClose_RunsAfterHandlersReturned(t *testing.T) {
 func TestBurstOfRepliesWaitsForTheWriterInsteadOfClosing(t *testing.T) {
 	mux := NewMux()
 	mux.Handle("ws", "/echo", func(_ context.Context, _ *Channel, props json.RawMessage) (json.RawMessage, error) { return props, nil })
-	_, addr := startServer(t, ServerConfig{Mux: mux, SendQueue: 2})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, SendQueue: 2}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.9/3")
 	const n = 500 // far more replies at once than the queue holds
 	for i := range n {
@@ -345,7 +345,7 @@ func TestTooManyRequestsInFlightAre429(t *testing.T) {
 		}
 		return nil, nil
 	})
-	_, addr := startServer(t, ServerConfig{Mux: mux})
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux}})
 	c := rawDial(t, "ws://"+addr+"/10.0.0.9/4")
 	for i := range DefaultMaxInflight + 1 {
 		rawWrite(t, c, fmt.Sprintf(`{"id":%d,"twoway":true,"data":{"cmd":"/hold","props":[],"protocol":"ws"},"mode":0}`, i))
@@ -374,7 +374,7 @@ func TestServer_AuthFromRequestReachesChannel(t *testing.T) {
 		return nil, NewError(403, "namespace not allowed")
 	})
 	auths := make(chan any, 2)
-	s := NewServer(ServerConfig{Mux: m, Logger: testLogger(t), OnOpen: func(ch *Channel) { auths <- ch.Auth() }})
+	s := NewServer(ServerConfig{ChannelConfig: ChannelConfig{Mux: m, Logger: testLogger(t)}, OnOpen: func(ch *Channel) { auths <- ch.Auth() }})
 	gate := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") == "Bearer good" {
 			r = WithAuth(r, []string{"billing"})

@@ -10,10 +10,6 @@ import (
 	"time"
 )
 
-// DefaultPeekTimeout bounds how long a SniffListener waits for a client's first byte
-// when NewSniffListener is given a peekTimeout <= 0.
-const DefaultPeekTimeout = 10 * time.Second
-
 // tlsRequiredBody is what a plain client gets on a listener that requires TLS.
 const tlsRequiredBody = "this port requires TLS: connect with wss:// (or https://); " +
 	"plain ws:// agents are accepted only when the registry's --agent-tls setting allows them\n"

@@ -101,7 +101,7 @@ func echoMux() *Mux {
 func TestSniffListener_ServesWSAndWSSOnOnePort(t *testing.T) {
 	srvTLS, cliTLS := testTLS(t)
 	seen := make(chan seenReq, 4)
-	s, addr := startSniffServer(t, ServerConfig{Mux: echoMux()}, recordTLS(seen), srvTLS, true, time.Second)
+	s, addr := startSniffServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: echoMux()}}, recordTLS(seen), srvTLS, true, time.Second)
 
 	plain := dialT(t, addr, "10.0.0.1:1", DialConfig{})
 	secure := dialT(t, addr, "10.0.0.2:2", DialConfig{TLS: cliTLS})
@@ -125,7 +125,7 @@ func TestSniffListener_ServesWSAndWSSOnOnePort(t *testing.T) {
 func TestSniffListener_SilentClientDoesNotDelayOthers(t *testing.T) {
 	srvTLS, cliTLS := testTLS(t)
 	// A peek timeout far beyond the dial timeouts below: Accept must not wait on it.
-	_, addr := startSniffServer(t, ServerConfig{Mux: echoMux()}, nil, srvTLS, true, time.Minute)
+	_, addr := startSniffServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: echoMux()}}, nil, srvTLS, true, time.Minute)
 	silent, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +164,7 @@ func expectClosed(t testing.TB, c net.Conn, what string) {
 func TestSniffListener_RefusesPlainWhenTLSRequired(t *testing.T) {
 	srvTLS, cliTLS := testTLS(t)
 	seen := make(chan seenReq, 4)
-	_, addr := startSniffServer(t, ServerConfig{Mux: echoMux()}, recordTLS(seen), srvTLS, false, time.Second)
+	_, addr := startSniffServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: echoMux()}}, recordTLS(seen), srvTLS, false, time.Second)
 
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -516,7 +516,7 @@ func (b *bench) fetch(c int, variant string, viaNode int, quiet *slog.Logger) (R
 	var call func() error
 	switch variant {
 	case "direct":
-		ch, err := wsserver.Dial(ctx, agent.Addr(), b.keys.next(b.keyIP), wsserver.DialConfig{Logger: quiet})
+		ch, err := wsserver.Dial(ctx, agent.Addr(), b.keys.next(b.keyIP), wsserver.DialConfig{ChannelConfig: wsserver.ChannelConfig{Logger: quiet}})
 		if err != nil {
 			return Result{}, err
 		}

@@ -76,8 +76,8 @@ func newFleet(n int, nodes []string, hostBase string, portBase, nsPool int, log 
 	f := &fleet{nodes: nodes, nsPool: nsPool, log: log, changed: make(chan struct{})}
 	// Agents notice a frozen (SIGSTOPped) node by missed pongs, as real agents' TCP would
 	// eventually; 1 s x 3 keeps that well inside a round.
-	f.dialCfg = wsserver.DialConfig{PingInterval: time.Second, PingMisses: 3, DialTimeout: 3 * time.Second, CloseTimeout: time.Second,
-		Logger: slog.New(slog.DiscardHandler)}
+	f.dialCfg = wsserver.DialConfig{ChannelConfig: wsserver.ChannelConfig{PingInterval: time.Second, PingMisses: 3, CloseTimeout: time.Second,
+		Logger: slog.New(slog.DiscardHandler)}, DialTimeout: 3 * time.Second}
 	for i := range n {
 		// 8 addresses x 200 ports keeps keys unique without colliding with the nodes'.
 		key := fmt.Sprintf("%s.%d:%d", hostBase, 2+i%8, portBase+i)

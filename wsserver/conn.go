@@ -1,0 +1,167 @@
+package wsserver
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// hijackRecorder keeps the net.Conn that websocket.Accept hijacks.
+type hijackRecorder struct {
+	http.ResponseWriter
+	nc net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nc, brw, err
+	}
+	// Everything coder/websocket writes goes through the corkConn, so the
+	// channel's writer can send a batch of replies with one system call.
+	// net/http hands over a fresh writer on the raw socket; flush it in
+	// case, then replace it with one on the corkConn.
+	if err := brw.Writer.Flush(); err != nil {
+		return nc, brw, err
+	}
+	cc := &corkConn{Conn: nc, server: true, handshakeLeftovers: brw.Reader.Buffered() > 0}
+	h.nc = cc
+	return cc, bufio.NewReadWriter(brw.Reader, bufio.NewWriterSize(cc, 4096)), nil
+}
+
+// corkConn is the socket under a channel: hijackRecorder puts it in place of an
+// accepted connection, Dial wraps the connection it dials. While corked (by the
+// channel's writer, around a batch of frames), writes are collected in memory;
+// uncork sends them with one write under a deadline. Control frames that
+// coder/websocket writes meanwhile (pongs) join the batch in order. On the
+// accepting end the writer skips corking: writeTextFrames frames the batch itself.
+type corkConn struct {
+	net.Conn
+	server bool       // the accepting end: frames are not masked (writeTextFrames)
+	mu     sync.Mutex // orders writes; held during the socket write
+	corked bool
+	buf    []byte
+	// closeSent: the library wrote a close frame; no data frame may follow it.
+	closeSent bool
+	// frames, when set, reads the socket and serves plain text frames itself (see
+	// frameReader); it is not used when the client's first frames arrived with its
+	// handshake (handshakeLeftovers), as they would then bypass it.
+	frames             *frameReader
+	handshakeLeftovers bool
+	// beforeRead runs before every socket read (the channel's flushHeld): what
+	// was answered from the bytes of the last read goes out before waiting for more.
+	beforeRead func()
+	// deadline is the write deadline armed on the socket (zero: none). Arming it
+	// costs two runtime timer updates per write, so flushes reuse it while at least
+	// half the timeout remains (see armWriteDeadline).
+	deadline time.Time
+}
+
+func (c *corkConn) Read(p []byte) (int, error) {
+	if c.frames != nil {
+		return c.frames.Read(p)
+	}
+	if c.beforeRead != nil {
+		c.beforeRead()
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// The library flushes after every whole frame, and frames it writes while data frames
+	// can go through writeTextFrames are control frames (far smaller than its buffer), so
+	// each Write here then starts a frame: 0x88 is a close frame (FIN, opcode 8). The
+	// library writes data frames only in the channel's flushAndClose, and a chunk of a large
+	// one may start with 0x88 too: harmless, as writeTextFrames is not used once closing.
+	if len(p) > 0 && p[0] == 0x88 {
+		c.closeSent = true
+	}
+	if c.corked {
+		c.buf = append(c.buf, p...)
+		return len(p), nil
+	}
+	// The library bounds its own writes (by context); a deadline armed by an
+	// earlier flush may have passed while the connection was idle.
+	if !c.deadline.IsZero() {
+		_ = c.Conn.SetWriteDeadline(time.Time{})
+		c.deadline = time.Time{}
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// writeTextFrames sends each payload as one unmasked text frame, all with one write under
+// the deadline. It stands in for the library's Write on the accepting end, which takes
+// channel-based locks and checks a context for every message, a sizeable share of a short
+// reply such as where's (BENCHMARKS.md, round 3). Frames written by the library meanwhile
+// stay whole and in order.
+func (c *corkConn) writeTextFrames(payloads [][]byte, timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeSent {
+		return net.ErrClosed
+	}
+	for _, p := range payloads {
+		c.buf = appendTextFrameHeader(c.buf, len(p))
+		c.buf = append(c.buf, p...)
+	}
+	return c.flushLocked(timeout) // the accepting end is never corked: nothing else is pending
+}
+
+// armWriteDeadline makes sure the next write fails if it takes longer than half to
+// all of timeout: a busy connection rearms the socket's deadline once per timeout/2
+// rather than twice per write. The caller holds mu.
+func (c *corkConn) armWriteDeadline(timeout time.Duration) {
+	now := time.Now()
+	if !c.deadline.IsZero() && c.deadline.Sub(now) >= timeout/2 {
+		return
+	}
+	c.deadline = now.Add(timeout)
+	_ = c.Conn.SetWriteDeadline(c.deadline)
+}
+
+// appendTextFrameHeader appends the header of an unmasked, final text frame (RFC 6455 5.2).
+func appendTextFrameHeader(b []byte, n int) []byte {
+	switch {
+	case n < 126:
+		return append(b, 0x81, byte(n))
+	case n <= 0xffff:
+		return append(b, 0x81, 126, byte(n>>8), byte(n))
+	default:
+		return append(b, 0x81, 127, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32),
+			byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+// uncork writes what was collected under the write deadline (armWriteDeadline); a
+// later write of the library clears it (Write).
+func (c *corkConn) uncork(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	return c.flushLocked(timeout)
+}
+
+// flushLocked writes the collected bytes under the deadline. The caller holds mu.
+func (c *corkConn) flushLocked(timeout time.Duration) error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	c.armWriteDeadline(timeout)
+	_, err := c.Conn.Write(c.buf)
+	if cap(c.buf) > maxKeptBuffer {
+		c.buf = nil
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
+}

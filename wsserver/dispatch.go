@@ -1,0 +1,246 @@
+package wsserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// serveState is the channel's side of serving the peer's requests.
+type serveState struct {
+	mu       sync.Mutex
+	inflight map[int64]*inflight // the peer's requests being served, by id
+	handlers sync.WaitGroup      // handler goroutines
+}
+
+type inflight struct {
+	cancel  context.CancelFunc
+	aborted bool // guarded by serveState.mu
+}
+
+// readLoop reads messages until the connection fails or closes.
+func (c *Channel) readLoop() error {
+	var scratch []byte
+	for {
+		typ, r, err := c.conn.Reader(c.ioCtx)
+		if err != nil {
+			if c.ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+				// The socket was dropped because ctx ended: report it as
+				// the cancellation it is.
+				return fmt.Errorf("%w: %w", context.Canceled, err)
+			}
+			return err
+		}
+		scratch, err = readInto(r, scratch[:0])
+		if err != nil {
+			return err
+		}
+		c.serveMessage(typ == websocket.MessageText, scratch)
+		if cap(scratch) > 64<<10 {
+			scratch = nil
+		}
+	}
+}
+
+// serveMessage serves one message, read by the library (readLoop) or by the corkConn's
+// frameReader; msg is only valid during the call.
+func (c *Channel) serveMessage(text bool, msg []byte) {
+	if c.isClosing() || c.readEnded.Load() {
+		return // draining until the close handshake ends
+	}
+	if text && !utf8.Valid(msg) {
+		c.log.Info("invalid UTF-8 in a text message, closing")
+		c.closeWith(websocket.StatusInvalidFramePayloadData, ReasonInvalidUTF8)
+		return
+	}
+	c.dispatch(msg)
+}
+
+func readInto(r io.Reader, b []byte) ([]byte, error) {
+	if cap(b) == 0 {
+		b = make([]byte, 0, 512)
+	}
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+func (c *Channel) ignored(reason string, msg []byte) {
+	c.log.Debug("ignored message", "reason", reason, "len", len(msg))
+	if c.cfg.onIgnored != nil {
+		c.cfg.onIgnored(c, reason)
+	}
+}
+
+// dispatch handles one message. msg is the reader's buffer, reused for the next
+// message: what outlives the call (a handler goroutine's props, a response's data)
+// is copied.
+func (c *Channel) dispatch(msg []byte) {
+	f, err := DecodeFrame(msg)
+	if err != nil {
+		c.ignored(err.Error(), msg)
+		return
+	}
+	switch f.Mode {
+	case ModeRequest:
+		if f.Data == nil {
+			c.ignored("request without data", msg)
+			return
+		}
+		req, err := decodeRequest(f.Data)
+		if err != nil {
+			c.ignored(err.Error(), msg)
+			return
+		}
+		c.startHandler(f.ID, f.TwoWay, req)
+	case ModeResponse:
+		// The answer to one of our calls (call.go): hand it to the caller waiting for it.
+		c.calls.mu.Lock()
+		rc, ok := c.calls.pending[f.ID]
+		if ok {
+			delete(c.calls.pending, f.ID)
+		}
+		c.calls.mu.Unlock()
+		if !ok {
+			c.ignored("response to no outstanding request", msg)
+			return
+		}
+		var r callResult
+		if f.Data == nil {
+			r.err = malformed("response without data")
+		} else {
+			r.resp, r.err = decodeResponse(bytes.Clone(f.Data))
+		}
+		if r.err != nil {
+			r.err = fmt.Errorf("wsserver: bad response from %s: %w", c.key, r.err)
+		}
+		rc <- r
+	case ModeAbort:
+		target, ok := parseInt(trimWS(f.Data))
+		if !ok {
+			c.ignored("abort data is not an integer", msg)
+			return
+		}
+		c.serving.mu.Lock()
+		in := c.serving.inflight[target]
+		if in != nil {
+			in.aborted = true
+			delete(c.serving.inflight, target)
+		}
+		c.serving.mu.Unlock()
+		if in != nil {
+			in.cancel()
+		} else {
+			c.log.Debug("abort for a request not in progress", "id", target)
+		}
+	}
+}
+
+func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
+	r := c.cfg.mux.lookup(req.protocol, req.cmd)
+	h := r.h
+	if h == nil {
+		if twoway {
+			e := notFound(req.protocol, req.cmd)
+			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(e.Message)), id, e.Status, "", e.Message))
+		}
+		return
+	}
+	if r.inline {
+		c.runInline(id, twoway, h, req.props)
+		return
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	in := &inflight{cancel: cancel}
+	c.serving.mu.Lock()
+	if len(c.serving.inflight) >= DefaultMaxInflight {
+		c.serving.mu.Unlock()
+		cancel()
+		if twoway {
+			msg := "too many requests in flight on this connection (limit " + strconv.Itoa(DefaultMaxInflight) + ")"
+			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(msg)), id, 429, "", msg))
+		}
+		return
+	}
+	c.serving.inflight[id] = in
+	c.serving.mu.Unlock()
+	c.serving.handlers.Add(1)
+	go c.runHandler(ctx, in, id, twoway, h, bytes.Clone(req.props))
+}
+
+// runInline serves a request on the reader (see Mux.HandleInline).
+func (c *Channel) runInline(id int64, twoway bool, h HandlerFunc, props []byte) {
+	res, err := c.callHandler(c.ctx, h, props)
+	if !twoway {
+		return
+	}
+	if c.cc != nil {
+		c.hold(id, res, err)
+		return
+	}
+	_ = c.enqueue(c.appendReply(nil, id, res, err))
+}
+
+func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway bool, h HandlerFunc, props []byte) {
+	defer c.serving.handlers.Done()
+	res, err := c.callHandler(ctx, h, props)
+	in.cancel()
+	c.serving.mu.Lock()
+	aborted := in.aborted
+	if c.serving.inflight[id] == in {
+		delete(c.serving.inflight, id)
+	}
+	c.serving.mu.Unlock()
+	if aborted || !twoway {
+		return
+	}
+	_ = c.enqueue(c.appendReply(nil, id, res, err))
+}
+
+// appendReply appends the frame that answers request id with a handler's result.
+func (c *Channel) appendReply(b []byte, id int64, res json.RawMessage, err error) []byte {
+	if err == nil && res != nil && !validJSON(res) {
+		c.log.Error("handler returned invalid JSON")
+		err = NewError(500, "handler returned invalid JSON")
+	}
+	if err != nil {
+		status, code, msg := toFailure(err)
+		if b == nil {
+			b = make([]byte, 0, 96+len(msg))
+		}
+		return appendFailure(b, id, status, code, msg)
+	}
+	if b == nil {
+		b = make([]byte, 0, 64+len(res))
+	}
+	return appendSuccess(b, id, res)
+}
+
+func (c *Channel) callHandler(ctx context.Context, h HandlerFunc, props []byte) (res json.RawMessage, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("handler panicked", "panic", p, "stack", string(debug.Stack()))
+			res, err = nil, NewError(500, "internal error")
+		}
+	}()
+	return h(ctx, c, props)
+}
