@@ -127,45 +127,6 @@ func TestBadInput_TableAgainstALiveNode(t *testing.T) {
 		a.conn.Close(websocket.StatusNormalClosure, "")
 		eventually(t, 10*time.Second, func() bool { _, ok := n.Where("many-0"); return !ok }, "many-* not deregistered")
 	})
-	t.Run("5,000 connections from one address: the per-address limit answers 503", func(t *testing.T) {
-		var accepted, refused, other atomic.Int64
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var conns []*websocket.Conn
-		sem := make(chan struct{}, 32)
-		for i := range 5000 {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				ctx, cancel := context.WithTimeout(context.Background(), scaled(30*time.Second))
-				defer cancel()
-				c, resp, err := websocket.Dial(ctx, fmt.Sprintf("ws://%s/127.0.0.9/%d", n.WSAddr(), 10000+i), nil)
-				switch {
-				case err == nil:
-					c.CloseRead(context.Background()) // answer pings, so the slot stays taken
-					accepted.Add(1)
-					mu.Lock()
-					conns = append(conns, c)
-					mu.Unlock()
-				case resp != nil && resp.StatusCode == 503:
-					refused.Add(1)
-				default:
-					other.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
-		for _, c := range conns {
-			c.CloseNow()
-		}
-		// The bystander and this test's own connections come from the same address.
-		if accepted.Load() > 300 || refused.Load() < 4700-int64(n.ws.Len()) || other.Load() != 0 {
-			t.Fatalf("accepted %d, refused %d, other failures %d", accepted.Load(), refused.Load(), other.Load())
-		}
-		stillFine(t)
-	})
 	t.Run("a client that never reads is cut off", func(t *testing.T) {
 		a := dialRaw(t, n, "/127.0.0.1/7007")
 		big := `{"id":%d,"twoway":true,"data":{"cmd":"nosuch-` + strings.Repeat("x", 4000) + `","props":[],"protocol":"ws"},"mode":0}`
@@ -327,5 +288,58 @@ func TestStart_RefusesABadNodeID(t *testing.T) {
 		ws.Close()
 		api.Close()
 		rl.Close()
+	}
+}
+
+// 5,000 connections from one address: the per-address limit answers 503 to all but 300.
+// Its own node, with the default handshake and write timeouts and no pings in the way: the
+// table's node has 300 ms timeouts for its slow-client rows, and on a loaded machine those
+// cut off dials or free slots (an accepted connection closed by a missed pong), which is
+// not what this row is about.
+func TestLimits_PerAddressConnectionLimitAnswers503(t *testing.T) {
+	n := startNode(t, t.TempDir(), func(c *Config) {
+		c.Limits.MaxConnectionsPerIP = 300
+		c.PingInterval = time.Hour
+	})
+	var errs sync.Map // a few dial errors, to say what "other" was
+	var accepted, refused, other atomic.Int64
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []*websocket.Conn
+	sem := make(chan struct{}, 32)
+	for i := range 5000 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), scaled(30*time.Second))
+			defer cancel()
+			c, resp, err := websocket.Dial(ctx, fmt.Sprintf("ws://%s/127.0.0.9/%d", n.WSAddr(), 10000+i), nil)
+			switch {
+			case err == nil:
+				c.CloseRead(context.Background()) // answer pings, so the slot stays taken
+				accepted.Add(1)
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			case resp != nil && resp.StatusCode == 503:
+				refused.Add(1)
+			default:
+				if other.Add(1) <= 3 {
+					errs.Store(i, fmt.Sprintf("%v (response %v)", err, resp != nil))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, c := range conns {
+		c.CloseNow()
+	}
+	// The bystander and this test's own connections come from the same address.
+	if accepted.Load() != 300 || refused.Load() != 4700 || other.Load() != 0 {
+		var first []string
+		errs.Range(func(_, v any) bool { first = append(first, v.(string)); return true })
+		t.Fatalf("accepted %d, refused %d, other failures %d %v", accepted.Load(), refused.Load(), other.Load(), first)
 	}
 }
