@@ -31,8 +31,9 @@ type batcher struct {
 type batcherHooks struct {
 	onBatch func(commands int)
 	// committed, when set, is called after each batch that committed, once its slot is
-	// free (so busy no longer counts it).
-	committed func()
+	// free (so busy no longer counts it); forwarded says whether any proposal came from a
+	// follower, which is waiting to hear of the commit.
+	committed func(forwarded bool)
 	// slotWait, when set, bounds the wait for the batch in flight: after it the next batch
 	// goes anyway. A follower's forward to a leader that vanished without a word hangs
 	// until the HTTP timeout; every other write must not wait behind it.
@@ -40,8 +41,9 @@ type batcherHooks struct {
 }
 
 type proposal struct {
-	cmds []fsm.Command
-	done chan proposalResult
+	cmds      []fsm.Command
+	forwarded bool // made by a follower's forward: it waits for its own apply
+	done      chan proposalResult
 }
 
 type proposalResult struct {
@@ -78,10 +80,15 @@ func newBatcher(max int, wait time.Duration, commit commitFunc, hooks batcherHoo
 }
 
 func (b *batcher) propose(ctx context.Context, cmds []fsm.Command) (uint64, []error, error) {
+	return b.proposeFrom(ctx, cmds, false)
+}
+
+// proposeFrom is propose for a proposal a follower forwarded (forwarded true).
+func (b *batcher) proposeFrom(ctx context.Context, cmds []fsm.Command, forwarded bool) (uint64, []error, error) {
 	if len(cmds) == 0 {
 		return 0, nil, errors.New("cluster: empty proposal")
 	}
-	p := &proposal{cmds: cmds, done: make(chan proposalResult, 1)}
+	p := &proposal{cmds: cmds, forwarded: forwarded, done: make(chan proposalResult, 1)}
 	select {
 	case b.queue <- p:
 	case <-b.stop:
@@ -217,7 +224,11 @@ func (b *batcher) apply(batch []*proposal, count int, slotted bool, inflight *sy
 			return
 		}
 		if b.committed != nil {
-			b.committed()
+			forwarded := false
+			for _, p := range batch {
+				forwarded = forwarded || p.forwarded
+			}
+			b.committed(forwarded)
 		}
 		off := 0
 		for _, p := range batch {

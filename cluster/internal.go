@@ -52,7 +52,15 @@ func (n *Node) handlePropose(w http.ResponseWriter, r *http.Request) {
 	if b, ok := cmd.(fsm.Batch); ok {
 		cmds = b.Commands
 	}
-	index, errs, err := n.propose(r.Context(), cmds...)
+	var (
+		index uint64
+		errs  []error
+	)
+	if n.IsLeader() {
+		index, errs, err = n.batcher.proposeFrom(r.Context(), cmds, true)
+	} else {
+		err = ErrNotLeader
+	}
 	if err != nil {
 		status := http.StatusServiceUnavailable
 		if errors.Is(err, ErrNotLeader) || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {

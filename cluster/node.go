@@ -123,6 +123,7 @@ type Node struct {
 	nudge struct {
 		mu      sync.Mutex
 		want    uint64 // the highest last index a commit asked to be carried to the followers
+		urgent  bool   // a follower waits for that news (its forwarded write): no pause first
 		running bool   // nudgeLoop is running
 		stopped bool   // Close began: no more barriers
 		loop    sync.WaitGroup
@@ -220,7 +221,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
 	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches), batcherHooks{
-		committed: func() { n.nudgeFollowers(r.LastIndex()) },
+		committed: func(forwarded bool) { n.nudgeFollowers(r.LastIndex(), forwarded) },
 		onBatch:   cfg.OnBatch,
 	})
 	n.watch = newMemberWatch(r)
@@ -323,10 +324,11 @@ func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(time
 // entry was known committed: any entry appended after it carries the news. After a short
 // pause, if none was, the leader appends a barrier (an entry the FSM never sees). A busy
 // leader appends entries all the time and sends no barriers.
-func (n *Node) nudgeFollowers(last uint64) {
+func (n *Node) nudgeFollowers(last uint64, urgent bool) {
 	n.nudge.mu.Lock()
 	defer n.nudge.mu.Unlock()
 	n.nudge.want = max(n.nudge.want, last)
+	n.nudge.urgent = n.nudge.urgent || urgent
 	if n.nudge.running || n.nudge.stopped {
 		return
 	}
@@ -393,8 +395,12 @@ func (n *Node) nudgeLoop() {
 			n.nudge.mu.Unlock()
 			return
 		}
+		urgent := n.nudge.urgent
+		n.nudge.urgent = false
 		n.nudge.mu.Unlock()
-		time.Sleep(nudgeDelay)
+		if !urgent {
+			time.Sleep(nudgeDelay)
+		}
 		// A batch being formed or committed, or proposals waiting for one, will append an
 		// entry that carries the news: a barrier would only add an fsync on every node.
 		if n.raft.LastIndex() <= want && !n.batcher.busy() && n.hasPeers() {
