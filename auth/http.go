@@ -152,18 +152,18 @@ const agentTokenHelp = "use the registry address host:port/t/<token>, or send Au
 // Agent checks an agent connection before the WebSocket upgrade. The token is taken from the
 // path prefix "/t/<token>/<host>/<port>", else Authorization: Bearer, else ?token=; path is
 // r.URL.Path without the prefix (unchanged when there is none). Without any agent grant
-// everything is allowed (nil grant, status 0), as the agent port is open by default.
-// Otherwise a caller without a grant holding ScopeAgent gets status 401 and msg to send;
-// the refusal is already audited. The caller checks namespaces with g.AllowsNamespace.
+// everything is allowed (nil grant, status 0), as the agent port is open by default; a
+// prefix is still stripped, so agents can be given their tokens before tokens are required.
+// Otherwise a caller without a token gets 401, one with a token lacking ScopeAgent 403, and
+// msg to send; the refusal is already audited. The caller checks namespaces with
+// g.AllowsNamespace.
 func (a *Authority) Agent(r *http.Request) (g *Grant, path string, status int, msg string) {
-	path = r.URL.Path
+	tok, rest, ok := cutTokenPrefix(r.URL.Path)
+	path = rest
 	if !a.Configured(ScopeAgent) {
 		return nil, path, 0, ""
 	}
-	tok, rest, ok := cutTokenPrefix(path)
-	if ok {
-		path = rest
-	} else {
+	if !ok {
 		tok = TokenFrom(r)
 	}
 	const what = "agent connect"
@@ -177,7 +177,7 @@ func (a *Authority) Agent(r *http.Request) (g *Grant, path string, status int, m
 		return nil, path, http.StatusUnauthorized, "the agent token sent is not a configured token: " + agentTokenHelp
 	case !g.Has(ScopeAgent):
 		a.Refuse(r, g, what, ReasonScope)
-		return nil, path, http.StatusUnauthorized, fmt.Sprintf("token %q does not have scope agent (from %s): %s", g.Name, flagsFor(ScopeAgent), agentTokenHelp)
+		return nil, path, http.StatusForbidden, fmt.Sprintf("token %q does not have scope agent (from %s): %s", g.Name, flagsFor(ScopeAgent), agentTokenHelp)
 	default:
 		return g, path, 0, ""
 	}

@@ -288,7 +288,7 @@ func TestAgent_TokenFormsAndNamespaces(t *testing.T) {
 		{"empty prefix token", "/t//10.0.0.1/8080", "", "", "/10.0.0.1/8080", 401, ReasonNoToken},
 		{"wrong prefix token", "/t/" + wrongTok + "/10.0.0.1/8080", "", "", "/10.0.0.1/8080", 401, ReasonBadToken},
 		{"wrong bearer", "/10.0.0.1/8080", wrongTok, "", "/10.0.0.1/8080", 401, ReasonBadToken},
-		{"admin token is not an agent token", "/t/" + adminTok + "/10.0.0.1/8080", "", "", "/10.0.0.1/8080", 401, ReasonScope},
+		{"admin token is not an agent token", "/t/" + adminTok + "/10.0.0.1/8080", "", "", "/10.0.0.1/8080", 403, ReasonScope},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := httptest.NewRequest("GET", tc.target, nil)
@@ -345,13 +345,14 @@ func TestAgent_TokenFormsAndNamespaces(t *testing.T) {
 }
 
 func TestAgent_OpenWithoutAgentGrants(t *testing.T) {
-	// An admin token does not close the agent port: only agent grants do.
+	// An admin token does not close the agent port: only agent grants do. A token prefix is
+	// stripped all the same, so agents can carry their tokens before tokens are required.
 	a := mustNew(t, Config{AdminToken: adminTok})
 	for _, target := range []string{"/10.0.0.1/8080", "/t/" + wrongTok + "/10.0.0.1/8080"} {
 		r := httptest.NewRequest("GET", target, nil)
 		g, path, status, msg := a.Agent(r)
-		if g != nil || path != target || status != 0 || msg != "" {
-			t.Errorf("Agent(%s) = %+v, %q, %d, %q; want nil, unchanged, 0, \"\"", target, g, path, status, msg)
+		if g != nil || path != "/10.0.0.1/8080" || status != 0 || msg != "" {
+			t.Errorf("Agent(%s) = %+v, %q, %d, %q; want nil, /10.0.0.1/8080, 0, \"\"", target, g, path, status, msg)
 		}
 	}
 }

@@ -180,8 +180,9 @@ func (n *Node) JoinCluster(ctx context.Context, peers []string) error {
 			return nil
 		}
 		n.log.Debug("join attempt failed", "err", err, "retry_in", backoff)
-		if errors.Is(err, errPeerRefused) {
-			// A refused handshake will not heal by itself: say so where operators look.
+		if errors.Is(err, errPeerRefused) || errors.Is(err, errNotPeerPort) {
+			// Neither heals by itself (a wrong key, an HTTP port in --join): say so where
+			// operators look, not only at debug level.
 			n.log.Warn("a peer refused this node", "err", err)
 		}
 		select {

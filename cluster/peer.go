@@ -119,6 +119,9 @@ func isLoopback(remote net.Addr) bool {
 // errPeerRefused wraps what the other side said when it refused our handshake.
 var errPeerRefused = errors.New("peer refused the connection")
 
+// errNotPeerPort is a peer address that answered HTTP: an HTTP port given as a peer.
+var errNotPeerPort = errors.New("this is an HTTP port, not a peer port: peers are reached at their --raft-addr (default port 8429)")
+
 // dialPeer opens a connection of the given kind to a peer's port and authenticates it.
 func (a *PeerAuth) dialPeer(ctx context.Context, address string, kind byte) (net.Conn, error) {
 	deadline := time.Now().Add(a.handshakeTimeout())
@@ -162,7 +165,7 @@ func (a *PeerAuth) clientHandshake(conn net.Conn, kind byte) error {
 	n, err := io.ReadFull(conn, nonce)
 	switch {
 	case bytes.HasPrefix(nonce[:n], []byte("HTTP/")):
-		return errors.New("this is an HTTP port, not a peer port: peers are reached at their --raft-addr (default port 8429)")
+		return errNotPeerPort
 	case err != nil && n > 0 && nonce[0] == peerRefused:
 		return fmt.Errorf("%w: %s", errPeerRefused, strings.TrimSpace(string(nonce[1:n])))
 	case err != nil:

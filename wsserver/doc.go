@@ -1,5 +1,5 @@
 // Package wsserver implements the iocore micro-ws wire protocol (see
-// shared/PROTOCOL.md): frames, channels that both serve requests and call the
+// docs/protocol.md): frames, channels that both serve requests and call the
 // peer (ids, timeouts, aborts), accepting (Server) and dialing (Dial)
 // WebSocket connections, the (protocol, cmd) handler table (Mux), a listener
 // that serves ws:// and wss:// on one port (NewSniffListener), and a Go agent

@@ -423,7 +423,7 @@ func TestSecurity_AttacksFromAnUntrustedAddressChangeNothing(t *testing.T) {
 			return o.agentRefused(procs[1].ws, "/10.9.8.8/9002?token="+secWrongToken, nil, 401)
 		}},
 		attackRow{"agent with the fetch token (Authorization)", "scope", func() (string, error) {
-			return o.agentRefused(procs[2].ws, "/10.9.8.8/9002", http.Header{"Authorization": {"Bearer " + secFetchToken}}, 401)
+			return o.agentRefused(procs[2].ws, "/10.9.8.8/9002", http.Header{"Authorization": {"Bearer " + secFetchToken}}, 403)
 		}},
 		attackRow{"payments agent registering orders", "namespace", func() (string, error) {
 			r, err := pay.call("online", "orders")

@@ -23,7 +23,7 @@ import (
 )
 
 // Three processes with --tls-cert/--tls-key/--tls-ca (HTTPS, mutual TLS between nodes) serve,
-// on one agent port at once, an unchanged agent speaking PROTOCOL.md's frames over plain
+// on one agent port at once, an unchanged agent speaking docs/protocol.md's frames over plain
 // ws:// and a Go SDK agent over wss://; both are found from every node and reached by the
 // fetch gateway, the plain one over the very connection it registered on.
 func TestProcess_TLSClusterServesPlainAndTLSAgentsAtOnce(t *testing.T) {
@@ -185,7 +185,7 @@ func httpsJSON(t testing.TB, c *http.Client, method, url, token string, body []b
 	return resp.StatusCode
 }
 
-// plainAgent is an unchanged iocore agent written from PROTOCOL.md alone: JSON frames by
+// plainAgent is an unchanged iocore agent written from docs/protocol.md alone: JSON frames by
 // hand over plain ws://. Like the originals it is a server too (the registry dials it when
 // a node without its connection proxies a call) and it answers the registry's requests on
 // the connection it dialed.
