@@ -317,8 +317,8 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 	}
 	news := s.confirm(ns)
 	// One line per namespace a connection adds (or first confirms); an agent repeating online
-	// for a namespace it holds (a write all the same) would otherwise fill the log and cost
-	// ~8 µs a line.
+	// for a namespace it holds (a write all the same) would otherwise fill the log and
+	// put a formatted line on the write path of every repeat.
 	level := slog.LevelDebug
 	if added || news {
 		level = slog.LevelInfo

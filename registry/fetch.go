@@ -5,12 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/wsregistry/wsregistry/wsserver"
 )
@@ -75,96 +71,4 @@ func (n *Node) fetch(ctx context.Context, protocol, url string, props any, timeo
 		return res, err
 	}
 	return nil, fmt.Errorf("%w: namespace %s, tried %s: %v", ErrAgentUnreachable, ns, strings.Join(tried, ", "), lastErr)
-}
-
-// fetchStatus maps a Fetch error to the HTTP status and the body's status field.
-func fetchStatus(err error) (int, any, string) {
-	var we *wsserver.Error
-	switch {
-	case errors.As(err, &we) && we.Code == "ECONNABORTED":
-		return http.StatusGatewayTimeout, we.Code, "agent did not answer in time: " + we.Message
-	case errors.As(err, &we) && we.Code != "":
-		return http.StatusBadGateway, we.Code, we.Message
-	case errors.As(err, &we) && we.Status >= 400 && we.Status <= 599:
-		return we.Status, we.Status, we.Message
-	case errors.As(err, &we):
-		return http.StatusBadGateway, we.Status, we.Message
-	case errors.Is(err, ErrAgentUnreachable):
-		return http.StatusBadGateway, http.StatusBadGateway, err.Error()
-	case errors.Is(err, context.DeadlineExceeded):
-		return http.StatusGatewayTimeout, http.StatusGatewayTimeout, err.Error()
-	}
-	return http.StatusBadGateway, http.StatusBadGateway, err.Error()
-}
-
-// handleFetch is POST /v1/fetch/{namespace}/{path...}: body is the props array.
-func (n *Node) handleFetch(w http.ResponseWriter, r *http.Request) {
-	protocol := r.URL.Query().Get("protocol")
-	if protocol == "" {
-		protocol = "ws"
-	}
-	if protocol != "ws" && protocol != "http" {
-		writeError(w, http.StatusBadRequest, "protocol must be ws or http, got "+strconv.Quote(protocol))
-		return
-	}
-	timeout := n.cfg.FetchTimeoutDefault
-	if t := r.URL.Query().Get("timeout"); t != "" {
-		ms, err := strconv.ParseInt(t, 10, 64)
-		if err != nil || ms <= 0 {
-			writeError(w, http.StatusBadRequest, "timeout must be a positive number of milliseconds, got "+strconv.Quote(t))
-			return
-		}
-		timeout = n.cfg.FetchTimeoutMax // also where ms*1e6 would overflow a Duration
-		if ms < int64(n.cfg.FetchTimeoutMax/time.Millisecond) {
-			timeout = time.Duration(ms) * time.Millisecond
-		}
-	}
-	timeout = min(timeout, n.cfg.FetchTimeoutMax)
-	body, err := io.ReadAll(io.LimitReader(r.Body, n.cfg.ReadLimit+1))
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
-		return
-	}
-	if int64(len(body)) > n.cfg.ReadLimit {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", n.cfg.ReadLimit))
-		return
-	}
-	props, err := parseProps(body)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	url := r.PathValue("namespace") + "/" + r.PathValue("path")
-	// The caller going away cancels ctx, which sends the abort frame to the agent.
-	res, err := n.Fetch(r.Context(), protocol, url, props, timeout)
-	if err != nil {
-		status, bodyStatus, msg := fetchStatus(err)
-		writeJSON(w, status, map[string]any{"status": bodyStatus, "message": msg})
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	if res == nil {
-		w.Header().Set("X-Wsregistry-Result", "undefined") // the agent returned nothing at all
-		w.WriteHeader(http.StatusOK)
-		return
-	}
-	w.WriteHeader(http.StatusOK)
-	w.Write(res)
-}
-
-// parseProps accepts exactly a JSON array; an empty body means no props.
-func parseProps(body []byte) (json.RawMessage, error) {
-	trimmed := strings.TrimSpace(string(body))
-	if trimmed == "" {
-		return json.RawMessage("[]"), nil
-	}
-	// The props go to the agent in a text frame, which must be UTF-8.
-	if !utf8.ValidString(trimmed) {
-		return nil, errors.New("the body is not valid UTF-8")
-	}
-	var arr []json.RawMessage
-	if trimmed[0] != '[' || json.Unmarshal([]byte(trimmed), &arr) != nil {
-		return nil, errors.New("the body must be a JSON array of props, e.g. [1,\"a\"]")
-	}
-	return json.RawMessage(trimmed), nil
 }

@@ -13,10 +13,10 @@ import (
 // Limits protect a node from one misbehaving agent or host. Zero values take defaults;
 // negative values disable a limit.
 type Limits struct {
-	MaxConnections              int     // agent connections on this node (default 50,000)
-	MaxConnectionsPerIP         int     // from one source address (default 16,384)
-	MaxRegistrationsPerConn     int     // namespaces one connection may register (default 1,024)
-	MaxRequestsPerSecondPerConn float64 // sustained requests per connection (default 10,000/s, bursts of twice that)
+	MaxConnections              int     // agent connections on this node (DefaultMaxConnections)
+	MaxConnectionsPerIP         int     // from one source address (DefaultMaxConnectionsPerIP)
+	MaxRegistrationsPerConn     int     // namespaces one connection may register (DefaultMaxRegistrationsPerConn)
+	MaxRequestsPerSecondPerConn float64 // sustained requests per connection, bursts of twice that (DefaultMaxRequestsPerSecondPerConn)
 }
 
 func (l *Limits) setDefaults() {
@@ -25,11 +25,11 @@ func (l *Limits) setDefaults() {
 			*v = d
 		}
 	}
-	def(&l.MaxConnections, 50000)
-	def(&l.MaxConnectionsPerIP, 16384)
-	def(&l.MaxRegistrationsPerConn, 1024)
+	def(&l.MaxConnections, DefaultMaxConnections)
+	def(&l.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
+	def(&l.MaxRegistrationsPerConn, DefaultMaxRegistrationsPerConn)
 	if l.MaxRequestsPerSecondPerConn == 0 {
-		l.MaxRequestsPerSecondPerConn = 10000
+		l.MaxRequestsPerSecondPerConn = DefaultMaxRequestsPerSecondPerConn
 	}
 }
 

@@ -1,5 +1,6 @@
 // Package registry is the node that ties the pieces together: agent sessions become raft
-// commands, `where` reads the local state, and the HTTP API serves people and scripts.
+// commands, `where` reads the local state, liveness fences and purges, and Fetch proxies
+// calls to agents. The public HTTP API is package httpapi, wired here.
 package registry
 
 import (
@@ -40,18 +41,19 @@ type Config struct {
 
 	Cluster cluster.Config // NodeID, DataDir, Listener and Advertise are filled in from above
 
-	ReadLimit    int64
+	ReadLimit    int64 // default DefaultReadLimit; also bounds a POST /v1/fetch body
 	PingInterval time.Duration
 	PingMisses   int
 	WriteTimeout time.Duration
 
 	// CommitWait bounds how long an agent's `online` waits for its entry to commit,
 	// across leader elections (DESIGN: writes wait, bounded, and retry on the new leader).
-	// It sets Cluster.CommitWait.
+	// It sets Cluster.CommitWait. Default DefaultCommitWait.
 	CommitWait time.Duration
 
-	// FetchTimeoutDefault applies to proxied calls that name none (30 s, as iocore);
-	// FetchTimeoutMax caps what a caller may ask for; FetchDialTimeout bounds dialing an agent.
+	// FetchTimeoutDefault applies to proxied HTTP calls that name none (DefaultFetchTimeout);
+	// FetchTimeoutMax caps what a caller may ask for (DefaultFetchTimeoutMax);
+	// FetchDialTimeout bounds dialing an agent (DefaultFetchDialTimeout).
 	FetchTimeoutDefault time.Duration
 	FetchTimeoutMax     time.Duration
 	FetchDialTimeout    time.Duration
@@ -60,7 +62,8 @@ type Config struct {
 	// Cluster.Peer.
 	Join []string
 	// NodeGrace is how long a member may be silent before the leader purges its sessions,
-	// and how long a node cut off from the leader keeps serving before it fences itself.
+	// and how long a node cut off from the leader keeps serving before it fences itself
+	// (DefaultNodeGrace).
 	NodeGrace time.Duration
 	// Auth is who may do what: tokens (--admin-token, --agent-token, --token-file) and the
 	// trusted networks that may act without one while none is configured.
@@ -68,11 +71,13 @@ type Config struct {
 	// VerifyAgentIP refuses agents whose advertised host is not their source address.
 	VerifyAgentIP bool
 	Limits        Limits
-	// HandshakeTimeout bounds how long a connection may take to send its upgrade request.
+	// HandshakeTimeout bounds how long a connection may take to send its upgrade request
+	// (DefaultHandshakeTimeout).
 	HandshakeTimeout time.Duration
 
 	// InheritWindow is how long a connection that replaced an older one (same host:port) has
-	// to confirm, with online, the namespaces it inherited; the rest are dropped (10 s).
+	// to confirm, with online, the namespaces it inherited; the rest are dropped
+	// (DefaultInheritWindow).
 	InheritWindow time.Duration
 
 	// Watch configures the /v1/watch hub (coalescing window, heartbeat, history).
@@ -103,9 +108,9 @@ type Node struct {
 	peers       *wsserver.Pool // channels to agents for proxied calls
 	metrics     *nodeMetrics
 	auth        *auth.Authority
-	watchUI     *uiParts // the watch hub and dashboard (ui.go)
+	watchUI     *uiParts // the watch hub (ui.go)
 	wsHTTP      *http.Server
-	api         *http.Server
+	api         *http.Server // serves package httpapi's handler (http.go)
 	incarnation atomic.Uint64
 
 	sessionSeq atomic.Uint64
@@ -128,37 +133,33 @@ type Node struct {
 	closeErr   error
 }
 
+// setDefaults fills what is zero (or non-positive) from defaults.go.
+func (c *Config) setDefaults() {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	def(&c.CommitWait, DefaultCommitWait)
+	def(&c.NodeGrace, DefaultNodeGrace)
+	def(&c.InheritWindow, DefaultInheritWindow)
+	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	def(&c.FetchTimeoutDefault, DefaultFetchTimeout)
+	def(&c.FetchTimeoutMax, DefaultFetchTimeoutMax)
+	def(&c.FetchDialTimeout, DefaultFetchDialTimeout)
+	if c.ReadLimit <= 0 {
+		c.ReadLimit = DefaultReadLimit
+	}
+	c.Limits.setDefaults()
+}
+
 // Start opens raft on the data dir, starts serving agents and HTTP, and announces this node
 // (its addresses, and a purge of its older incarnations) in the background.
 func Start(cfg Config) (*Node, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.CommitWait <= 0 {
-		cfg.CommitWait = cluster.DefaultCommitWait
-	}
-	if cfg.NodeGrace <= 0 {
-		cfg.NodeGrace = 10 * time.Second
-	}
-	cfg.Limits.setDefaults()
-	if cfg.InheritWindow <= 0 {
-		cfg.InheritWindow = 10 * time.Second
-	}
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = 10 * time.Second
-	}
-	if cfg.ReadLimit <= 0 {
-		cfg.ReadLimit = wsserver.DefaultReadLimit
-	}
-	if cfg.FetchTimeoutDefault <= 0 {
-		cfg.FetchTimeoutDefault = wsserver.DefaultCallTimeout
-	}
-	if cfg.FetchTimeoutMax <= 0 {
-		cfg.FetchTimeoutMax = 5 * time.Minute
-	}
-	if cfg.FetchDialTimeout <= 0 {
-		cfg.FetchDialTimeout = 5 * time.Second
-	}
+	cfg.setDefaults()
 	if cfg.WSListener == nil || cfg.HTTPListener == nil || cfg.RaftListener == nil {
 		return nil, errors.New("registry: WS, HTTP and raft listeners are required")
 	}
@@ -262,7 +263,8 @@ func Start(cfg Config) (*Node, error) {
 		DialTimeout: cfg.FetchDialTimeout,
 	})
 	n.wsHTTP = &http.Server{Handler: n.agentGate(n.ws), ReadHeaderTimeout: cfg.HandshakeTimeout}
-	n.api = &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	n.api = &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: DefaultAPIReadHeaderTimeout}
+	n.observeCluster()
 
 	n.serve(n.wsHTTP, cfg.WSListener, "ws")
 	n.serve(n.api, cfg.HTTPListener, "http")

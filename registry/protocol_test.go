@@ -251,6 +251,9 @@ func TestHeartbeat_SilentAgentIsClosedAndDeregistered(t *testing.T) {
 	eventually(t, 10*time.Second, func() bool { _, ok := n.Where("ghost"); return !ok }, "silent agent was never deregistered")
 }
 
+// The HTTP API over a running node: an agent's registration is what /v1/where and
+// /v1/namespaces serve, with a leader's freshness headers. What the API does with any state
+// (error bodies, fencing, consistent reads, auth) is tested in httpapi with fakes.
 func TestHTTP_WhereNamespacesHealth(t *testing.T) {
 	n := startNode(t, t.TempDir())
 	a := dialRaw(t, n, "/127.0.0.1/9001")

@@ -1,17 +1,15 @@
 package registry
 
 import (
-	"net/http"
 	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/wsregistry/wsregistry/dashboard"
 	"github.com/wsregistry/wsregistry/watch"
 )
 
-// uiParts is what the watch stream and the dashboard need while the node runs.
+// uiParts is what the watch stream needs while the node runs.
 type uiParts struct {
 	hub           *watch.Hub
 	raftUp        atomic.Bool // n.raft is set: the cluster view may be read
@@ -50,18 +48,11 @@ func (n *Node) startUI() {
 	}
 }
 
-// mountUI adds the watch stream and the dashboard to the HTTP API. raft is running by now,
-// so this is also where leader and membership changes start to be observed.
-func (n *Node) mountUI(mux *http.ServeMux, read func(string, http.HandlerFunc) http.HandlerFunc) {
+// observeCluster starts following leader and membership changes for the watch stream;
+// raft is running by now. A dropped change costs nothing: the hub re-reads the whole view
+// (and polls it anyway).
+func (n *Node) observeCluster() {
 	u := n.ui()
-	mux.HandleFunc("GET /v1/watch", read("watch", u.hub.ServeHTTP))
-	// The page and its assets are static and hold no data: open, so a browser can load them
-	// before it has a token to send; the data comes from the read endpoints.
-	dash := dashboard.Handler()
-	mux.Handle("GET /{$}", dash)
-	mux.Handle("GET /assets/", dash)
-
-	// A dropped change costs nothing: the hub re-reads the whole view (and polls it anyway).
 	u.stopObserving = n.raft.OnChange(u.hub.ClusterChanged)
 	u.raftUp.Store(true)
 	u.hub.ClusterChanged()
@@ -81,9 +72,9 @@ func (n *Node) stopUI() {
 	})
 }
 
-// watchMember and watchCluster are the cluster view in watch events: GET /v1/cluster without
-// what changes all the time (last contact, commit and applied indexes), so an event means
-// that something changed.
+// watchMember and watchCluster are the cluster view in watch events: GET /v1/cluster
+// (httpapi.ClusterView) without what changes all the time (last contact, commit and applied
+// indexes), so an event means that something changed.
 type watchMember struct {
 	ID          string `json:"id"`
 	Raft        string `json:"raft"`

@@ -20,7 +20,7 @@ targets=(
   "./wsserver FuzzFrameReader"
   "./fsm FuzzDecode"
   "./fsm FuzzRestore"
-  "./registry FuzzParseProps"
+  "./httpapi FuzzParseProps"
   "./registry FuzzNamespaceArg"
 )
 failed=()

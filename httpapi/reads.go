@@ -1,0 +1,133 @@
+package httpapi
+
+import (
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/wsregistry/wsregistry/watch"
+)
+
+func (a *api) handleReady(w http.ResponseWriter, _ *http.Request) {
+	ok, why := a.node.Ready()
+	if !ok {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": why})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (a *api) handleWhere(w http.ResponseWriter, r *http.Request) {
+	ns := r.PathValue("namespace")
+	if err := a.cfg.ValidateNamespace(ns); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	addr, ok := a.state.Where(ns)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no live instance of namespace "+strconv.Quote(ns))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"namespace": ns, "host": addr})
+}
+
+func (a *api) handleNamespaces(w http.ResponseWriter, _ *http.Request) {
+	all := a.state.Namespaces()
+	out := make([]watch.Namespace, 0, len(all))
+	for _, ns := range all {
+		out = append(out, watch.NamespaceOf(ns.Name, ns.Instances))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *api) handleNamespace(w http.ResponseWriter, r *http.Request) {
+	ns := r.PathValue("namespace")
+	if err := a.cfg.ValidateNamespace(ns); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	regs := a.state.Instances(ns)
+	if len(regs) == 0 {
+		writeError(w, http.StatusNotFound, "no live instance of namespace "+strconv.Quote(ns))
+		return
+	}
+	writeJSON(w, http.StatusOK, watch.NamespaceOf(ns, regs))
+}
+
+func (a *api) handleCluster(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, DescribeCluster(a.cfg.NodeID, a.raft, a.state, a.node.Fenced()))
+}
+
+// MemberView is one member in GET /v1/cluster.
+type MemberView struct {
+	ID            string `json:"id"`
+	Raft          string `json:"raft"`
+	WS            string `json:"ws,omitempty"`
+	HTTP          string `json:"http,omitempty"`
+	Suffrage      string `json:"suffrage"`
+	Leader        bool   `json:"leader"`
+	Incarnation   uint64 `json:"incarnation,omitempty"`
+	LastContactMS *int64 `json:"last_contact_ms"` // null when this node cannot know
+}
+
+// ClusterView is GET /v1/cluster: the members and raft progress as one node sees them.
+type ClusterView struct {
+	Node         string `json:"node"`
+	State        string `json:"state"`
+	Leader       string `json:"leader"`
+	Term         uint64 `json:"term"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	LastIndex    uint64 `json:"last_index"`
+	Fenced       bool   `json:"fenced"`
+	// PeerSecurity is how this node authenticates its peers: mutual-tls, cluster-key,
+	// trusted-hosts (no credential: loopback or --trusted-networks only) or insecure.
+	PeerSecurity string       `json:"peer_security"`
+	Members      []MemberView `json:"members"`
+}
+
+// raftStateWord keeps the state names /v1/cluster has always used (raft's own spelling).
+func raftStateWord(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// DescribeCluster is the cluster as node self sees it, members sorted by id. The node's
+// watch stream shows it too, so both answers agree.
+func DescribeCluster(self string, c Cluster, s State, fenced bool) ClusterView {
+	st := c.Status()
+	leaderID, _ := c.Leader()
+	v := ClusterView{
+		Node: self, State: raftStateWord(st.State), Leader: leaderID, Term: st.Term,
+		CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex,
+		Fenced: fenced, PeerSecurity: string(c.Security()),
+	}
+	silence := c.MemberSilence()
+	isLeader := c.IsLeader()
+	for _, m := range c.Members() {
+		mv := MemberView{ID: m.ID, Raft: m.Address, Suffrage: m.Suffrage, Leader: m.ID == leaderID}
+		if meta, ok := s.Node(mv.ID); ok {
+			mv.WS, mv.HTTP, mv.Incarnation = meta.WSAddr, meta.HTTPAddr, meta.Incarnation
+		}
+		// Only the leader hears from every member; a follower knows its own contact with the
+		// leader and nothing about the others.
+		var ms int64 = -1
+		switch {
+		case isLeader && mv.ID == self:
+			ms = 0
+		case isLeader:
+			ms = silence[mv.ID].Milliseconds() // 0 for members answering heartbeats
+		case mv.ID == self || mv.Leader:
+			ms = lastContactMillis(c)
+		}
+		if ms >= 0 {
+			mv.LastContactMS = &ms
+		}
+		v.Members = append(v.Members, mv)
+	}
+	sort.Slice(v.Members, func(i, j int) bool { return v.Members[i].ID < v.Members[j].ID })
+	return v
+}
