@@ -9,19 +9,24 @@ import (
 )
 
 // Refuse writes the audit line of a refusal (rate-limited, at WARN) and calls OnRefusal
-// (always). g is the grant of the token sent, if any; what says what was attempted. r may be
-// nil for a refusal outside HTTP (a peer on the raft port): the line then has no remote.
+// (always). g is the grant of the token sent, if any; what says what was attempted.
 func (a *Authority) Refuse(r *http.Request, g *Grant, what, reason string) {
+	a.logRefusal(r.Context(), r.RemoteAddr, g, what, reason)
+}
+
+// RefuseFrom is Refuse for a refusal outside HTTP (a peer on the peer port, an agent's
+// online): remote is the connection's address.
+func (a *Authority) RefuseFrom(remote string, g *Grant, what, reason string) {
+	a.logRefusal(context.Background(), remote, g, what, reason)
+}
+
+func (a *Authority) logRefusal(ctx context.Context, remote string, g *Grant, what, reason string) {
 	if a.onRefusal != nil {
 		a.onRefusal(reason)
 	}
 	ok, dropped := a.refusalLog.allow(a.now())
 	if !ok {
 		return
-	}
-	ctx, remote := context.Background(), ""
-	if r != nil {
-		ctx, remote = r.Context(), r.RemoteAddr
 	}
 	if dropped > 0 {
 		a.log.LogAttrs(ctx, slog.LevelWarn, "refusals not logged", slog.Int("count", dropped))

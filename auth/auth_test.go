@@ -436,10 +436,10 @@ func TestRefuse_LogIsRateLimitedButEveryRefusalCounted(t *testing.T) {
 		t.Fatalf("refusal line not as expected:\n%s", out)
 	}
 
-	// A refusal outside HTTP (a peer) has no request.
+	// A refusal outside HTTP (a peer) names the connection's address.
 	now = now.Add(time.Second)
-	a.Refuse(nil, nil, "raft connect", ReasonPeer)
-	if !strings.Contains(logs.String(), `audit="raft connect" remote="" token=anonymous result="refused: peer"`) {
+	a.RefuseFrom("192.0.2.9:5555", nil, "raft connect", ReasonPeer)
+	if !strings.Contains(logs.String(), `audit="raft connect" remote=192.0.2.9:5555 token=anonymous result="refused: peer"`) {
 		t.Fatalf("peer refusal not logged:\n%s", logs.String())
 	}
 }

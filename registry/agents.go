@@ -283,7 +283,7 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 	}
 	if g, _ := ch.Auth().(*auth.Grant); !g.AllowsNamespace(ns) {
 		// The connection stays up: the agent may own other namespaces.
-		n.auth.Refuse(nil, g, "online "+strconv.Quote(ns)+" from "+ch.Key(), auth.ReasonNamespace)
+		n.auth.RefuseFrom(ch.RemoteAddr(), g, "online "+strconv.Quote(ns)+" as "+ch.Key(), auth.ReasonNamespace)
 		return nil, wsserver.NewError(403, "online: the agent token %q may not register namespace %q", g.Name, ns)
 	}
 	added, ok := s.addUpTo(ns, n.cfg.Limits.MaxRegistrationsPerConn)

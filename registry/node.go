@@ -205,7 +205,7 @@ func Start(cfg Config) (*Node, error) {
 		cc.Peer.Trusted = func(remote net.Addr) bool { return n.auth.Trusted(remote.String()) }
 	}
 	cc.Peer.OnRefused = func(remote net.Addr, reason string) {
-		n.auth.Refuse(nil, nil, "peer connection from "+remote.String()+": "+reason, auth.ReasonPeer)
+		n.auth.RefuseFrom(remote.String(), nil, "peer connection: "+reason, auth.ReasonPeer)
 	}
 	if cc.Logger == nil {
 		cc.Logger = log
