@@ -29,6 +29,13 @@ type State interface {
 	Instances(ns string) []fsm.Registration
 }
 
+// Defaults of Config, shared with the flags of cmd/wsregistry.
+const (
+	DefaultCoalesce  = 50 * time.Millisecond
+	DefaultHeartbeat = 15 * time.Second
+	DefaultHistory   = 8192
+)
+
 // Config tunes the hub. Zero values take the defaults in brackets.
 type Config struct {
 	// Coalesce is how long changes are collected before one event goes out [50ms].
@@ -59,13 +66,13 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Coalesce == 0 {
-		c.Coalesce = 50 * time.Millisecond
+		c.Coalesce = DefaultCoalesce
 	}
 	if c.Heartbeat <= 0 {
-		c.Heartbeat = 15 * time.Second
+		c.Heartbeat = DefaultHeartbeat
 	}
 	if c.History <= 0 {
-		c.History = 8192
+		c.History = DefaultHistory
 	}
 	if c.QueueFrames <= 0 {
 		c.QueueFrames = 64
