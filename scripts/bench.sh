@@ -1,18 +1,53 @@
 #!/usr/bin/env bash
 # The benchmark matrix of BENCHMARKS.md, on local clusters (scripts/local-cluster.sh, fsync on).
-#   scripts/bench.sh           full matrix (about 5 minutes on 2 cores): appends to
+#   scripts/bench.sh           full matrix (about 8 minutes on 2 cores): appends to
 #                              bench/results/<date>.jsonl and regenerates the table in BENCHMARKS.md
 #   scripts/bench.sh --short   a second or so per workload, small scale test; results go to a
 #                              temp file and BENCHMARKS.md is left alone (CI runs this to prove it works)
+#   --only GROUPS              only these groups (comma-separated; BENCHMARKS.md is left alone):
+#                                matrix    the rows of the Results table (rounds 1-4)
+#                                patterns  register (c=1,256), where and the echo floor (c=256, and paced
+#                                          at $PACED_RATE/s) under both generator patterns,
+#                                          pipelined and agent (round 5; about 3 minutes)
+#                                anchor    only the etcd anchor (implies --anchor etcd)
+#   --anchor etcd              after ours, the same register (c=1,256) and where (c=256) against a
+#                              three-member etcd (Debian's etcd-server, installed with apt-get when
+#                              `etcd` is missing; fsync on) on $ETCD_ANCHOR_NET.1-3, then the ratios
+#   --out FILE                 append the result lines to FILE instead (BENCHMARKS.md is left alone)
+#   e.g. scripts/bench.sh --only patterns --anchor etcd     (round 5's rows, ~4 minutes)
 # WSREGISTRY_CLUSTER_HOST picks the loopback address (default 127.0.7.1); fake agents use
 # identities 127.0.7.x:port (only names in URLs: nothing listens there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 short=false
-[ "${1:-}" = "--short" ] && short=true
+groups="matrix,patterns"
+anchor=""
+only=false
+out_arg=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --short) short=true ;;
+  --only) groups="${2:?--only needs groups}"; only=true; shift ;;
+  --anchor) anchor="${2:?--anchor needs a kind (etcd)}"; shift ;;
+  --out) out_arg="${2:?--out needs a file}"; shift ;;
+  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+  esac
+  shift
+done
+case ",$groups," in *,anchor,*) anchor="${anchor:-etcd}" ;; esac
+[ -z "$anchor" ] || [ "$anchor" = etcd ] || { echo "--anchor: only etcd is known" >&2; exit 2; }
+for g in ${groups//,/ }; do
+  case "$g" in matrix | patterns | anchor) ;; *) echo "--only: unknown group $g" >&2; exit 2 ;; esac
+done
+has() { case ",$groups," in *,"$1",*) return 0 ;; esac; return 1; }
 export WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_CLUSTER_HOST:-127.0.7.1}"
 host="$WSREGISTRY_CLUSTER_HOST"
+# The anchor's members listen on $ETCD_ANCHOR_NET.1, .2 and .3 (ports 2379 and 2380).
+ETCD_ANCHOR_NET="${ETCD_ANCHOR_NET:-127.0.9}"
+# The open-loop rate of the patterns group: well under what either pattern reaches closed-loop
+# on 2 cores, so both run unsaturated at the same rate.
+PACED_RATE="${PACED_RATE:-20000}"
 
 # 10,000 agent connections are 20,000 sockets on this machine (both ends), plus the nodes'.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -29,7 +64,51 @@ stop_cluster() {
     cluster_dir=""
   fi
 }
-trap 'stop_cluster; rm -rf "$work"' EXIT
+etcd_dir=""
+etcd_pids=()
+stop_etcd() {
+  local pid
+  for pid in "${etcd_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${etcd_pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then echo "etcd pid $pid did not stop; killing" >&2; kill -KILL "$pid" 2>/dev/null || true; fi
+  done
+  etcd_pids=()
+  if [ -n "$etcd_dir" ]; then rm -rf "$etcd_dir"; etcd_dir=""; fi
+}
+trap 'stop_cluster; stop_etcd; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+# start_etcd: three members on $ETCD_ANCHOR_NET.1-3 with their own data dirs, fsync on (etcd's
+# default), logs in $etcd_dir/e<i>.log; PIDs in etcd_pids, stopped by the EXIT trap.
+start_etcd() {
+  if ! command -v etcd >/dev/null 2>&1; then
+    echo "== installing etcd-server (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+    command -v etcd >/dev/null 2>&1 || { echo "etcd still missing after installing etcd-server" >&2; exit 1; }
+  fi
+  etcd_dir=$(mktemp -d /tmp/wsbench-etcd.XXXXXX)
+  local i ip members="" eps=""
+  for i in 0 1 2; do
+    ip="$ETCD_ANCHOR_NET.$((i + 1))"
+    members+="${members:+,}e$i=http://$ip:2380"
+    eps+="${eps:+,}$ip:2379"
+  done
+  for i in 0 1 2; do
+    ip="$ETCD_ANCHOR_NET.$((i + 1))"
+    etcd --name "e$i" --data-dir "$etcd_dir/e$i" \
+      --listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
+      --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
+      --initial-cluster "$members" --initial-cluster-token wsbench-anchor --initial-cluster-state new \
+      --logger zap --log-outputs stderr --log-level warn \
+      >"$etcd_dir/e$i.log" 2>&1 &
+    etcd_pids+=($!)
+  done
+  etcd_endpoints="$eps"
+  "$work/etcdbench" -endpoints "$etcd_endpoints" -wait 60s ||
+    { tail -n 20 "$etcd_dir"/e*.log >&2; exit 1; }
+}
 
 # start_cluster N EXTRA_FLAGS
 start_cluster() {
@@ -60,57 +139,110 @@ start_single() {
 }
 
 go build -o "$work/wsbench" ./cmd/wsbench
+if [ -n "$anchor" ]; then
+  # etcd's client lives in its own module, so the registry's go.mod stays lean.
+  (cd bench/etcd && go build -o "$work/etcdbench" .)
+fi
 run=$(date -u +%Y%m%dT%H%M%SZ)
 if $short; then
-  out="$work/short.jsonl"; dur=1s; fo_dur=4s; agents=200; scale_agents=200; per_agent=5
+  out="$work/short.jsonl"; dur=1s; fo_dur=4s; agents=200; scale_agents=200; per_agent=5; agent_conns=200
 else
   mkdir -p bench/results
   out="bench/results/$(date -u +%F).jsonl"; dur=5s; fo_dur=12s; agents=10000; scale_agents=10000; per_agent=10
+  agent_conns=1000
 fi
+[ -z "$out_arg" ] || out="$out_arg"
 bench() { "$work/wsbench" -host "$host" -cluster-dir "$cluster_dir" -run "$run" -out "$out" "$@" >/dev/null; }
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
-echo "== three nodes, fsync on, group commit on (default --group-commit-max 1024)"
-# One generator connection stands for many agents: lift the per-connection request limit
-# (10,000/s by default), which a single connection at c=1 now exceeds (its 429s are not latency).
-start_cluster 3 "--max-requests-per-second -1"
-bench -nodes 3 -workload register -c 1,16,256 -duration "$dur"
-bench -nodes 3 -workload where-paced -c 1,16,256 -duration "$dur"
-# The target figures again, five times each: this machine's runs vary by 10-20% from one
-# minute to the next, so BENCHMARKS.md quotes their median and range.
-if ! $short; then
-  bench -nodes 3 -workload register -c 256,256,256,256,256 -duration "$dur" -label repeat
-  bench -nodes 3 -workload where -c 256,256,256,256,256 -duration "$dur" -label repeat
-fi
-# Fixed rates over 64 and over 8 connections (the conns column tells the runs apart):
-# 50,000/s is half the 100,000/s target. Each is also run against the echo floor (a server
-# process that answers every frame at once): what loopback TCP, the Go runtime and the
-# shared cores cost without the registry.
-for rate in 10000 50000 96000; do
-  for k in 64 8; do
-    [ "$rate" = 96000 ] && [ "$k" = 64 ] && continue # the half-rate run above covers it
-    bench -nodes 3 -workload where-paced -c 256 -k "$k" -rate "$rate" -duration "$dur"
-    bench -workload echo-paced -k "$k" -rate "$rate" -duration "$dur"
+if has matrix; then
+  echo "== three nodes, fsync on, group commit on (default --group-commit-max 1024)"
+  # One generator connection stands for many agents: lift the per-connection request limit
+  # (10,000/s by default), which a single connection at c=1 now exceeds (its 429s are not latency).
+  start_cluster 3 "--max-requests-per-second -1"
+  bench -nodes 3 -workload register -c 1,16,256 -duration "$dur"
+  bench -nodes 3 -workload where-paced -c 1,16,256 -duration "$dur"
+  # The target figures again, five times each: this machine's runs vary by 10-20% from one
+  # minute to the next, so BENCHMARKS.md quotes their median and range.
+  if ! $short; then
+    bench -nodes 3 -workload register -c 256,256,256,256,256 -duration "$dur" -label repeat
+    bench -nodes 3 -workload where -c 256,256,256,256,256 -duration "$dur" -label repeat
+  fi
+  # Fixed rates over 64 and over 8 connections (the conns column tells the runs apart):
+  # 50,000/s is half the 100,000/s target. Each is also run against the echo floor (a server
+  # process that answers every frame at once): what loopback TCP, the Go runtime and the
+  # shared cores cost without the registry.
+  for rate in 10000 50000 96000; do
+    for k in 64 8; do
+      [ "$rate" = 96000 ] && [ "$k" = 64 ] && continue # the half-rate run above covers it
+      bench -nodes 3 -workload where-paced -c 256 -k "$k" -rate "$rate" -duration "$dur"
+      bench -workload echo-paced -k "$k" -rate "$rate" -duration "$dur"
+    done
   done
-done
-bench -nodes 3 -workload fetch -variant direct,proxied,proxied-remote -c 1,64 -duration "$dur"
-bench -nodes 3 -workload failover -duration "$fo_dur"
-bench -nodes 3 -workload reregister -agents "$agents"
+  bench -nodes 3 -workload fetch -variant direct,proxied,proxied-remote -c 1,64 -duration "$dur"
+  bench -nodes 3 -workload failover -duration "$fo_dur"
+  bench -nodes 3 -workload reregister -agents "$agents"
 
-echo "== three nodes, fsync on, group commit off (--group-commit-max 1)"
-start_cluster 3 "--max-requests-per-second -1 --group-commit-max 1"
-bench -nodes 3 -workload register -c 1,16,256 -duration "$dur" -label "group commit off"
+  echo "== three nodes, fsync on, group commit off (--group-commit-max 1)"
+  start_cluster 3 "--max-requests-per-second -1 --group-commit-max 1"
+  bench -nodes 3 -workload register -c 1,16,256 -duration "$dur" -label "group commit off"
 
-echo "== one node: $scale_agents agents x $per_agent registrations, snapshot, restart"
-start_single "--pprof --snapshot-threshold 16 --snapshot-interval 1s"
-bench -nodes 1 -workload scale -agents "$scale_agents" -per-agent "$per_agent"
+  echo "== one node: $scale_agents agents x $per_agent registrations, snapshot, restart"
+  start_single "--pprof --snapshot-threshold 16 --snapshot-interval 1s"
+  bench -nodes 1 -workload scale -agents "$scale_agents" -per-agent "$per_agent"
+fi
+
+# Round 5's rows run last on our side, so that the anchor follows them within a minute.
+if has patterns; then
+  echo "== generator patterns: pipelined, then agent ($agent_conns connections, 4 in flight on each busy one)"
+  start_cluster 3 "--max-requests-per-second -1"
+  # Each where run is followed by the echo floor in the same shape: the ratio of their server
+  # CPU per op is the registry's own cost under that pattern. The floor runs twice: in one
+  # process (the target's floor, as in the matrix) and spread over three, as many processes as
+  # the cluster has (each process pays its own wake-ups; -echo-procs 3).
+  for p in pipelined agent; do
+    pat=(-pattern "$p" -conns "$agent_conns" -duration "$dur")
+    bench -nodes 3 "${pat[@]}" -workload register -c 1,256
+    bench -nodes 3 "${pat[@]}" -workload where -c 256
+    bench "${pat[@]}" -workload echo -c 256
+    bench "${pat[@]}" -workload echo -c 256 -echo-procs 3
+    bench -nodes 3 "${pat[@]}" -workload where-paced -c 256 -rate "$PACED_RATE"
+    bench "${pat[@]}" -workload echo-paced -rate "$PACED_RATE"
+    bench "${pat[@]}" -workload echo-paced -rate "$PACED_RATE" -echo-procs 3
+  done
+fi
 stop_cluster
+
+if [ -n "$anchor" ]; then
+  echo "== anchor: three-member etcd, fsync on, one lease per agent"
+  start_etcd
+  echo "   $(etcd --version | head -1), members $etcd_endpoints, pids ${etcd_pids[*]}"
+  ebench() {
+    "$work/etcdbench" -endpoints "$etcd_endpoints" -pids "$(IFS=,; echo "${etcd_pids[*]}")" \
+      -run "$run" -out "$out" -duration "$dur" "$@" >/dev/null
+  }
+  ebench -workload register -c 1,256
+  ebench -workload where -c 256 -consistency serializable,linearizable
+  stop_etcd
+fi
 
 table=$("$work/wsbench" table -in "$out" -run "$run")
 echo "$table"
+if has patterns || [ -n "$anchor" ]; then
+  echo
+  echo "== ratios within this run (us/etcd; where/echo floor of the same shape)"
+  "$work/wsbench" ratios -in "$out" -run "$run"
+fi
 if $short; then
   n=$(grep -c "\"run\":\"$run\"" "$out")
   echo "short run: $n result lines"
-  [ "$n" -ge 16 ] || { echo "expected at least 16 result lines" >&2; exit 1; }
+  if has matrix; then
+    [ "$n" -ge 16 ] || { echo "expected at least 16 result lines" >&2; exit 1; }
+  fi
+  exit 0
+fi
+if $only || [ -n "$out_arg" ]; then
+  echo "results appended to $out (run $run; load average before: $load_before); BENCHMARKS.md left alone"
   exit 0
 fi
 
@@ -125,7 +257,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 {
   echo "<!-- results:begin (generated by scripts/bench.sh; edits here are overwritten) -->"
   echo "Run \`$run\`: \`scripts/bench.sh\` on $(nproc) cores ($cpu), $(go version | cut -d' ' -f3),"
-  echo "$(uname -sr), load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared)."
+  echo "$(uname -sr), load average before the run: $load_before (the machine is shared)."
   echo "Raw lines: \`$out\`."
   echo
   echo "$table"

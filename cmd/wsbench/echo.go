@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -89,38 +90,117 @@ func serveEcho(nc net.Conn) error {
 	}
 }
 
-// echoPaced runs the paced open loop of where-paced against a fresh echo server process.
-func (b *bench) echoPaced(rate float64, k int) (Result, error) {
-	addr := b.cl.host + ":8499"
-	cmd := exec.Command(os.Args[0], "echo-server", "-listen", addr)
-	stdout, err := cmd.StdoutPipe()
+// echoServers are `wsbench echo-server` processes started for one run (one, or one per node
+// with -echo-procs, so the floor pays for as many processes as the cluster has).
+type echoServers struct {
+	cmds  []*exec.Cmd
+	addrs []string
+}
+
+func (b *bench) startEcho(n int) (*echoServers, error) {
+	e := &echoServers{}
+	for i := range max(n, 1) {
+		addr := b.cl.host + ":" + strconv.Itoa(8499+i)
+		cmd := exec.Command(os.Args[0], "echo-server", "-listen", addr)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			e.stop()
+			return nil, err
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			e.stop()
+			return nil, err
+		}
+		e.cmds = append(e.cmds, cmd)
+		e.addrs = append(e.addrs, addr)
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "listening") {
+			e.stop()
+			return nil, fmt.Errorf("echo server did not start: %q %v", line, err)
+		}
+	}
+	return e, nil
+}
+
+func (e *echoServers) stop() {
+	for _, cmd := range e.cmds {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}
+}
+
+func (e *echoServers) pids() []int {
+	var out []int
+	for _, cmd := range e.cmds {
+		out = append(out, cmd.Process.Pid)
+	}
+	return out
+}
+
+// dial connects n connections, connection i to server i%len (as connectAll spreads over nodes).
+func (e *echoServers) dial(b *bench, n int, s shape) ([]*wsConn, error) {
+	return b.dialMany(n, func(i int) string { return e.addrs[i%len(e.addrs)] }, s.bufSize())
+}
+
+// variant names the number of processes when it is not one.
+func (e *echoServers) variant(v string) string {
+	if len(e.cmds) > 1 {
+		return joinWords(v, strconv.Itoa(len(e.cmds))+" procs")
+	}
+	return v
+}
+
+func echoGen(_ int) gen {
+	return func(buf []byte, id int64) []byte { return appendRequest(buf, id, "echo", "x") }
+}
+
+// echoPaced runs the paced open loop of where-paced against fresh echo server processes:
+// k connections, or s.conns under the agent pattern.
+func (b *bench) echoPaced(rate float64, k, procs int, s shape) (Result, error) {
+	e, err := b.startEcho(procs)
 	if err != nil {
 		return Result{}, err
 	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	defer e.stop()
+	if s.agent() {
+		k = s.conns
+	}
+	conns, err := e.dial(b, k, s)
+	if err != nil {
 		return Result{}, err
 	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "listening") {
-		return Result{}, fmt.Errorf("echo server did not start: %q %v", line, err)
+	defer closeAll(conns)
+	res := b.paced(Result{Workload: "echo floor", Variant: fmt.Sprintf("paced %.0f/s", rate), Conns: k},
+		conns, rate, s, e.pids(), echoGen)
+	res.Variant = e.variant(res.Variant)
+	return res, nil
+}
+
+// echo is the closed loop of where against fresh echo server processes, in the same shape:
+// c requests in flight over min(c, k) connections, or rotating over s.conns under the agent
+// pattern. The echo server answers at once, so it runs at a higher rate than where does.
+func (b *bench) echo(c, k, procs int, s shape) (Result, error) {
+	e, err := b.startEcho(procs)
+	if err != nil {
+		return Result{}, err
 	}
-	conns := make([]*wsConn, k)
-	for i := range conns {
-		c, err := dialWS(addr, b.keys.next(b.keyIP), b.timeout, 0)
-		if err != nil {
-			closeAll(conns[:i])
-			return Result{}, err
-		}
-		conns[i] = c
+	defer e.stop()
+	k = min(k, c)
+	if s.agent() {
+		k = s.conns
+	}
+	conns, err := e.dial(b, k, s)
+	if err != nil {
+		return Result{}, err
 	}
 	defer closeAll(conns)
-	res := Result{Workload: "echo floor", Variant: fmt.Sprintf("paced %.0f/s", rate), Conns: k}
-	return b.paced(res, conns, rate, []int{cmd.Process.Pid}, func(_ int) gen {
-		return func(buf []byte, id int64) []byte { return appendRequest(buf, id, "echo", "x") }
-	}), nil
+	var res Result
+	if s.agent() {
+		res = b.runAgent("echo floor", c, conns, s, e.pids(), echoGen)
+	} else {
+		res = b.runClosed("echo floor", c, k, conns, e.pids(), echoGen)
+	}
+	res.Variant = e.variant(res.Variant)
+	return res, nil
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -126,25 +125,7 @@ func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder
 
 // connectAll dials n connections spread over the nodes (node i%len(nodes)).
 func (b *bench) connectAll(n int, nodes []int, bufSize int) ([]*wsConn, error) {
-	conns := make([]*wsConn, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			conns[i], errs[i] = b.dial(nodes[i%len(nodes)], bufSize)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		closeAll(conns)
-		return nil, err
-	}
-	return conns, nil
+	return b.dialMany(n, func(i int) string { return b.cl.ws(nodes[i%len(nodes)]) }, bufSize)
 }
 
 func closeAll(conns []*wsConn) {
@@ -164,12 +145,12 @@ func (b *bench) allNodes() []int {
 }
 
 // runClosed runs a closed-loop workload: conns connections, c requests in
-// flight in total, for b.duration.
-func (b *bench) runClosed(workload string, c, nconns int, conns []*wsConn, mkGen func(i int) gen) Result {
-	res := Result{Workload: workload, Concurrency: c, Conns: nconns}
+// flight in total, for b.duration; pids are the server processes measured.
+func (b *bench) runClosed(workload string, c, nconns int, conns []*wsConn, pids []int, mkGen func(i int) gen) Result {
+	res := Result{Workload: workload, Concurrency: c, Conns: nconns, Pattern: patternPipelined}
 	var m merged
 	var wg sync.WaitGroup
-	cpu := startCPU(b.cl.pids())
+	cpu := startCPU(pids)
 	start := b.now()
 	until := start + int64(b.duration)
 	for i, conn := range conns {
@@ -199,21 +180,29 @@ func (b *bench) runClosed(workload string, c, nconns int, conns []*wsConn, mkGen
 
 // register: c agents (one connection each, spread over the nodes) each send
 // online back to back, cycling over 16 namespaces of their own: every online
-// is a raft write (the registry does not skip repeats).
-func (b *bench) register(c int) (Result, error) {
-	conns, err := b.connectAll(c, b.allNodes(), 4096)
+// is a raft write (the registry does not skip repeats). Under the agent
+// pattern the c onlines in flight rotate over s.conns agents in bursts.
+func (b *bench) register(c int, s shape) (Result, error) {
+	n := c
+	if s.agent() {
+		n = s.conns
+	}
+	conns, err := b.connectAll(n, b.allNodes(), 4096)
 	if err != nil {
 		return Result{}, err
 	}
 	defer b.settle(conns)
-	res := b.runClosed("register", c, c, conns, func(i int) gen {
+	mk := func(i int) gen {
 		nss := make([]string, 16)
 		for j := range nss {
 			nss[j] = "bench-reg-" + strconv.Itoa(i) + "-" + strconv.Itoa(j)
 		}
 		return func(buf []byte, id int64) []byte { return appendRequest(buf, id, "online", nss[id%16]) }
-	})
-	return res, nil
+	}
+	if s.agent() {
+		return b.runAgent("register", c, conns, s, b.cl.pids(), mk), nil
+	}
+	return b.runClosed("register", c, c, conns, b.cl.pids(), mk), nil
 }
 
 // settle closes connections and gives the cluster a moment to apply their
@@ -331,15 +320,19 @@ func (b *bench) waitVisible(node int, ns string) error {
 }
 
 // where: c lookups in flight over k connections spread over the nodes, each
-// for a random one of 1000 existing namespaces.
-func (b *bench) where(c, k int) (Result, error) {
+// for a random one of 1000 existing namespaces. Under the agent pattern the
+// lookups rotate over s.conns connections in bursts (k is not used).
+func (b *bench) where(c, k int, s shape) (Result, error) {
 	seed, nss, err := b.seedNamespaces(0, 1000, "bench-where-")
 	if err != nil {
 		return Result{}, err
 	}
 	defer b.settle([]*wsConn{seed})
 	k = min(k, c)
-	conns, err := b.connectAll(k, b.allNodes(), 0)
+	if s.agent() {
+		k = s.conns
+	}
+	conns, err := b.connectAll(k, b.allNodes(), s.bufSize())
 	if err != nil {
 		return Result{}, err
 	}
@@ -350,24 +343,31 @@ func (b *bench) where(c, k int) (Result, error) {
 			return appendRequest(buf, id, "where", nss[r.IntN(len(nss))])
 		}
 	}
-	return b.runClosed("where", c, k, conns, mk), nil
+	if s.agent() {
+		return b.runAgent("where", c, conns, s, b.cl.pids(), mk), nil
+	}
+	return b.runClosed("where", c, k, conns, b.cl.pids(), mk), nil
 }
 
 // wherePaced sends lookups at a fixed total rate over k connections (open
-// loop, so latency is not hidden by the generator waiting).
-func (b *bench) wherePaced(rate float64, k int) (Result, error) {
+// loop, so latency is not hidden by the generator waiting); under the agent
+// pattern over s.conns connections, in bursts.
+func (b *bench) wherePaced(rate float64, k int, s shape) (Result, error) {
 	seed, nss, err := b.seedNamespaces(0, 1000, "bench-where-")
 	if err != nil {
 		return Result{}, err
 	}
 	defer b.settle([]*wsConn{seed})
-	conns, err := b.connectAll(k, b.allNodes(), 0)
+	if s.agent() {
+		k = s.conns
+	}
+	conns, err := b.connectAll(k, b.allNodes(), s.bufSize())
 	if err != nil {
 		return Result{}, err
 	}
 	defer closeAll(conns)
 	res := Result{Workload: "where", Variant: fmt.Sprintf("paced %.0f/s", rate), Conns: k}
-	return b.paced(res, conns, rate, b.cl.pids(), func(i int) gen {
+	return b.paced(res, conns, rate, s, b.cl.pids(), func(i int) gen {
 		r := rand.New(rand.NewPCG(uint64(i), 9))
 		return func(buf []byte, id int64) []byte {
 			return appendRequest(buf, id, "where", nss[r.IntN(len(nss))])
@@ -375,9 +375,25 @@ func (b *bench) wherePaced(rate float64, k int) (Result, error) {
 	}), nil
 }
 
+// pacedConn is one connection of a paced run: its writer records what it sent, its reader
+// matches the replies.
+type pacedConn struct {
+	conn        *wsConn
+	mu          sync.Mutex
+	sent        map[int64]int64 // id -> time sent (ns since t0)
+	writerDone  atomic.Bool
+	inflightMax *atomic.Int64
+}
+
+// noteInflight records the most requests in flight on one connection; call with mu held.
+func (pc *pacedConn) noteInflight() {
+	pc.inflightMax.Store(max(pc.inflightMax.Load(), int64(len(pc.sent))))
+}
+
 // paced sends requests made by mkGen(i) on conns[i] at a fixed total rate (open loop, so
 // latency is not hidden by the generator waiting); pids are the server processes measured.
-func (b *bench) paced(res Result, conns []*wsConn, rate float64, pids []int, mkGen func(i int) gen) Result {
+// Under the agent pattern each connection sends bursts of s.inflight requests, one write each.
+func (b *bench) paced(res Result, conns []*wsConn, rate float64, s shape, pids []int, mkGen func(i int) gen) Result {
 	k := len(conns)
 	var m merged
 	var wg sync.WaitGroup
@@ -388,105 +404,122 @@ func (b *bench) paced(res Result, conns []*wsConn, rate float64, pids []int, mkG
 	var inflightMax atomic.Int64
 	for i, conn := range conns {
 		wg.Add(2)
-		var mu sync.Mutex
-		sent := make(map[int64]int64)
-		var writerDone atomic.Bool
+		pc := &pacedConn{conn: conn, sent: make(map[int64]int64), inflightMax: &inflightMax}
 		rec := &recorder{lat: make([]int64, 0, 1<<14)}
-		go func() { // writer: sleep until the next request is due, then send what is owed
+		go func() {
 			defer wg.Done()
 			defer func() {
-				mu.Lock()
-				writerDone.Store(true)
-				if len(sent) == 0 { // the reader may be blocked with nothing to come
+				pc.mu.Lock()
+				pc.writerDone.Store(true)
+				if len(pc.sent) == 0 { // the reader may be blocked with nothing to come
 					_ = conn.nc.SetReadDeadline(time.Now())
 				}
-				mu.Unlock()
+				pc.mu.Unlock()
 			}()
-			g := mkGen(i)
-			var id int64
-			buf := make([]byte, 0, 4096)
-			// Sleeping until each due time, rather than a 1 ms ticker per connection,
-			// keeps the generator's own wake-ups (64,000/s with 64 tickers) out of the
-			// latencies at low rates; a late wake-up sends everything owed at once.
-			for {
-				due := start + int64(float64(id+1)/perConn*1e9)
-				if d := time.Duration(due - b.now()); d > 0 {
-					time.Sleep(d)
-				}
-				now := b.now()
-				if now >= until {
-					return
-				}
-				owed := int64(float64(now-start)/1e9*perConn) - id
-				if owed <= 0 {
-					continue
-				}
-				buf = buf[:0]
-				mu.Lock()
-				for range owed {
-					buf = g(buf, id)
-					sent[id] = now
-					id++
-				}
-				inflightMax.Store(max(inflightMax.Load(), int64(len(sent))))
-				mu.Unlock()
-				if err := conn.write(buf); err != nil {
-					return
-				}
+			if s.agent() {
+				b.agentWriter(pc, mkGen(i), s, i, k, start, until, perConn, uint64(start))
+			} else {
+				b.pipelinedWriter(pc, mkGen(i), start, until, perConn)
 			}
 		}()
 		go func() {
 			defer wg.Done()
 			defer m.add(rec)
-			_ = conn.nc.SetReadDeadline(time.Now().Add(b.duration + b.timeout))
-			var scratch []byte
-			for {
-				mu.Lock()
-				n := len(sent)
-				mu.Unlock()
-				if n == 0 && writerDone.Load() {
-					return
-				}
-				p, err := conn.readMessage(scratch)
-				if err != nil {
-					mu.Lock()
-					if !writerDone.Load() || len(sent) > 0 {
-						rec.errors += int64(len(sent))
-					}
-					mu.Unlock()
-					return
-				}
-				scratch = p[:0]
-				rid, ok, perr := parseReply(p)
-				if perr != nil {
-					continue
-				}
-				now := b.now()
-				mu.Lock()
-				ts, found := sent[rid]
-				delete(sent, rid)
-				last := len(sent) == 0 && writerDone.Load()
-				mu.Unlock()
-				if found {
-					if ok {
-						rec.lat = append(rec.lat, now-ts)
-					} else {
-						rec.errors++
-					}
-				}
-				if last {
-					return
-				}
-			}
+			b.pacedReader(pc, rec)
 		}()
 	}
 	wg.Wait()
 	res.Seconds = float64(b.now()-start) / 1e9
+	if s.agent() {
+		res.Extra = map[string]float64{"burst": float64(max(1, s.inflight))}
+	}
 	m.fill(&res)
 	cpu.fill(&res)
 	res.Concurrency = int(inflightMax.Load())
 	res.Note = "concurrency = most requests in flight on one connection"
+	s.tag(&res)
 	return res
+}
+
+// pipelinedWriter sleeps until the next request is due, then sends what is owed in one write.
+func (b *bench) pipelinedWriter(pc *pacedConn, g gen, start, until int64, perConn float64) {
+	var id int64
+	buf := make([]byte, 0, 4096)
+	// Sleeping until each due time, rather than a 1 ms ticker per connection,
+	// keeps the generator's own wake-ups (64,000/s with 64 tickers) out of the
+	// latencies at low rates; a late wake-up sends everything owed at once.
+	for {
+		due := start + int64(float64(id+1)/perConn*1e9)
+		if d := time.Duration(due - b.now()); d > 0 {
+			time.Sleep(d)
+		}
+		now := b.now()
+		if now >= until {
+			return
+		}
+		owed := int64(float64(now-start)/1e9*perConn) - id
+		if owed <= 0 {
+			continue
+		}
+		buf = buf[:0]
+		pc.mu.Lock()
+		for range owed {
+			buf = g(buf, id)
+			pc.sent[id] = now
+			id++
+		}
+		pc.noteInflight()
+		pc.mu.Unlock()
+		if err := pc.conn.write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// pacedReader matches replies to what the writer sent until the writer is done and nothing
+// is outstanding.
+func (b *bench) pacedReader(pc *pacedConn, rec *recorder) {
+	conn := pc.conn
+	_ = conn.nc.SetReadDeadline(time.Now().Add(b.duration + b.timeout))
+	var scratch []byte
+	for {
+		pc.mu.Lock()
+		n := len(pc.sent)
+		pc.mu.Unlock()
+		if n == 0 && pc.writerDone.Load() {
+			return
+		}
+		p, err := conn.readMessage(scratch)
+		if err != nil {
+			pc.mu.Lock()
+			if !pc.writerDone.Load() || len(pc.sent) > 0 {
+				rec.errors += int64(len(pc.sent))
+			}
+			pc.mu.Unlock()
+			return
+		}
+		scratch = p[:0]
+		rid, ok, perr := parseReply(p)
+		if perr != nil {
+			continue
+		}
+		now := b.now()
+		pc.mu.Lock()
+		ts, found := pc.sent[rid]
+		delete(pc.sent, rid)
+		last := len(pc.sent) == 0 && pc.writerDone.Load()
+		pc.mu.Unlock()
+		if found {
+			if ok {
+				rec.lat = append(rec.lat, now-ts)
+			} else {
+				rec.errors++
+			}
+		}
+		if last {
+			return
+		}
+	}
 }
 
 // fetch: c concurrent callers of an echo agent, either directly over a

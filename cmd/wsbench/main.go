@@ -4,7 +4,9 @@
 // processes' CPU per operation (from /proc). See BENCHMARKS.md.
 //
 //	wsbench -workload where -c 1,16,256 -duration 5s -out bench/results/x.jsonl
+//	wsbench -workload where -pattern agent -c 256      # 1,000 agents, one write per request
 //	wsbench table -in bench/results/x.jsonl -run <id>
+//	wsbench ratios -in bench/results/x.jsonl -run <id> # where vs echo floor, us vs etcd
 package main
 
 import (
@@ -24,6 +26,7 @@ import (
 // subcommands run instead of a workload: `wsbench table ...`, `wsbench echo-server ...`.
 var subcommands = map[string]func(args []string) error{
 	"table":       tableCmd,
+	"ratios":      ratiosCmd,
 	"echo-server": echoServerCmd,
 }
 
@@ -48,9 +51,15 @@ func run(args []string) error {
 	host := fs.String("host", "127.0.7.1", "host of the local cluster (WSREGISTRY_CLUSTER_HOST of local-cluster.sh)")
 	nodes := fs.Int("nodes", 3, "number of nodes in the cluster")
 	dir := fs.String("cluster-dir", "", "local-cluster.sh state dir (default: the one remembered for -host)")
-	workload := fs.String("workload", "where", "register | where | where-paced | echo-paced | fetch | failover | reregister | scale")
+	workload := fs.String("workload", "where", "register | where | where-paced | echo | echo-paced | fetch | failover | reregister | scale")
+	pattern := fs.String("pattern", patternPipelined, "register, where, where-paced, echo, echo-paced: pipelined (one goroutine per connection,\n"+
+		"replies that arrive together answered with one write, zero mask key) or agent (as iocore agents: every request its\n"+
+		"own frame write with a fresh random mask key, over -conns connections with -inflight requests each in flight at once)")
+	agentConns := fs.Int("conns", defaultAgentConns, "agent pattern: connections (spread over the nodes)")
+	inflight := fs.Int("inflight", defaultAgentInflight, "agent pattern: requests one connection has in flight at once (a burst)")
+	echoProcs := fs.Int("echo-procs", 1, "echo, echo-paced: echo server processes, the connections spread over them (3: as many as nodes)")
 	conc := fs.String("c", "1", "comma-separated concurrencies (requests in flight)")
-	k := fs.Int("k", 64, "where: most connections the lookups are spread over")
+	k := fs.Int("k", 64, "where, echo (pipelined pattern): most connections the lookups are spread over")
 	variants := fs.String("variant", "direct,proxied", "fetch: direct, proxied (via node 0, where the echo agent is connected), proxied-remote (via node 1)")
 	label := fs.String("label", "", "added to the variant column (e.g. 'group commit off')")
 	duration := fs.Duration("duration", 5*time.Second, "length of each run")
@@ -71,6 +80,15 @@ func run(args []string) error {
 			return fmt.Errorf("no -cluster-dir and no local cluster known for %s: %w", *host, err)
 		}
 		*dir = strings.TrimSpace(string(b))
+	}
+	s := shape{pattern: *pattern, conns: *agentConns, inflight: *inflight}
+	switch {
+	case s.pattern != patternPipelined && s.pattern != patternAgent:
+		return fmt.Errorf("unknown -pattern %q (pipelined or agent)", s.pattern)
+	case s.agent() && !strings.Contains(" register where where-paced echo echo-paced ", " "+*workload+" "):
+		return fmt.Errorf("-pattern agent applies to register, where, where-paced, echo and echo-paced, not %s", *workload)
+	case s.agent() && (s.conns < 1 || s.inflight < 1):
+		return errors.New("-conns and -inflight must be at least 1")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -124,7 +142,7 @@ func run(args []string) error {
 	switch *workload {
 	case "register":
 		for _, c := range cs {
-			if err := emit(b.register(c)); err != nil {
+			if err := emit(b.register(c, s)); err != nil {
 				return err
 			}
 		}
@@ -132,14 +150,20 @@ func run(args []string) error {
 		if *rate <= 0 {
 			return errors.New("echo-paced needs -rate")
 		}
-		if err := emit(b.echoPaced(*rate, *k)); err != nil {
+		if err := emit(b.echoPaced(*rate, *k, *echoProcs, s)); err != nil {
 			return err
+		}
+	case "echo":
+		for _, c := range cs {
+			if err := emit(b.echo(c, *k, *echoProcs, s)); err != nil {
+				return err
+			}
 		}
 	case "where", "where-paced":
 		var last Result
 		if *workload == "where" || *rate == 0 {
 			for _, c := range cs {
-				r, err := b.where(c, *k)
+				r, err := b.where(c, *k, s)
 				if err := emit(r, err); err != nil {
 					return err
 				}
@@ -151,7 +175,7 @@ func run(args []string) error {
 			if rt == 0 {
 				rt = last.OpsPerS / 2
 			}
-			if err := emit(b.wherePaced(rt, min(*k, cs[len(cs)-1]))); err != nil {
+			if err := emit(b.wherePaced(rt, min(*k, cs[len(cs)-1]), s)); err != nil {
 				return err
 			}
 		}

@@ -21,7 +21,8 @@ import (
 // CPU than one SDK Call (timer, channel, goroutine) per request, so more of
 // the machine is left to the servers being measured. The bytes on the wire
 // are the ones an iocore agent sends (masked client frames; the mask key is
-// zero, which RFC 6455 permits and servers cannot tell apart).
+// zero, which RFC 6455 permits), but not the writes: the agent pattern
+// (agent.go) sends each frame in its own write with a random key, as agents do.
 type wsConn struct {
 	nc  net.Conn
 	br  *bufio.Reader

@@ -17,6 +17,7 @@ type Result struct {
 	Run         string             `json:"run,omitempty"` // groups the lines of one bench.sh invocation
 	Workload    string             `json:"workload"`
 	Variant     string             `json:"variant,omitempty"`
+	Pattern     string             `json:"pattern,omitempty"` // generator pattern: pipelined or agent (register, where, echo)
 	Concurrency int                `json:"concurrency"`
 	Conns       int                `json:"conns"`
 	Ops         int64              `json:"ops"`
@@ -121,11 +122,35 @@ func cpuTicks(pid int) (int64, error) {
 
 const userHz = 100
 
+// syscalls is the read- and write-family system calls pid has made (syscr, syscw of
+// /proc/<pid>/io): on loopback a server's CPU per request follows them closely.
+func syscalls(pid int) (reads, writes int64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ": ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch k {
+		case "syscr":
+			reads = n
+		case "syscw":
+			writes = n
+		}
+	}
+	return reads, writes, nil
+}
+
 // cpuMeter measures the CPU the server processes and this process spend
-// between start and stop.
+// between start and stop, and the servers' read and write system calls.
 type cpuMeter struct {
 	pids   []int
 	before map[int]int64
+	io     map[int][2]int64
 	self   time.Duration
 }
 
@@ -136,10 +161,13 @@ func selfCPU() time.Duration {
 }
 
 func startCPU(pids []int) *cpuMeter {
-	m := &cpuMeter{pids: pids, before: map[int]int64{}, self: selfCPU()}
+	m := &cpuMeter{pids: pids, before: map[int]int64{}, io: map[int][2]int64{}, self: selfCPU()}
 	for _, p := range pids {
 		if t, err := cpuTicks(p); err == nil {
 			m.before[p] = t
+		}
+		if r, w, err := syscalls(p); err == nil {
+			m.io[p] = [2]int64{r, w}
 		}
 	}
 	return m
@@ -166,7 +194,32 @@ func (m *cpuMeter) fill(res *Result) {
 	if res.Ops > 0 {
 		res.ServerCPUus = float64(s.Microseconds()) / float64(res.Ops)
 		res.ClientCPUus = float64(c.Microseconds()) / float64(res.Ops)
+		if r, w, ok := m.syscalls(); ok {
+			if res.Extra == nil {
+				res.Extra = map[string]float64{}
+			}
+			res.Extra["server_reads_per_op"] = float64(r) / float64(res.Ops)
+			res.Extra["server_writes_per_op"] = float64(w) / float64(res.Ops)
+		}
 	}
+}
+
+// syscalls is the server processes' read and write system calls since start (ok: all of them
+// could be read both times; a process that was killed meanwhile cannot).
+func (m *cpuMeter) syscalls() (reads, writes int64, ok bool) {
+	for _, p := range m.pids {
+		b, found := m.io[p]
+		if !found {
+			return 0, 0, false
+		}
+		r, w, err := syscalls(p)
+		if err != nil {
+			return 0, 0, false
+		}
+		reads += r - b[0]
+		writes += w - b[1]
+	}
+	return reads, writes, len(m.pids) > 0
 }
 
 // rssBytes is VmRSS of pid.

@@ -18,27 +18,10 @@ func tableCmd(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	f, err := os.Open(*in)
+	rows, err := readRun(*in, *runID)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	var all []Result
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var r Result
-		if json.Unmarshal(sc.Bytes(), &r) == nil {
-			all = append(all, r)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	if *runID == "" && len(all) > 0 {
-		*runID = all[len(all)-1].Run
-	}
-	rows := slices.DeleteFunc(all, func(r Result) bool { return r.Run != *runID })
 	fmt.Println("| workload | variant | c | conns | ops | s | ops/s | p50 µs | p90 µs | p99 µs | max µs | errors | server CPU µs/op | generator CPU µs/op |")
 	fmt.Println("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, r := range rows {
@@ -71,4 +54,29 @@ func tableCmd(args []string) error {
 		fmt.Println(strings.Join(extras, "\n"))
 	}
 	return nil
+}
+
+// readRun reads the result lines of one run from a JSON lines file (runID "": the last run).
+func readRun(in, runID string) ([]Result, error) {
+	f, err := os.Open(in)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var all []Result
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r Result
+		if json.Unmarshal(sc.Bytes(), &r) == nil {
+			all = append(all, r)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if runID == "" && len(all) > 0 {
+		runID = all[len(all)-1].Run
+	}
+	return slices.DeleteFunc(all, func(r Result) bool { return r.Run != runID }), nil
 }

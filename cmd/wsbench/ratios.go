@@ -1,0 +1,129 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"math"
+	"strings"
+)
+
+// Targets the ratios are checked against (BENCHMARKS.md, round 5).
+const (
+	targetRegisterVsEtcd = 3.0 // registrations/s at 256 writers, ours / etcd's: at least
+	targetWhereVsEcho    = 1.2 // server CPU per where under the agent pattern / its echo floor: at most
+)
+
+// ratiosCmd prints, for one run, the ratios that only mean something within one run: our
+// register and where against the etcd anchor's (rows whose variant starts with "etcd", written
+// by bench/etcd) at the same concurrency, and the server CPU of each where row against the
+// echo floor row of the same shape (same variant, pattern and connections; closed-loop rows
+// also the same concurrency).
+func ratiosCmd(args []string) error {
+	fs := flag.NewFlagSet("ratios", flag.ContinueOnError)
+	in := fs.String("in", "", "JSON lines file")
+	runID := fs.String("run", "", "only lines of this run (default: the last run in the file)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rows, err := readRun(*in, *runID)
+	if err != nil {
+		return err
+	}
+	// last returns the last row of the run that matches: when a run measured the same thing
+	// twice, the later one is the nearer in time to what follows it.
+	last := func(match func(r Result) bool) (Result, bool) {
+		for i := len(rows) - 1; i >= 0; i-- {
+			if match(rows[i]) {
+				return rows[i], true
+			}
+		}
+		return Result{}, false
+	}
+	isEtcd := func(r Result) bool { return strings.HasPrefix(r.Variant, "etcd") }
+	paced := func(r Result) bool { return strings.HasPrefix(r.Variant, "paced") }
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f×", a/b)
+	}
+
+	var etcdLines []string
+	for _, e := range rows {
+		if !isEtcd(e) {
+			continue
+		}
+		for _, p := range []string{patternPipelined, patternAgent} {
+			want := ""
+			if p == patternAgent {
+				want = patternAgent
+			}
+			r, ok := last(func(r Result) bool {
+				return r.Workload == e.Workload && r.Concurrency == e.Concurrency && r.Variant == want
+			})
+			if !ok {
+				continue
+			}
+			target := ""
+			if e.Workload == "register" && e.Concurrency == 256 {
+				target = fmt.Sprintf("≥ %.0f×: %s", targetRegisterVsEtcd, yesNo(r.OpsPerS >= targetRegisterVsEtcd*e.OpsPerS))
+			}
+			etcdLines = append(etcdLines, fmt.Sprintf("| %s | %d | %s | %.0f | %s | %.0f | %s | %.1f | %.1f | %s | %s |",
+				e.Workload, e.Concurrency, p, r.OpsPerS, e.Variant, e.OpsPerS, ratio(r.OpsPerS, e.OpsPerS),
+				r.ServerCPUus, e.ServerCPUus, ratio(r.ServerCPUus, e.ServerCPUus), target))
+		}
+	}
+	if len(etcdLines) > 0 {
+		fmt.Println("| workload | c | ours: pattern | ours ops/s | etcd | etcd ops/s | ops/s us/etcd | ours server CPU µs/op | etcd CPU µs/op | CPU/op us/etcd | target |")
+		fmt.Println("|---|--:|---|--:|---|--:|--:|--:|--:|--:|---|")
+		fmt.Println(strings.Join(etcdLines, "\n"))
+		fmt.Println()
+	}
+
+	var echoLines []string
+	for _, w := range rows {
+		if w.Workload != "where" || isEtcd(w) {
+			continue
+		}
+		// The echo floor of the same shape: one process (the target's floor), and, where the run
+		// has one, the floor spread over as many processes as there are nodes ("3 procs").
+		for _, procs := range []string{"", "3 procs"} {
+			e, ok := last(func(r Result) bool {
+				return r.Workload == "echo floor" && r.Variant == joinWords(w.Variant, procs) && r.Conns == w.Conns &&
+					(paced(w) || r.Concurrency == w.Concurrency)
+			})
+			if !ok {
+				continue
+			}
+			target := ""
+			if w.Pattern == patternAgent && procs == "" {
+				target = fmt.Sprintf("≤ %.1f×: %s", targetWhereVsEcho, yesNo(w.ServerCPUus <= targetWhereVsEcho*e.ServerCPUus))
+			}
+			// A paced pair compares like with like only at the same rate: a generator that fell
+			// behind (a busy machine) sent fewer requests to one of them.
+			if paced(w) && w.OpsPerS > 0 && math.Abs(e.OpsPerS-w.OpsPerS) > 0.05*w.OpsPerS {
+				target = strings.TrimSpace(target + " (rates differ: not comparable)")
+			}
+			pattern := w.Pattern
+			if pattern == "" {
+				pattern = patternPipelined
+			}
+			echoLines = append(echoLines, fmt.Sprintf("| %s | %s | %d | %d | %s | %.0f | %.0f | %.1f | %.1f | %s | %s |",
+				w.Variant, pattern, w.Concurrency, w.Conns, e.Variant, w.OpsPerS, e.OpsPerS, w.ServerCPUus, e.ServerCPUus,
+				ratio(w.ServerCPUus, e.ServerCPUus), target))
+		}
+	}
+	if len(echoLines) > 0 {
+		fmt.Println("| where variant | pattern | c | conns | echo floor | where ops/s | echo ops/s | where server CPU µs/op | echo floor CPU µs/op | where/echo | target |")
+		fmt.Println("|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|")
+		fmt.Println(strings.Join(echoLines, "\n"))
+	}
+	return nil
+}
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
