@@ -23,7 +23,7 @@ func TestHandler_ServesThePageAndItsAssets(t *testing.T) {
 	h := Handler()
 	for _, tc := range []struct{ path, ctype, contains string }{
 		{"/", "text/html", `<script src="/assets/app.js"`},
-		{"/assets/app.js", "javascript", `new EventSource("/v1/watch")`},
+		{"/assets/app.js", "javascript", `new EventSource(withToken("/v1/watch"))`},
 		{"/assets/style.css", "text/css", "--accent"},
 	} {
 		resp, body := get(t, h, tc.path)
