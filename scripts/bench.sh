@@ -43,6 +43,9 @@ done
 has() { case ",$groups," in *,"$1",*) return 0 ;; esac; return 1; }
 export WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_CLUSTER_HOST:-127.0.7.1}"
 host="$WSREGISTRY_CLUSTER_HOST"
+# Node 0's agent port (local-cluster.sh's WSREGISTRY_CLUSTER_PORT).
+export WSREGISTRY_CLUSTER_PORT="${WSREGISTRY_CLUSTER_PORT:-8427}"
+port="$WSREGISTRY_CLUSTER_PORT"
 # The anchor's members listen on $ETCD_ANCHOR_NET.1, .2 and .3 (ports 2379 and 2380).
 ETCD_ANCHOR_NET="${ETCD_ANCHOR_NET:-127.0.9}"
 # The open-loop rate of the patterns group: well under what either pattern reaches closed-loop
@@ -127,11 +130,12 @@ start_single() {
   CGO_ENABLED=0 go build -o "$cluster_dir/wsregistry" ./cmd/wsregistry
   # shellcheck disable=SC2086
   "$cluster_dir/wsregistry" serve --node-id node0 --data-dir "$cluster_dir/node0" \
-    --ws-addr "$host:8427" --http-addr "$host:8428" --raft-addr "$host:8429" $1 \
+    --ws-addr "$host:$port" --http-addr "$host:$((port + 1))" --raft-addr "$host:$((port + 2))" $1 \
     >"$cluster_dir/node0.log" 2>&1 &
   echo $! >"$cluster_dir/node0.pid"
+  echo "$port" >"$cluster_dir/port-base"
   for _ in $(seq 1 100); do
-    "$cluster_dir/wsregistry" healthcheck --addr "$host:8428" >/dev/null 2>&1 && return 0
+    "$cluster_dir/wsregistry" healthcheck --addr "$host:$((port + 1))" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "single node did not become ready; see $cluster_dir/node0.log" >&2

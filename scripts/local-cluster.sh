@@ -3,7 +3,8 @@
 #   scripts/local-cluster.sh start [N]   build, start N nodes (default 3), wait for a leader
 #   scripts/local-cluster.sh status      members and leader as node 0 sees them
 #   scripts/local-cluster.sh stop        stop the nodes this script started (by PID)
-# Node i listens on 8427+10i (agents), 8428+10i (HTTP), 8429+10i (raft).
+# Node i listens on P+10i (agents), P+1+10i (HTTP), P+2+10i (raft), P = $WSREGISTRY_CLUSTER_PORT
+# (default 8427); P is kept in <dir>/port-base for the tools that find the nodes.
 # Each node's PID is in <dir>/node<i>.pid, its log in <dir>/node<i>.log.
 # State lives in $WSREGISTRY_CLUSTER_DIR (default: a temp dir, remembered in /tmp/wsregistry-local-cluster).
 # Extra serve flags for every node: WSREGISTRY_EXTRA_FLAGS="--raft-no-sync --node-grace 5s".
@@ -23,7 +24,8 @@ cluster_dir() {
   fi
 }
 
-http_port() { echo $((8428 + 10 * $1)); }
+base="${WSREGISTRY_CLUSTER_PORT:-8427}"
+http_port() { echo $((base + 1 + 10 * $1)); }
 
 case "$cmd" in
 start)
@@ -36,18 +38,19 @@ start)
   dir="${WSREGISTRY_CLUSTER_DIR:-$(mktemp -d /tmp/wsregistry-cluster.XXXXXX)}"
   mkdir -p "$dir"
   echo "$dir" > "$state_file"
+  echo "$base" > "$dir/port-base"
   echo "building wsregistry into $dir/wsregistry"
   CGO_ENABLED=0 go build -o "$dir/wsregistry" ./cmd/wsregistry
   join=""
   # A one-node cluster bootstraps alone; --join would make it wait for peers.
   if [ "$n" -gt 1 ]; then
-    for ((i = 0; i < n; i++)); do join+="${join:+,}$host:$((8429 + 10 * i))"; done
+    for ((i = 0; i < n; i++)); do join+="${join:+,}$host:$((base + 2 + 10 * i))"; done
   fi
   for ((i = 0; i < n; i++)); do
     # shellcheck disable=SC2086
     "$dir/wsregistry" serve \
       --node-id "node$i" --data-dir "$dir/node$i" \
-      --ws-addr "$host:$((8427 + 10 * i))" --http-addr "$host:$(http_port "$i")" --raft-addr "$host:$((8429 + 10 * i))" \
+      --ws-addr "$host:$((base + 10 * i))" --http-addr "$host:$(http_port "$i")" --raft-addr "$host:$((base + 2 + 10 * i))" \
       --bootstrap-expect "$n" ${join:+--join "$join"} ${WSREGISTRY_EXTRA_FLAGS:-} \
       >"$dir/node$i.log" 2>&1 &
     echo $! > "$dir/node$i.pid"
@@ -62,11 +65,12 @@ start)
       echo "node$i did not become ready; see $dir/node$i.log" >&2; exit 1
     fi
   done
-  echo "cluster ready: agents connect to $host:8427 (or any 8427+10i)"
+  echo "cluster ready: agents connect to $host:$base (or any $base+10i)"
   ;;
 status)
   dir=$(cluster_dir)
   [ -n "$dir" ] || { echo "no local cluster known" >&2; exit 1; }
+  [ -f "$dir/port-base" ] && base=$(cat "$dir/port-base")
   echo "cluster dir: $dir"
   for pf in "$dir"/node*.pid; do
     [ -f "$pf" ] || continue
@@ -99,5 +103,5 @@ stop)
   rm -f "$state_file"
   ;;
 *)
-  sed -n '2,8p' "$0"; exit 2 ;;
+  sed -n '2,12p' "$0"; exit 2 ;;
 esac

@@ -3,7 +3,7 @@
 // started with, signals and restarts, and the parts of the HTTP API the tools read.
 //
 // Layout (local-cluster.sh): node i is "node<i>", with <dir>/node<i>.pid and
-// <dir>/node<i>.log, agents on host:8427+10i and HTTP on host:8428+10i.
+// <dir>/node<i>.log, agents on host:P+10i and HTTP on host:P+1+10i (P in <dir>/port-base, else 8427).
 package localcluster
 
 import (
@@ -43,14 +43,24 @@ type Node struct {
 	pid    int
 }
 
+// DefaultPortBase is node 0's agent port when local-cluster.sh was not given another
+// (WSREGISTRY_CLUSTER_PORT, recorded in <dir>/port-base).
+const DefaultPortBase = 8427
+
 // New describes the n nodes of the cluster in dir; it does not touch them.
 func New(dir, host string, n int, client *http.Client) *Cluster {
 	c := &Cluster{Dir: dir, Host: host, Client: client}
+	base := DefaultPortBase
+	if b, err := os.ReadFile(filepath.Join(dir, "port-base")); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			base = v
+		}
+	}
 	for i := range n {
 		c.Nodes = append(c.Nodes, &Node{
 			ID:      "node" + strconv.Itoa(i),
-			WS:      host + ":" + strconv.Itoa(8427+10*i),
-			HTTP:    host + ":" + strconv.Itoa(8428+10*i),
+			WS:      host + ":" + strconv.Itoa(base+10*i),
+			HTTP:    host + ":" + strconv.Itoa(base+1+10*i),
 			PidFile: filepath.Join(dir, "node"+strconv.Itoa(i)+".pid"),
 			LogFile: filepath.Join(dir, "node"+strconv.Itoa(i)+".log"),
 		})

@@ -15,6 +15,10 @@ need_tool curl curl || exit 0
 need_tool jq jq || exit 0
 
 host="${WSREGISTRY_PROM_HOST:-127.0.6.1}"
+# Node 0 on 8437, not the default 8427: a registry someone runs with no flags listens on
+# the wildcard address's 8427-8429, which no other address can bind beside it.
+export WSREGISTRY_CLUSTER_PORT="${WSREGISTRY_PROM_CLUSTER_PORT:-8437}"
+base="$WSREGISTRY_CLUSTER_PORT"
 prom_port=9090
 work=$(mktemp -d /tmp/wsregistry-prom.XXXXXX)
 prom_pids=()
@@ -91,15 +95,17 @@ WSREGISTRY_CLUSTER_HOST="$host" WSREGISTRY_CLUSTER_DIR="$work/cluster" \
   WSREGISTRY_EXTRA_FLAGS="${WSREGISTRY_EXTRA_FLAGS:---raft-no-sync}" scripts/local-cluster.sh start 3
 
 # One agent, so the registration gauge is 1 on every node (it is replicated state).
-"$work/cluster/wsregistry" agent-demo --registry "$host:8427" --namespace prom-check --listen "$host:9427" \
+"$work/cluster/wsregistry" agent-demo --registry "$host:$base" --namespace prom-check --listen "$host:9427" \
   >"$work/agent.log" 2>&1 &
 agent_pid=$!
 
 say "Prometheus with deploy/prometheus/prometheus-local.yml (unchanged) on $host:$prom_port"
 mkdir -p "$work/local"
 cp deploy/prometheus/prometheus-local.yml "$work/local/"
-# The shipped targets file names 127.0.0.1; this run's cluster is on $host.
-jq --arg h "$host" '.[0].targets |= map(sub("^127\\.0\\.0\\.1:"; $h + ":"))' \
+# The shipped targets file names 127.0.0.1 and node 0 on 8427; this run's cluster is on $host
+# from $base.
+jq --arg h "$host" --argjson shift $((base - 8427)) \
+  '.[0].targets |= map(capture("^[^:]*:(?<p>[0-9]+)$") | $h + ":" + ((.p | tonumber) + $shift | tostring))' \
   deploy/prometheus/local-targets.json >"$work/local/local-targets.json"
 start_prometheus "$work/local/prometheus-local.yml" "$prom_port" local
 

@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib.sh
 
+# Node 0 on 8437, not the default 8427: a registry someone runs with no flags listens on
+# the wildcard address's 8427-8429, which no other address can bind beside it.
+export WSREGISTRY_CLUSTER_PORT="${WSREGISTRY_CHAOS_CLUSTER_PORT:-8437}"
+
 # A loopback address of its own, so it never meets the default ports other tests use.
 export WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_CHAOS_HOST:-127.0.8.1}"
 rounds="${WSREGISTRY_CHAOS_ROUNDS:-5}"
