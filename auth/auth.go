@@ -133,6 +133,8 @@ type Grant struct {
 	Name       string   // shown in logs and audit lines instead of the token
 	Scopes     Scope    // what the token may do; see Has
 	Namespaces []string // patterns an agent token may register ("payments-*"); empty: any
+
+	digest [sha256.Size]byte // of its token: Current finds the grant again after a reload
 }
 
 // Has reports whether g holds every scope in s. Admin implies read and fetch, since an
@@ -344,7 +346,8 @@ func New(cfg Config) (*Authority, error) {
 		if len(f.token) < minTokenLen {
 			a.log.Warn("token shorter than 16 characters", "grant", f.name)
 		}
-		e := entry{digest: sha256.Sum256([]byte(f.token)), grant: &Grant{Name: f.name, Scopes: f.scope}}
+		d := sha256.Sum256([]byte(f.token))
+		e := entry{digest: d, grant: &Grant{Name: f.name, Scopes: f.scope, digest: d}}
 		for _, prev := range a.flags {
 			if prev.digest == e.digest {
 				// One token, two grants: Lookup could not say which is meant.
@@ -419,6 +422,23 @@ func (a *Authority) Lookup(token string) (*Grant, bool) {
 		return nil, false
 	}
 	return entries[idx].grant, true
+}
+
+// CurrentAgent re-checks, against the tokens in force now, the grant a connection was
+// accepted with (nil: accepted while no agent token existed). A long-lived agent
+// connection calls it before each registration, so a token removed or narrowed by a reload
+// stops registering at once: ok is false when that token is gone or lost the agent scope,
+// or when the connection came without a token and agent tokens are now required.
+func (a *Authority) CurrentAgent(g *Grant) (*Grant, bool) {
+	if g == nil {
+		return nil, !a.Configured(ScopeAgent)
+	}
+	for _, e := range a.set.Load().entries {
+		if e.digest == g.digest {
+			return e.grant, e.grant.Has(ScopeAgent)
+		}
+	}
+	return nil, false
 }
 
 // Configured reports whether some grant Has(s). Since admin implies read and fetch, an admin

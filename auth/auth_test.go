@@ -443,3 +443,42 @@ func TestRefuse_LogIsRateLimitedButEveryRefusalCounted(t *testing.T) {
 		t.Fatalf("peer refusal not logged:\n%s", logs.String())
 	}
 }
+
+// A grant captured when an agent connected is checked again against the tokens in force.
+func TestCurrentAgent_FollowsReloads(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(file, []byte("pay agent pay-token-0123456789abcdef payments-*\n"), 0o600)
+	a, err := New(Config{TokenFile: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, ok := a.Lookup("pay-token-0123456789abcdef")
+	if !ok {
+		t.Fatal("token not found")
+	}
+	if cur, ok := a.CurrentAgent(g); !ok || cur.Name != "pay" {
+		t.Fatalf("before a reload: %+v %v", cur, ok)
+	}
+	if _, ok := a.CurrentAgent(nil); ok {
+		t.Fatal("a connection without a token passes while agent tokens are required")
+	}
+	// Same token, narrower patterns: the new grant applies.
+	os.WriteFile(file, []byte("pay agent pay-token-0123456789abcdef payments-eu\n"), 0o600)
+	if err := a.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if cur, ok := a.CurrentAgent(g); !ok || cur.AllowsNamespace("payments-us") || !cur.AllowsNamespace("payments-eu") {
+		t.Fatalf("after narrowing: %+v %v", cur, ok)
+	}
+	// Token gone: refused.
+	os.WriteFile(file, []byte("ops admin ops-token-0123456789abcdef\n"), 0o600)
+	if err := a.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.CurrentAgent(g); ok {
+		t.Fatal("a removed token still passes")
+	}
+	if _, ok := a.CurrentAgent(nil); !ok {
+		t.Fatal("with no agent tokens left, connections without one must pass")
+	}
+}

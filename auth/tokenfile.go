@@ -99,6 +99,7 @@ func parseTokenFile(file string, data []byte, flags []entry, warn func(string, .
 		if len(token) < minTokenLen {
 			warn("token shorter than 16 characters", "file", file, "line", n, "grant", name)
 		}
+		g.digest = d
 		out = append(out, entry{digest: d, grant: g})
 	}
 	if err := sc.Err(); err != nil {

@@ -114,6 +114,12 @@ func (s *agentSession) snapshot() []string {
 	return slices.Clone(s.namespaces)
 }
 
+// agentGrant is the agent token a connection was accepted with (nil: none).
+func agentGrant(ch *wsserver.Channel) *auth.Grant {
+	g, _ := ch.Auth().(*auth.Grant)
+	return g
+}
+
 func sessionOf(ch *wsserver.Channel) *agentSession {
 	s, _ := ch.Value().(*agentSession)
 	return s
@@ -203,6 +209,16 @@ func (n *Node) deregister(id fsm.SessionID) {
 // moveRegistrations registers h's namespaces under the new session and deregisters the old
 // one in the same raft entry, so the agent is findable at every index.
 func (n *Node) moveRegistrations(h handover, ch *wsserver.Channel, to *agentSession) {
+	// The gate lets only a connection with the same token replace another; what that
+	// token may no longer register (a reload narrowed it) is not carried over.
+	g, ok := n.auth.CurrentAgent(agentGrant(ch))
+	kept := h.namespaces[:0:0]
+	for _, name := range h.namespaces {
+		if ok && g.AllowsNamespace(name) {
+			kept = append(kept, name)
+		}
+	}
+	h.namespaces = kept
 	now := time.Now().UnixMilli()
 	cmds := make([]fsm.Command, 0, len(h.namespaces)+1)
 	to.mu.Lock()
@@ -281,7 +297,13 @@ func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawM
 	if err != nil {
 		return nil, err
 	}
-	if g, _ := ch.Auth().(*auth.Grant); !g.AllowsNamespace(ns) {
+	g, ok := n.auth.CurrentAgent(agentGrant(ch))
+	if !ok {
+		// The token file changed since this connection was accepted.
+		n.auth.RefuseFrom(ch.RemoteAddr(), agentGrant(ch), "online "+strconv.Quote(ns)+" as "+ch.Key(), auth.ReasonBadToken)
+		return nil, wsserver.NewError(401, "online: this connection's agent token is no longer accepted (the token file changed): reconnect with a valid token")
+	}
+	if !g.AllowsNamespace(ns) {
 		// The connection stays up: the agent may own other namespaces.
 		n.auth.RefuseFrom(ch.RemoteAddr(), g, "online "+strconv.Quote(ns)+" as "+ch.Key(), auth.ReasonNamespace)
 		return nil, wsserver.NewError(403, "online: the agent token %q may not register namespace %q", g.Name, ns)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/wsserver"
 )
 
@@ -85,6 +86,16 @@ func (n *Node) agentGate(next http.Handler) http.Handler {
 		if grant != nil {
 			r = wsserver.WithAuth(r, grant) // online checks the namespaces it may register
 		}
+		// A newer connection for a host:port replaces the older and inherits its
+		// registrations: only with the token the older one holds, or a token limited to
+		// other namespaces could take over an agent's (and the calls meant for it).
+		if key, err := wsserver.ParseKey(r.URL.Path); err == nil {
+			if old := n.ws.Channel(key); old != nil && grantName(agentGrant(old)) != grantName(grant) {
+				n.auth.RefuseFrom(r.RemoteAddr, grant, "replace the connection of "+key, auth.ReasonNamespace)
+				http.Error(w, "an agent with another token holds the connection for "+key+": only a connection with the same agent token may replace it", http.StatusForbidden)
+				return
+			}
+		}
 		srcIP, _, err := net.SplitHostPort(r.RemoteAddr)
 		if err != nil {
 			srcIP = r.RemoteAddr
@@ -107,6 +118,13 @@ func (n *Node) agentGate(next http.Handler) http.Handler {
 		defer n.conns.release(srcIP)
 		next.ServeHTTP(w, r)
 	})
+}
+
+func grantName(g *auth.Grant) string {
+	if g == nil {
+		return ""
+	}
+	return g.Name
 }
 
 func sameIP(a, b string) bool {
