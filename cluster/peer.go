@@ -257,6 +257,10 @@ func refuse(conn net.Conn, reason string) error {
 	return refusal{reason}
 }
 
+// maxPendingHandshakes bounds the connections in their handshake at once; peers hold a
+// few pooled connections each, so only a flood comes near it.
+const maxPendingHandshakes = 256
+
 // peerListener accepts on the peer port, authenticates each connection in a goroutine of
 // its own (a slow or hostile client never holds up the others), and hands raft
 // connections to raft and internal ones to the internal HTTP server.
@@ -288,16 +292,25 @@ func newPeerListener(ln net.Listener, auth *PeerAuth, blocked func() bool) *peer
 
 func (p *peerListener) acceptLoop() {
 	defer p.wg.Done()
+	backoff := 5 * time.Millisecond
 	for {
 		conn, err := p.inner.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				p.Close()
+				return
 			}
-			p.Close()
-			return
+			// Out of file descriptors and the like pass: the port must outlive them, as
+			// raft's own transport and net/http do.
+			select {
+			case <-time.After(backoff):
+			case <-p.done:
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
+		backoff = 5 * time.Millisecond
 		if p.blocked() {
 			conn.Close()
 			continue
@@ -307,6 +320,13 @@ func (p *peerListener) acceptLoop() {
 			p.mu.Unlock()
 			conn.Close()
 			return
+		}
+		if len(p.pending) >= maxPendingHandshakes {
+			// Handshakes cost a goroutine and a descriptor until their deadline: a flood of
+			// silent connections must not exhaust either.
+			p.mu.Unlock()
+			conn.Close()
+			continue
 		}
 		p.pending[conn] = struct{}{}
 		p.mu.Unlock()
@@ -336,6 +356,13 @@ func (p *peerListener) handshake(raw net.Conn) {
 	if !target.deliver(conn) {
 		conn.Close()
 	}
+	// Close may have drained the channel just before this connection went in.
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		target.drain()
+	}
 }
 
 // Close stops accepting and drops connections still in their handshake.
@@ -352,16 +379,8 @@ func (p *peerListener) Close() error {
 	}
 	p.mu.Unlock()
 	err := p.inner.Close()
-	for _, l := range []*chanListener{p.raft, p.internal} {
-		for drained := false; !drained; {
-			select {
-			case c := <-l.conns:
-				c.Close()
-			default:
-				drained = true
-			}
-		}
-	}
+	p.raft.drain()
+	p.internal.drain()
 	return err
 }
 
@@ -382,6 +401,18 @@ func (l *chanListener) deliver(c net.Conn) bool {
 		return true
 	case <-l.done:
 		return false
+	}
+}
+
+// drain closes the connections delivered but not accepted (the listener is closing).
+func (l *chanListener) drain() {
+	for {
+		select {
+		case c := <-l.conns:
+			c.Close()
+		default:
+			return
+		}
 	}
 }
 

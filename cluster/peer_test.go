@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -233,4 +235,40 @@ func TestPeer_TrustedNetworksSeeThePeersOwnAddress(t *testing.T) {
 		c.Peer = PeerAuth{Trusted: inNet} // no key, no TLS: the address is all there is
 	})
 	commit(t, followerOf(t, nodes), meta("trusted-by-address"))
+}
+
+// flakyListener fails its first Accept as a process out of descriptors would.
+type flakyListener struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if !l.failed.Swap(true) {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+	}
+	return l.Listener.Accept()
+}
+
+// An accept error that passes (EMFILE) must not close the peer port for good.
+func TestPeer_AcceptErrorsDoNotCloseThePort(t *testing.T) {
+	ln := &flakyListener{Listener: listen(t)}
+	p := newPeerListener(ln, &PeerAuth{Keys: []string{"k"}}, func() bool { return false })
+	t.Cleanup(func() { p.Close() })
+	go func() {
+		for {
+			c, err := p.internal.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("!"))
+			c.Close()
+		}
+	}()
+	if err := dialWith(PeerAuth{Keys: []string{"k"}}, ln.Addr().String()); err != nil {
+		t.Fatalf("after one failed accept: %v", err)
+	}
+	if !ln.failed.Load() {
+		t.Fatal("the listener never failed: the test proves nothing")
+	}
 }
