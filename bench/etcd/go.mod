@@ -12,6 +12,7 @@ require (
 	github.com/coreos/go-systemd/v22 v22.3.2 // indirect
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/golang/protobuf v1.5.4 // indirect
+	github.com/wsregistry/wsregistry v0.0.0
 	go.etcd.io/etcd/api/v3 v3.5.36 // indirect
 	go.etcd.io/etcd/client/pkg/v3 v3.5.36 // indirect
 	go.uber.org/atomic v1.7.0 // indirect
@@ -24,3 +25,5 @@ require (
 	google.golang.org/grpc v1.83.2 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace github.com/wsregistry/wsregistry => ../..

@@ -131,8 +131,8 @@ func (b *bench) register(ctx context.Context, c int) (Result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rec := &recorder{lat: make([]int64, 0, 1<<12)}
-			defer m.add(rec)
+			rec := &recorder{Lat: make([]int64, 0, 1<<12)}
+			defer m.Add(rec)
 			keys := make([]string, 16)
 			for j := range keys {
 				keys[j] = "/ns/bench-reg-" + strconv.Itoa(i) + "-" + strconv.Itoa(j) + "/" + a.addr
@@ -140,18 +140,18 @@ func (b *bench) register(ctx context.Context, c int) (Result, error) {
 			for j := 0; time.Now().Before(until); j++ {
 				t := time.Now()
 				if _, err := a.cli.Put(rctx, keys[j%16], a.addr, clientv3.WithLease(a.lease)); err != nil {
-					rec.errors++
-					rec.lastErr = err
+					rec.Errors++
+					rec.LastErr = err
 					continue
 				}
-				rec.lat = append(rec.lat, time.Since(t).Nanoseconds())
+				rec.Lat = append(rec.Lat, time.Since(t).Nanoseconds())
 			}
 		}()
 	}
 	wg.Wait()
 	res.Seconds = time.Since(start).Seconds()
-	m.fill(&res)
-	cpu.fill(&res)
+	m.Fill(&res)
+	cpu.Fill(&res)
 	return res, nil
 }
 
@@ -202,8 +202,8 @@ func (b *bench) where(ctx context.Context, c, k int, serializable []bool) ([]Res
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				rec := &recorder{lat: make([]int64, 0, 1<<14)}
-				defer m.add(rec)
+				rec := &recorder{Lat: make([]int64, 0, 1<<14)}
+				defer m.Add(rec)
 				cli := clients[g%k]
 				r := rand.New(rand.NewPCG(uint64(g), 7))
 				opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithLimit(1)}
@@ -217,19 +217,19 @@ func (b *bench) where(ctx context.Context, c, k int, serializable []bool) ([]Res
 						err = fmt.Errorf("get: %d keys, want 1", len(resp.Kvs))
 					}
 					if err != nil {
-						rec.errors++
-						rec.lastErr = err
+						rec.Errors++
+						rec.LastErr = err
 						continue
 					}
-					rec.lat = append(rec.lat, time.Since(t).Nanoseconds())
+					rec.Lat = append(rec.Lat, time.Since(t).Nanoseconds())
 				}
 			}()
 		}
 		wg.Wait()
 		cancel()
 		res.Seconds = time.Since(start).Seconds()
-		m.fill(&res)
-		cpu.fill(&res)
+		m.Fill(&res)
+		cpu.Fill(&res)
 		out = append(out, res)
 	}
 	return out, nil

@@ -146,8 +146,8 @@ func (b *bench) runAgent(workload string, c int, conns []*wsConn, s shape, pids 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rec := &recorder{lat: make([]int64, 0, 1<<14)}
-			defer m.add(rec)
+			rec := &recorder{Lat: make([]int64, 0, 1<<14)}
+			defer m.Add(rec)
 			rng := rand.New(rand.NewPCG(uint64(w), uint64(start)))
 			ids := make([]int64, n)
 			sentAt := make([]int64, n)
@@ -163,7 +163,7 @@ func (b *bench) runAgent(workload string, c int, conns []*wsConn, s shape, pids 
 					if err := ac.c.write(buf); err != nil {
 						// A failed connection is not handed back; this worker stops, so the
 						// others never wait for a connection that cannot come.
-						rec.errors += int64(n)
+						rec.Errors += int64(n)
 						b.log.Warn("connection failed", "workload", workload, "err", err)
 						return
 					}
@@ -171,7 +171,7 @@ func (b *bench) runAgent(workload string, c int, conns []*wsConn, s shape, pids 
 				for got := 0; got < n; {
 					p, err := ac.c.readMessage(scratch)
 					if err != nil {
-						rec.errors += int64(n - got)
+						rec.Errors += int64(n - got)
 						b.log.Warn("connection failed", "workload", workload, "err", err)
 						return
 					}
@@ -190,9 +190,9 @@ func (b *bench) runAgent(workload string, c int, conns []*wsConn, s shape, pids 
 					ids[j] = -1
 					got++
 					if ok {
-						rec.lat = append(rec.lat, b.now()-sentAt[j])
+						rec.Lat = append(rec.Lat, b.now()-sentAt[j])
 					} else {
-						rec.errors++
+						rec.Errors++
 					}
 				}
 				free <- ac
@@ -201,8 +201,8 @@ func (b *bench) runAgent(workload string, c int, conns []*wsConn, s shape, pids 
 	}
 	wg.Wait()
 	res.Seconds = float64(b.now()-start) / 1e9
-	m.fill(&res)
-	cpu.fill(&res)
+	m.Fill(&res)
+	cpu.Fill(&res)
 	for _, conn := range conns {
 		_ = conn.nc.SetReadDeadline(time.Time{})
 	}

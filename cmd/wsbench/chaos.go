@@ -41,8 +41,8 @@ func (b *bench) failover(writers, readers int) (Result, error) {
 	until := start + int64(b.duration)
 	worker := func(i int, write bool, m *merged) {
 		defer wg.Done()
-		rec := &recorder{lat: make([]int64, 0, 1<<12), done: make([]int64, 0, 1<<12)}
-		defer m.add(rec)
+		rec := &recorder{Lat: make([]int64, 0, 1<<12), Done: make([]int64, 0, 1<<12)}
+		defer m.Add(rec)
 		node := i % b.cl.n
 		var g gen
 		if write {
@@ -83,16 +83,16 @@ func (b *bench) failover(writers, readers int) (Result, error) {
 	// end shows up in max latency and errors, not as a gap.
 	end := until
 	res := Result{Workload: "failover", Concurrency: writers + readers, Conns: writers + readers, Seconds: float64(end-start) / 1e9}
-	wm.fill(&res)
+	wm.Fill(&res)
 	var rres Result
 	rres.Seconds = res.Seconds
-	rm.fill(&rres)
-	wg1, wg2 := wm.maxGap(start, end)
-	rg1, rg2 := rm.maxGap(start, end)
+	rm.Fill(&rres)
+	wg1, wg2 := wm.MaxGap(start, end)
+	rg1, rg2 := rm.MaxGap(start, end)
 	res.Ops += rres.Ops
 	res.Errors += rres.Errors
 	res.OpsPerS = float64(res.Ops) / res.Seconds
-	cpu.fill(&res)
+	cpu.Fill(&res)
 	res.Extra = map[string]float64{
 		"write_gap_ms":            float64(wg1) / 1e6,
 		"read_gap_ms":             float64(rg1) / 1e6,
@@ -131,7 +131,7 @@ func (b *bench) registerOn(conns []*wsConn, nsPerAgent int, prefix string) (time
 				j++
 				return appendRequest(buf, id, "online", ns)
 			}
-			if _, err := b.pipelineCount(c, nsPerAgent, nsPerAgent, g, rec); err != nil || rec.errors > 0 {
+			if _, err := b.pipelineCount(c, nsPerAgent, nsPerAgent, g, rec); err != nil || rec.Errors > 0 {
 				errs.Add(1)
 			}
 		}()
@@ -225,7 +225,7 @@ func (b *bench) reregister(n int) (Result, error) {
 	res.OpsPerS = float64(res.Ops) / res.Seconds
 	q := func(p float64) float64 { return float64(lat[min(int(p*float64(n)), n-1)]) / 1e3 }
 	res.P50us, res.P90us, res.P99us, res.Maxus = q(.5), q(.9), q(.99), float64(lat[n-1])/1e3
-	cpu.fill(&res)
+	cpu.Fill(&res)
 	res.Note = fmt.Sprintf("SIGKILL of follower node%d; latencies are kill-to-acknowledged-online per agent; seconds = until the last one", victim)
 	if d, err := b.cl.restart(ctx, victim); err != nil {
 		b.log.Error("restarting the killed node", "node", victim, "err", err)
@@ -306,7 +306,7 @@ func (b *bench) scale(agents, nsPerAgent int) (Result, error) {
 	total := agents * nsPerAgent
 	res := Result{Workload: "scale", Concurrency: 512, Conns: agents, Ops: int64(total), Seconds: took.Seconds()}
 	res.OpsPerS = float64(total) / took.Seconds()
-	cpu.fill(&res)
+	cpu.Fill(&res)
 	res.Extra = map[string]float64{
 		"rss_base_mib":         float64(rss0) / (1 << 20),
 		"rss_per_conn_b":       float64(rss1-rss0) / float64(agents),

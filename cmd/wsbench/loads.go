@@ -71,7 +71,7 @@ func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder
 		id++
 	}
 	if err := c.write(wbuf); err != nil {
-		rec.errors += int64(len(sent))
+		rec.Errors += int64(len(sent))
 		return id, err
 	}
 	wbuf = wbuf[:0]
@@ -89,7 +89,7 @@ func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder
 	for len(sent) > 0 {
 		p, err := c.readMessageFlushing(scratch, flush)
 		if err != nil {
-			rec.errors += int64(len(sent))
+			rec.Errors += int64(len(sent))
 			return id, err
 		}
 		scratch = p[:0]
@@ -101,12 +101,12 @@ func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder
 		delete(sent, rid)
 		now := b.now()
 		if ok {
-			rec.lat = append(rec.lat, now-ts)
-			if rec.done != nil {
-				rec.done = append(rec.done, now)
+			rec.Lat = append(rec.Lat, now-ts)
+			if rec.Done != nil {
+				rec.Done = append(rec.Done, now)
 			}
 		} else {
-			rec.errors++
+			rec.Errors++
 		}
 		if now < until {
 			wbuf = g(wbuf, id)
@@ -115,7 +115,7 @@ func (b *bench) pipeline(c *wsConn, depth int, until int64, g gen, rec *recorder
 		}
 		if c.br.Buffered() == 0 {
 			if err := flush(); err != nil {
-				rec.errors += int64(len(sent))
+				rec.Errors += int64(len(sent))
 				return id, err
 			}
 		}
@@ -164,17 +164,17 @@ func (b *bench) runClosed(workload string, c, nconns int, conns []*wsConn, pids 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rec := &recorder{lat: make([]int64, 0, 1<<14)}
+			rec := &recorder{Lat: make([]int64, 0, 1<<14)}
 			if _, err := b.pipeline(conn, depth, until, mkGen(i), rec, 0); err != nil {
 				b.log.Warn("connection failed", "workload", workload, "err", err)
 			}
-			m.add(rec)
+			m.Add(rec)
 		}()
 	}
 	wg.Wait()
 	res.Seconds = float64(b.now()-start) / 1e9
-	m.fill(&res)
-	cpu.fill(&res)
+	m.Fill(&res)
+	cpu.Fill(&res)
 	return res
 }
 
@@ -232,9 +232,9 @@ func (b *bench) seedNamespaces(node, n int, prefix string) (*wsConn, []string, e
 		return appendRequest(buf, id, "online", ns)
 	}
 	// One pass over the namespaces, 64 in flight.
-	if _, err := b.pipelineCount(c, 64, n, g, rec); err != nil || rec.errors > 0 {
+	if _, err := b.pipelineCount(c, 64, n, g, rec); err != nil || rec.Errors > 0 {
 		c.Close()
-		return nil, nil, fmt.Errorf("seeding %d namespaces: %d errors, %v", n, rec.errors, err)
+		return nil, nil, fmt.Errorf("seeding %d namespaces: %d errors, %v", n, rec.Errors, err)
 	}
 	for node := range b.cl.n {
 		if err := b.waitVisible(node, nss[n-1]); err != nil {
@@ -282,7 +282,7 @@ func (b *bench) pipelineCount(c *wsConn, depth, total int, g gen, rec *recorder)
 		}
 		outstanding--
 		if !ok {
-			rec.errors++
+			rec.Errors++
 		}
 		if sent < total {
 			wbuf = counted(wbuf, id)
@@ -405,7 +405,7 @@ func (b *bench) paced(res Result, conns []*wsConn, rate float64, s shape, pids [
 	for i, conn := range conns {
 		wg.Add(2)
 		pc := &pacedConn{conn: conn, sent: make(map[int64]int64), inflightMax: &inflightMax}
-		rec := &recorder{lat: make([]int64, 0, 1<<14)}
+		rec := &recorder{Lat: make([]int64, 0, 1<<14)}
 		go func() {
 			defer wg.Done()
 			defer func() {
@@ -424,7 +424,7 @@ func (b *bench) paced(res Result, conns []*wsConn, rate float64, s shape, pids [
 		}()
 		go func() {
 			defer wg.Done()
-			defer m.add(rec)
+			defer m.Add(rec)
 			b.pacedReader(pc, rec)
 		}()
 	}
@@ -433,8 +433,8 @@ func (b *bench) paced(res Result, conns []*wsConn, rate float64, s shape, pids [
 	if s.agent() {
 		res.Extra = map[string]float64{"burst": float64(max(1, s.inflight))}
 	}
-	m.fill(&res)
-	cpu.fill(&res)
+	m.Fill(&res)
+	cpu.Fill(&res)
 	res.Concurrency = int(inflightMax.Load())
 	res.Note = "concurrency = most requests in flight on one connection"
 	s.tag(&res)
@@ -493,7 +493,7 @@ func (b *bench) pacedReader(pc *pacedConn, rec *recorder) {
 		if err != nil {
 			pc.mu.Lock()
 			if !pc.writerDone.Load() || len(pc.sent) > 0 {
-				rec.errors += int64(len(pc.sent))
+				rec.Errors += int64(len(pc.sent))
 			}
 			pc.mu.Unlock()
 			return
@@ -511,9 +511,9 @@ func (b *bench) pacedReader(pc *pacedConn, rec *recorder) {
 		pc.mu.Unlock()
 		if found {
 			if ok {
-				rec.lat = append(rec.lat, now-ts)
+				rec.Lat = append(rec.Lat, now-ts)
 			} else {
-				rec.errors++
+				rec.Errors++
 			}
 		}
 		if last {
@@ -598,23 +598,23 @@ func (b *bench) fetch(c int, variant string, viaNode int, quiet *slog.Logger) (R
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rec := &recorder{lat: make([]int64, 0, 1<<12)}
+			rec := &recorder{Lat: make([]int64, 0, 1<<12)}
 			for b.now() < until {
 				t := b.now()
 				if err := call(); err != nil {
-					rec.errors++
+					rec.Errors++
 					lastErr.Store(&err)
 					continue
 				}
-				rec.lat = append(rec.lat, b.now()-t)
+				rec.Lat = append(rec.Lat, b.now()-t)
 			}
-			m.add(rec)
+			m.Add(rec)
 		}()
 	}
 	wg.Wait()
 	res.Seconds = float64(b.now()-start) / 1e9
-	m.fill(&res)
-	cpu.fill(&res)
+	m.Fill(&res)
+	cpu.Fill(&res)
 	if e := lastErr.Load(); e != nil {
 		res.Note = "last error: " + (*e).Error()
 	}
