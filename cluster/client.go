@@ -22,6 +22,7 @@ const (
 	pathRemove    = "/internal/v1/remove"
 	pathReadIndex = "/internal/v1/readindex"
 	pathRestore   = "/internal/v1/restore"
+	pathHealth    = "/internal/v1/health"
 )
 
 // ErrForward marks a failure to reach or be served by the leader: retry, the proposal

@@ -15,4 +15,16 @@ const (
 	DefaultSnapshotThreshold  = 8192
 	DefaultSnapshotRetain     = 2
 	DefaultGroupCommitMax     = 1024
+	// DefaultHealthInterval is the leader's probe period until it learns the grace.
+	DefaultHealthInterval = time.Second
+	// DefaultVoters is how many voters the leader keeps; other members are non-voters.
+	DefaultVoters = 3
+	// DefaultDeadServerTimeout is how long a voter may be silent before autopilot removes
+	// it (while the remaining voters keep a majority).
+	DefaultDeadServerTimeout = 10 * time.Second
+	// DefaultStabilizationTime is how long a non-voter must stay healthy and caught up
+	// before autopilot promotes it.
+	DefaultStabilizationTime = 10 * time.Second
+	// MaxVoters bounds --voters: every voter is on every commit's path.
+	MaxVoters = 9
 )

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // hclogAdapter routes hashicorp/raft's hclog output into slog. raft logs a lot at DEBUG
@@ -56,16 +57,67 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 		args = append([]any{"component", a.name}, args...)
 	}
 	args = append(args, a.args...)
-	for i, v := range args {
-		// raft passes some values as hclog.Fmt(format, args...), formatted by hclog's own
-		// writer: format them here, or slog prints the raw format string.
-		if f, ok := v.(hclog.Format); ok && len(f) > 0 {
-			if format, ok := f[0].(string); ok {
-				args[i] = fmt.Sprintf(format, f[1:]...)
+	out := make([]any, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		v := args[i]
+		if i%2 == 1 {
+			out = append(out, formatArg(v))
+			continue
+		}
+		// raft names itself ("node", "leader" or "follower": "Node at 10.0.0.1:8429 [Leader]");
+		// our loggers already carry node=<id>, and the state is in the message.
+		if i+1 < len(args) {
+			if _, self := args[i+1].(*raft.Raft); self {
+				i++
+				continue
 			}
 		}
+		if v == "node" {
+			v = "raft_node" // never a second node=
+		}
+		out = append(out, v)
 	}
-	a.logger.Log(ctx, sl, msg, args...)
+	a.logger.Log(ctx, sl, msg, out...)
+}
+
+// formatArg formats what slog would print raw: hclog.Fmt(format, args...) values (formatted
+// by hclog's own writer, printed as the format string and a list by slog) and raft's server
+// structs (printed as {Suffrage:Voter ID:... Address:...}).
+func formatArg(v any) any {
+	switch v := v.(type) {
+	case hclog.Format:
+		if len(v) > 0 {
+			if format, ok := v[0].(string); ok {
+				return fmt.Sprintf(format, formatArgs(v[1:])...)
+			}
+		}
+	case raft.Server:
+		return serverString(v)
+	case []raft.Server:
+		parts := make([]string, len(v))
+		for i, s := range v {
+			parts[i] = serverString(s)
+		}
+		return "[" + strings.Join(parts, " ") + "]"
+	}
+	return v
+}
+
+func formatArgs(vs []any) []any {
+	out := make([]any, len(vs))
+	for i, v := range vs {
+		out[i] = formatArg(v)
+	}
+	return out
+}
+
+// serverString is "id@address", with the suffrage when it is not a voter.
+func serverString(s raft.Server) string {
+	str := string(s.ID) + "@" + string(s.Address)
+	if s.Suffrage != raft.Voter {
+		str += "(" + s.Suffrage.String() + ")"
+	}
+	return str
 }
 
 func (a *hclogAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -19,6 +20,7 @@ import (
 func (n *Node) internalHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+pathInfo, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, n.Info()) })
+	mux.HandleFunc("GET "+pathHealth, n.handleHealth)
 	mux.HandleFunc("POST "+pathPropose, n.handlePropose)
 	mux.HandleFunc("POST "+pathJoin, n.handleJoin)
 	mux.HandleFunc("POST "+pathRemove, n.handleRemove)
@@ -140,7 +142,7 @@ func (n *Node) leaderOnly(w http.ResponseWriter, r *http.Request, path string, d
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// handleJoin adds the calling node as a voter (passed on to the leader when needed).
+// handleJoin adds the calling node as a member (passed on to the leader when needed).
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	var jr JoinRequest
 	n.leaderOnly(w, r, pathJoin,
@@ -159,7 +161,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 			if jr.Features&fsm.FeatureBinaryBatch == 0 && n.BinaryBatches() {
 				return fmt.Errorf("%w (node %s)", ErrJoinerTooOld, jr.ID)
 			}
-			err := n.addVoter(jr.ID, jr.RaftAddr)
+			err := n.addMember(jr.ID, jr.RaftAddr)
 			n.audit("join", jr.ID, r, err)
 			return err
 		})
@@ -196,9 +198,10 @@ func (n *Node) audit(what, id string, r *http.Request, err error) {
 
 // startInternal runs internalHandler on the peer port's internal connections.
 func (n *Node) startInternal() {
-	n.internal = &http.Server{Handler: n.internalHandler(), ReadHeaderTimeout: 10 * time.Second}
+	n.internal = &http.Server{Handler: n.internalHandler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(n.log.With("listener", "peer-internal").Handler(), slog.LevelWarn)}
 	go func() {
-		if err := n.internal.Serve(n.layer.peers.internal); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := n.internal.Serve(faultListener{n.layer.peers.internal, n.layer}); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			n.log.Error("internal peer server stopped", "err", err)
 		}
 	}()

@@ -21,9 +21,11 @@ type Info struct {
 	LeaderRaft string   `json:"leader_raft,omitempty"`
 	Term       uint64   `json:"term"`
 	Voters     []string `json:"voters"`
+	Nonvoters  []string `json:"nonvoters,omitempty"`
 }
 
-// JoinRequest asks the leader to add a voter.
+// JoinRequest asks the leader to add a member: a voter while there are fewer than
+// Config.Voters, else a non-voter.
 type JoinRequest struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
@@ -47,8 +49,11 @@ func (n *Node) Info() Info {
 		LeaderID: leaderID, LeaderRaft: leaderAddr, Term: n.raft.CurrentTerm(),
 	}
 	for _, s := range n.servers() {
-		if s.Suffrage == raft.Voter {
+		switch s.Suffrage {
+		case raft.Voter:
 			info.Voters = append(info.Voters, string(s.ID))
+		case raft.Nonvoter:
+			info.Nonvoters = append(info.Nonvoters, string(s.ID))
 		}
 	}
 	return info
@@ -67,25 +72,36 @@ func (n *Node) servers() []raft.Server {
 	return f.Configuration().Servers
 }
 
-// addVoter makes id a voter at addr, idempotently: a member with the same id and address is
-// left alone; a stale entry with that id or that address is removed first.
-func (n *Node) addVoter(id, addr string) error {
+// addMember makes id a member at addr, idempotently: a member with the same id and address
+// is left alone; a stale entry with that id or that address is removed first. It joins as
+// a voter while the configuration has fewer than Config.Voters, else as a non-voter that
+// autopilot may promote later (autopilot.go).
+func (n *Node) addMember(id, addr string) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
+	voters := 0
 	for _, s := range n.servers() {
 		sameID, sameAddr := string(s.ID) == id, string(s.Address) == addr
+		if s.Suffrage == raft.Voter && !sameID && !sameAddr {
+			voters++
+		}
 		switch {
 		case sameID && sameAddr:
-			if s.Suffrage == raft.Voter {
-				return nil
-			}
+			return nil // already a member, voter or not: autopilot decides promotions
 		case sameID || sameAddr:
 			if err := n.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err != nil {
 				return fmt.Errorf("remove stale member %s at %s: %w", s.ID, s.Address, err)
 			}
 			n.log.Info("removed stale member before join", "id", s.ID, "addr", s.Address)
 		}
+	}
+	if voters >= n.cfg.Voters {
+		if err := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
+			return fmt.Errorf("add non-voter %s: %w", id, err)
+		}
+		n.log.Info("member joined as a non-voter", "id", id, "raft", addr, "voters", voters, "target", n.cfg.Voters)
+		return nil
 	}
 	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
 		return fmt.Errorf("add voter %s: %w", id, err)
@@ -122,15 +138,16 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 	return n.client.post(ctx, leader, pathRemove, RemoveRequest{ID: id}, false)
 }
 
-// AddMember asks the node at peerAddr (its peer port) who it is and makes it a voter,
-// through the leader wherever this runs (the admin API's join).
+// AddMember asks the node at peerAddr (its peer port) who it is and makes it a member (a
+// voter or a non-voter, see addMember), through the leader wherever this runs (the admin
+// API's join).
 func (n *Node) AddMember(ctx context.Context, peerAddr string) (id string, err error) {
 	info, err := n.client.info(ctx, peerAddr)
 	if err != nil {
 		return "", fmt.Errorf("cannot reach %s: %w", peerAddr, err)
 	}
 	if n.IsLeader() {
-		return info.ID, n.addVoter(info.ID, info.RaftAddr)
+		return info.ID, n.addMember(info.ID, info.RaftAddr)
 	}
 	_, leader := n.Leader()
 	if leader == "" {
@@ -142,6 +159,9 @@ func (n *Node) AddMember(ctx context.Context, peerAddr string) (id string, err e
 // Leave removes this node from the cluster gracefully: a leader hands leadership over
 // first, so the cluster does not wait out an election timeout.
 func (n *Node) Leave(ctx context.Context) error {
+	n.joinMu.Lock()
+	n.leaving = true
+	n.joinMu.Unlock()
 	if len(n.servers()) <= 1 {
 		return nil // the last member has nobody to hand over to
 	}
@@ -176,7 +196,7 @@ func (n *Node) JoinCluster(ctx context.Context, peers []string) error {
 	backoff := 100 * time.Millisecond
 	for {
 		err := n.tryJoin(ctx, peers)
-		if err == nil {
+		if err == nil || errors.Is(err, errLeaving) {
 			return nil
 		}
 		n.log.Debug("join attempt failed", "err", err, "retry_in", backoff)
@@ -197,6 +217,11 @@ func (n *Node) JoinCluster(ctx context.Context, peers []string) error {
 }
 
 func (n *Node) tryJoin(ctx context.Context, peers []string) error {
+	n.joinMu.Lock()
+	defer n.joinMu.Unlock()
+	if n.leaving {
+		return errLeaving
+	}
 	self := n.Info()
 	fresh := map[string]string{} // id -> raft address of nodes with no state
 	if !self.HasState {
@@ -213,7 +238,7 @@ func (n *Node) tryJoin(ctx context.Context, peers []string) error {
 			continue
 		}
 		if info.LeaderID != "" {
-			if info.LeaderID == self.ID && slices.Contains(info.Voters, self.ID) {
+			if info.LeaderID == self.ID && (slices.Contains(info.Voters, self.ID) || slices.Contains(info.Nonvoters, self.ID)) {
 				return nil
 			}
 			err := n.client.post(ctx, p, pathJoin, JoinRequest{ID: self.ID, RaftAddr: self.RaftAddr, Features: fsm.Features}, false)
@@ -237,6 +262,11 @@ func (n *Node) tryJoin(ctx context.Context, peers []string) error {
 			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(addr)})
 		}
 		slices.SortFunc(servers, func(a, b raft.Server) int { return compareIDs(a.ID, b.ID) })
+		// The first Config.Voters by id vote, the rest do not: every node that sees the same
+		// set still proposes the same configuration.
+		for i := n.cfg.Voters; i < len(servers); i++ {
+			servers[i].Suffrage = raft.Nonvoter
+		}
 		err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
 		if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			return fmt.Errorf("bootstrap: %w", err)

@@ -1,39 +1,33 @@
 package cluster
 
 import (
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
 )
 
-// memberWatch is the leader's view of which members stopped answering heartbeats, and
-// since when. It is fed by raft's own heartbeat observations, so "silent" means exactly
-// what raft means by it.
+// memberWatch tells waiting writes that raft reports a new leader. Member silence comes
+// from the leader's own probes (health.go), not raft's heartbeat observations: those come
+// only after the transport's I/O timeout for a paused process, and never for a member whose
+// disk hangs.
 type memberWatch struct {
-	mu      sync.Mutex
-	failing map[string]time.Time // member id -> last successful contact
-	obs     *raft.Observer
-	ch      chan raft.Observation
-	done    chan struct{}
+	obs  *raft.Observer
+	ch   chan raft.Observation
+	done chan struct{}
 	// changed holds a channel closed (and replaced) whenever raft reports a new leader.
-	// Atomic: every write's retry loop reads it, and mu is on raft's observer path.
+	// Atomic: every write's retry loop reads it.
 	changed atomic.Pointer[chan struct{}]
 }
 
 func newMemberWatch(r *raft.Raft) *memberWatch {
-	w := &memberWatch{failing: map[string]time.Time{}, ch: make(chan raft.Observation, 256), done: make(chan struct{})}
+	w := &memberWatch{ch: make(chan raft.Observation, 16), done: make(chan struct{})}
 	first := make(chan struct{})
 	w.changed.Store(&first)
-	// Blocking, so a "resumed" observation is never dropped: a dropped one would make the
-	// leader purge a healthy member. The loop below only touches a map, so raft never waits.
+	// Blocking, so no new leader goes unnoticed; the loop below only swaps a channel.
 	w.obs = raft.NewObserver(w.ch, true, func(o *raft.Observation) bool {
-		switch o.Data.(type) {
-		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.LeaderObservation, raft.PeerObservation:
-			return true
-		}
-		return false
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
 	})
 	r.RegisterObserver(w.obs)
 	go w.loop()
@@ -46,57 +40,32 @@ func (w *memberWatch) loop() {
 		case <-w.done:
 			return
 		case o := <-w.ch:
-			w.mu.Lock()
-			switch d := o.Data.(type) {
-			case raft.FailedHeartbeatObservation:
-				if _, seen := w.failing[string(d.PeerID)]; !seen {
-					w.failing[string(d.PeerID)] = d.LastContact
-				}
-			case raft.ResumedHeartbeatObservation:
-				delete(w.failing, string(d.PeerID))
-			case raft.PeerObservation:
-				if d.Removed {
-					delete(w.failing, string(d.Peer.ID))
-				}
-			case raft.LeaderObservation:
-				// A new leader starts every member's grace anew.
-				clear(w.failing)
-				if d.LeaderID != "" { // losing one wakes nobody: there is nobody to try
-					next := make(chan struct{})
-					close(*w.changed.Swap(&next))
-				}
+			if d, ok := o.Data.(raft.LeaderObservation); ok && d.LeaderID != "" { // losing one wakes nobody: there is nobody to try
+				next := make(chan struct{})
+				close(*w.changed.Swap(&next))
 			}
-			w.mu.Unlock()
 		}
 	}
 }
 
 func (w *memberWatch) leaderChanged() <-chan struct{} { return *w.changed.Load() }
 
-// silentFor returns how long each failing member has been silent.
-func (w *memberWatch) silentFor(now time.Time) map[string]time.Duration {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := make(map[string]time.Duration, len(w.failing))
-	for id, last := range w.failing {
-		out[id] = now.Sub(last)
-	}
-	return out
-}
-
 func (w *memberWatch) close(r *raft.Raft) {
 	r.DeregisterObserver(w.obs)
 	close(w.done)
 }
 
-// SilentMembers lists members that have not answered the leader's heartbeats for longer
-// than grace. Only meaningful on the leader; elsewhere it is empty.
+// SilentMembers lists members the leader has not had contact with (an answered probe that
+// shows the member keeping up, health.go) for longer than grace. Only meaningful on the
+// leader; elsewhere it is empty. Unless Config.HealthInterval is set, the leader probes
+// every grace/10 (100 ms..1 s), so a purge acting on this meets its deadline to within that.
 func (n *Node) SilentMembers(grace time.Duration) []string {
+	n.health.learnGrace(grace)
 	if !n.IsLeader() {
 		return nil
 	}
 	var out []string
-	for id, d := range n.watch.silentFor(time.Now()) {
+	for id, d := range n.health.silence(time.Now()) {
 		if d > grace {
 			out = append(out, id)
 		}
@@ -104,12 +73,13 @@ func (n *Node) SilentMembers(grace time.Duration) []string {
 	return out
 }
 
-// MemberSilence is how long the leader has not heard from each failing member (leader only).
+// MemberSilence is how long the leader has not had contact with each failing member
+// (leader only): members answering and keeping up are not listed.
 func (n *Node) MemberSilence() map[string]time.Duration {
 	if !n.IsLeader() {
 		return nil
 	}
-	return n.watch.silentFor(time.Now())
+	return n.health.silence(time.Now())
 }
 
 // SinceLeaderContact is how long ago this node heard from a leader: 0 on the leader, and

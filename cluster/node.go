@@ -59,6 +59,22 @@ type Config struct {
 	// Peer authenticates every connection on the peer port (raft and internal calls).
 	Peer PeerAuth
 
+	// HealthInterval is how often the leader probes every member (health.go). Zero: a
+	// tenth of the grace SilentMembers is asked about (100 ms..1 s), DefaultHealthInterval
+	// until then.
+	HealthInterval time.Duration
+	// Voters is how many voters the leader keeps (DefaultVoters); every other member is a
+	// non-voter. Autopilot (autopilot.go) restores it after a voter is lost.
+	Voters int
+	// DeadServerTimeout is how long a voter may be silent before autopilot removes it;
+	// StabilizationTime is how long a non-voter must be healthy and caught up before it is
+	// promoted. Zero: DefaultDeadServerTimeout, DefaultStabilizationTime.
+	DeadServerTimeout time.Duration
+	StabilizationTime time.Duration
+	// FaultInjection wraps the raft log in a store whose writes a switch can block
+	// (SetDiskBlocked): tests and the chaos harness only.
+	FaultInjection bool
+
 	// Observers for metrics; nil is fine.
 	OnBatch    func(commands int)                  // a group-committed raft entry was proposed
 	OnSnapshot func(took time.Duration, err error) // a snapshot was persisted
@@ -95,6 +111,11 @@ func (c *Config) setDefaults() {
 	if c.BootstrapExpect <= 0 {
 		c.BootstrapExpect = 1
 	}
+	if c.Voters <= 0 {
+		c.Voters = DefaultVoters
+	}
+	def(&c.DeadServerTimeout, DefaultDeadServerTimeout)
+	def(&c.StabilizationTime, DefaultStabilizationTime)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -116,9 +137,17 @@ type Node struct {
 	forwarder *forwarder   // a follower's writes, coalesced per call to the leader
 	internal  *http.Server // internal calls from peers, on the peer port
 	watch     *memberWatch
+	health    *healthProber
+	pilot     *autopilot
+	faults    *faultyLogStore // nil unless Config.FaultInjection
 	log       *slog.Logger
 
 	binaryOK atomic.Bool // every server announced fsm.FeatureBinaryBatch (latched)
+
+	// joinMu is held by each join attempt; Leave sets leaving under it, so a join loop
+	// still running in the background cannot add the node back after it left.
+	joinMu  sync.Mutex
+	leaving bool
 
 	nudge struct {
 		mu      sync.Mutex
@@ -207,7 +236,13 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	// Replication reads back the entries just stored; an in-memory ring of the latest ones
 	// spares a bolt read transaction for each (Consul keeps 512). 64: entries hold up to
 	// GroupCommitMax commands (~100 KiB), and the pipeline only reads the newest few.
-	logs, err := raft.NewLogCache(64, store)
+	var logStore raft.LogStore = store
+	var faults *faultyLogStore
+	if cfg.FaultInjection {
+		faults = newFaultyLogStore(store)
+		logStore = faults
+	}
+	logs, err := raft.NewLogCache(64, logStore)
 	if err != nil {
 		transport.Close()
 		store.Close()
@@ -219,7 +254,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, log: cfg.Logger}
+	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, faults: faults, log: cfg.Logger}
 	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches), batcherHooks{
 		committed: func(forwarded bool) { n.nudgeFollowers(r.LastIndex(), forwarded) },
 		onBatch:   cfg.OnBatch,
@@ -233,6 +268,8 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return "", ErrNoLeader
 	}, n.BinaryBatches, cfg.GroupCommitMax, cfg.GroupCommitWait)
 	n.startInternal()
+	n.health = newHealthProber(n)
+	n.pilot = newAutopilot(n)
 
 	if !hasState && cfg.BootstrapExpect == 1 && len(cfg.Join) == 0 {
 		boot := raft.Configuration{Servers: []raft.Server{{
@@ -436,6 +473,11 @@ func (n *Node) Close() error {
 		n.forwarder.close()
 		n.batcher.close()
 		n.stopNudging()
+		n.pilot.close()
+		n.health.close()
+		if n.faults != nil {
+			n.faults.set(false) // a write hanging on the fault switch would hold up Shutdown
+		}
 		err := n.raft.Shutdown().Error()
 		// raft closed the peer port's listener with its transport: nothing new arrives.
 		n.internal.Close()

@@ -119,6 +119,9 @@ func isLoopback(remote net.Addr) bool {
 // errPeerRefused wraps what the other side said when it refused our handshake.
 var errPeerRefused = errors.New("peer refused the connection")
 
+// errLeaving ends a join loop: the node is leaving the cluster (Leave).
+var errLeaving = errors.New("this node is leaving the cluster")
+
 // errNotPeerPort is a peer address that answered HTTP: an HTTP port given as a peer.
 var errNotPeerPort = errors.New("this is an HTTP port, not a peer port: peers are reached at their --raft-addr (default port 8429)")
 
