@@ -18,7 +18,7 @@ import (
 // The length lets a node skip an item whose type it does not know (IgnoreIfUnknown) whatever
 // its body holds. Bodies of the known types are their fields in declaration order: strings as
 // uvarint length + bytes, uint64 as uvarint, int64 as zigzag varint; a SessionID is node, inc,
-// seq; a NodeMeta is id, ws, http, raft, inc, features. Bytes after the last field are ignored: a later
+// seq; a NodeMeta is id, ws, http, raft, inc, features, version, draining (0/1). Bytes after the last field are ignored: a later
 // build may append fields, as it may add keys to a JSON body.
 //
 // Old entries (TypeBatch with JSON bodies, single JSON commands) still decode.

@@ -47,7 +47,7 @@ var kinds = [256]*kind{
 			return binary.AppendVarint(out, c.Reg.Since)
 		},
 		requestID: func(c Register) string { return c.RequestID },
-		apply:     func(st *state, c Register) error { return st.register(c.Reg) },
+		apply:     func(st *state, c Register) error { return st.registerSuperseding(c.Reg) },
 	}),
 
 	TypeDeregister: define(kindFuncs[Deregister]{
@@ -92,6 +92,10 @@ var kinds = [256]*kind{
 			c.Meta.RaftAddr = r.string()
 			c.Meta.Incarnation = r.uvarint()
 			c.Meta.Features = r.uvarint()
+			if r.err == nil && len(r.b) > 0 { // appended later: absent in older builds' entries
+				c.Meta.Version = r.string()
+				c.Meta.Draining = r.uvarint() != 0
+			}
 			return c, r.err
 		},
 		appendBinary: func(out []byte, c SetNode) []byte {
@@ -101,7 +105,9 @@ var kinds = [256]*kind{
 			out = appendString(out, c.Meta.HTTPAddr)
 			out = appendString(out, c.Meta.RaftAddr)
 			out = binary.AppendUvarint(out, c.Meta.Incarnation)
-			return binary.AppendUvarint(out, c.Meta.Features)
+			out = binary.AppendUvarint(out, c.Meta.Features)
+			out = appendString(out, c.Meta.Version)
+			return binary.AppendUvarint(out, boolUvarint(c.Meta.Draining))
 		},
 		requestID: func(c SetNode) string { return c.RequestID },
 		apply:     func(st *state, c SetNode) error { return st.setNode(c.Meta) },
@@ -138,6 +144,8 @@ var kinds = [256]*kind{
 		requestID: func(c Unregister) string { return c.RequestID },
 		apply:     func(st *state, c Unregister) error { return st.unregister(c.Session, c.Namespace) },
 	}),
+
+	TypeAdopt: adoptKind, // adopt.go
 }
 
 // kindFuncs is an entry of kinds as it is written: typed by its struct C.

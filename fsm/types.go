@@ -143,6 +143,12 @@ type NodeMeta struct {
 	// Features is what the node's build can read (Feature* bits). Builds before the field
 	// existed announce none.
 	Features uint64 `json:"feat,omitempty"`
+	// Version is the node's build (wsregistry version), shown per member so a mixed-version
+	// cluster during an upgrade is plain to see. Builds before the field announce none.
+	Version string `json:"ver,omitempty"`
+	// Draining: the node is moving its agents off (drain, or shutting down); other nodes
+	// pause rebalancing while any member drains.
+	Draining bool `json:"drain,omitempty"`
 }
 
 // FeatureBinaryBatch: the node reads TypeBinaryBatch entries. The cluster writes them only
@@ -150,7 +156,7 @@ type NodeMeta struct {
 const FeatureBinaryBatch uint64 = 1
 
 // Features is what this build can read.
-const Features = FeatureBinaryBatch
+const Features = FeatureBinaryBatch | FeatureAdopt
 
 // cmdError is the error a command returns as its Apply result. Class and
 // detail are kept apart so a result remembered for request-id dedup can be

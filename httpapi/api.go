@@ -96,7 +96,8 @@ type Config struct {
 
 	// Pprof mounts /debug/pprof (admin only: profiles expose internals).
 	Pprof bool
-	// FaultInjection mounts POST /v1/debug/partition (tests and the chaos harness only).
+	// FaultInjection mounts POST /v1/debug/partition and /v1/debug/disk (tests and the chaos
+	// harness only).
 	FaultInjection bool
 
 	// FetchTimeoutDefault applies to proxied calls that name none; FetchTimeoutMax caps
@@ -116,6 +117,16 @@ type Config struct {
 	// OnLeft runs after the node left the cluster through the API (the process then exits).
 	OnLeft func()
 	Logger *slog.Logger
+
+	// Version is this node's build, shown in /v1/cluster (members show what they announced).
+	Version string
+	// Drain starts (cancel: ends) the node's drain and DrainStatus reports it (drain.go);
+	// nil: /v1/drain is not mounted. Their results are answered as JSON.
+	Drain       func(ctx context.Context, cancel bool) (any, error)
+	DrainStatus func() any
+	// Balance and Pace add the node's rebalancing decision and its recent rates (for the
+	// dashboard's charts) to /v1/cluster; nil: left out.
+	Balance, Pace func() any
 }
 
 // Defaults of Config.
@@ -197,6 +208,10 @@ func (a *api) routes() http.Handler {
 	mux.HandleFunc("POST /v1/join", a.admin("join", a.handleJoin))
 	mux.HandleFunc("POST /v1/leave", a.admin("leave", a.handleLeave))
 	mux.HandleFunc("POST /v1/remove/{id}", a.admin("remove", a.handleRemove))
+	if a.cfg.Drain != nil && a.cfg.DrainStatus != nil {
+		mux.HandleFunc("POST /v1/drain", a.admin("drain", a.handleDrain))
+		mux.HandleFunc("GET /v1/drain", a.admin("drain status", a.handleDrainStatus))
+	}
 	mux.HandleFunc("GET /v1/snapshot", a.admin("snapshot save", a.handleSnapshotSave))
 	mux.HandleFunc("POST /v1/snapshot", a.admin("snapshot restore", a.handleSnapshotRestore))
 	if a.cfg.Watch != nil {
@@ -217,6 +232,7 @@ func (a *api) routes() http.Handler {
 	}
 	if a.cfg.FaultInjection {
 		mux.HandleFunc("POST /v1/debug/partition", a.admin("partition", a.handlePartition))
+		mux.HandleFunc("POST /v1/debug/disk", a.admin("disk fault", a.handleDisk))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)

@@ -56,7 +56,15 @@ func (a *api) handleNamespace(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) handleCluster(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, DescribeCluster(a.cfg.NodeID, a.raft, a.state, a.node.Fenced()))
+	v := DescribeCluster(a.cfg.NodeID, a.raft, a.state, a.node.Fenced())
+	v.Version = a.cfg.Version
+	if a.cfg.Balance != nil {
+		v.Balance = a.cfg.Balance()
+	}
+	if a.cfg.Pace != nil {
+		v.Pace = a.cfg.Pace()
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 // MemberView is one member in GET /v1/cluster.
@@ -69,6 +77,12 @@ type MemberView struct {
 	Leader        bool   `json:"leader"`
 	Incarnation   uint64 `json:"incarnation,omitempty"`
 	LastContactMS *int64 `json:"last_contact_ms"` // null when this node cannot know
+	// Version is the build the member announced ("" for builds before versions were
+	// announced): a mixed-version cluster during an upgrade shows here.
+	Version  string `json:"version,omitempty"`
+	Draining bool   `json:"draining,omitempty"`
+	// Agents is how many agent sessions the member holds, from the replicated state.
+	Agents *int `json:"agents,omitempty"`
 }
 
 // ClusterView is GET /v1/cluster: the members and raft progress as one node sees them.
@@ -85,6 +99,11 @@ type ClusterView struct {
 	// trusted-hosts (no credential: loopback or --trusted-networks only) or insecure.
 	PeerSecurity string       `json:"peer_security"`
 	Members      []MemberView `json:"members"`
+	// Version is this node's build; Balance its rebalancing decision; Pace its recent rates
+	// per second (registrations, lookups, proxied calls). Only in GET /v1/cluster.
+	Version string `json:"version,omitempty"`
+	Balance any    `json:"balance,omitempty"`
+	Pace    any    `json:"pace,omitempty"`
 }
 
 // raftStateWord keeps the state names /v1/cluster has always used (raft's own spelling).
@@ -106,11 +125,20 @@ func DescribeCluster(self string, c Cluster, s State, fenced bool) ClusterView {
 		Fenced: fenced, PeerSecurity: string(c.Security()),
 	}
 	silence := c.MemberSilence()
+	var agents map[string]int
+	if sc, ok := s.(sessionCounter); ok {
+		agents = sc.SessionCounts()
+	}
 	isLeader := c.IsLeader()
 	for _, m := range c.Members() {
 		mv := MemberView{ID: m.ID, Raft: m.Address, Suffrage: m.Suffrage, Leader: m.ID == leaderID}
 		if meta, ok := s.Node(mv.ID); ok {
 			mv.WS, mv.HTTP, mv.Incarnation = meta.WSAddr, meta.HTTPAddr, meta.Incarnation
+			mv.Version, mv.Draining = meta.Version, meta.Draining
+		}
+		if agents != nil {
+			c := agents[mv.ID]
+			mv.Agents = &c
 		}
 		// Only the leader hears from every member; a follower knows its own contact with the
 		// leader and nothing about the others.

@@ -161,6 +161,11 @@ func (n *Node) agentClosed(ch *wsserver.Channel) {
 		n.live.Delete(s.id)
 		return
 	}
+	if n.isMoving(s) {
+		// Closed to move it (rebalance, drain): its registrations stay, and the session stays
+		// live for the reconciler, until the agent registered again elsewhere (rebalance.go).
+		return
+	}
 	// A newer connection from the same agent replaced this one: its registrations follow
 	// the new connection. The server opens the newer one only after this returns, so leave
 	// them to it rather than deregister and leave the agent unfindable in between.

@@ -75,6 +75,10 @@ func (n *Node) agentGate(next http.Handler) http.Handler {
 			http.Error(w, "this registry node is fenced (cut off from the cluster leader): connect to another node", http.StatusServiceUnavailable)
 			return
 		}
+		if n.draining.Load() {
+			http.Error(w, "this registry node is draining (going away): connect to another node", http.StatusServiceUnavailable)
+			return
+		}
 		grant, path, status, msg := n.auth.Agent(r)
 		if status != 0 {
 			http.Error(w, msg, status)

@@ -7,6 +7,7 @@ import (
 	"github.com/wsregistry/wsregistry/dashboard"
 	"github.com/wsregistry/wsregistry/fsm"
 	"github.com/wsregistry/wsregistry/httpapi"
+	"github.com/wsregistry/wsregistry/internal/version"
 )
 
 // apiHandler is the public HTTP API (package httpapi) over this node: the node answers
@@ -31,6 +32,16 @@ func (n *Node) apiHandler() http.Handler {
 		FetchBodyLimit:      n.cfg.ReadLimit,
 		OnLeft:              n.cfg.OnLeft,
 		Logger:              n.log,
+		Version:             version.String(),
+		Drain: func(ctx context.Context, cancel bool) (any, error) {
+			if cancel {
+				return n.Undrain(ctx)
+			}
+			return n.Drain(ctx)
+		},
+		DrainStatus: func() any { return n.DrainStatus() },
+		Balance:     func() any { return n.BalanceStatus() },
+		Pace:        func() any { return n.Pace() },
 	})
 }
 
@@ -41,7 +52,15 @@ type apiState struct {
 	n *Node
 }
 
-func (s apiState) Where(ns string) (string, bool) { return s.n.Where(ns) }
+func (s apiState) Where(ns string) (string, bool) {
+	addr, ok := s.n.Where(ns)
+	result := "found"
+	if !ok {
+		result = "not_found"
+	}
+	s.n.metrics.httpWhere.WithLabelValues(result).Inc()
+	return addr, ok
+}
 
 // ClusterView describes the members and raft progress as this node sees them
 // (GET /v1/cluster).

@@ -21,6 +21,7 @@ func (n *Node) watchLiveness() {
 	lastLeaderContact := time.Now()
 	reconcileEvery := max(n.cfg.NodeGrace/2, time.Second)
 	lastReconcile := time.Now()
+	ad := newAdopter(n)
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -35,7 +36,7 @@ func (n *Node) watchLiveness() {
 		} else if lc := n.raft.LastContact(); lc.After(lastLeaderContact) {
 			lastLeaderContact = lc
 		}
-		n.purgeSilentMembers()
+		n.purgeSilentMembers(ad, now)
 		n.checkFence(now.Sub(lastLeaderContact))
 		if now.Sub(lastReconcile) >= reconcileEvery {
 			lastReconcile = now
@@ -116,18 +117,30 @@ func (n *Node) reconcileOwnSessions() {
 }
 
 // purgeSilentMembers removes, through the log, the sessions of members the leader has not
-// heard from for longer than the grace, and the metadata of nodes that left.
-func (n *Node) purgeSilentMembers() {
+// heard from for longer than the grace, and the metadata of nodes that left. Once every
+// server reads fsm.Adopt, a silent member's agents are checked first, in the background
+// (adopt.go): those that answer stay registered, held by the cluster, which checks them
+// again every adoptRecheckEvery.
+func (n *Node) purgeSilentMembers(ad *adopter, now time.Time) {
 	if !n.raft.IsLeader() {
 		return
 	}
+	adopt := n.adoptSupported()
+	if adopt {
+		ad.startRecheck(now)
+	}
 	var cmds []fsm.Command
 	for _, id := range n.raft.SilentMembers(n.cfg.NodeGrace) {
-		if n.needsPurge(id) {
-			n.log.Warn("purging the sessions of a silent member", "member", id, "sessions", len(n.state.SessionsOf(id)), "grace", n.cfg.NodeGrace)
-			cmds = append(cmds, fsm.PurgeNode{RequestID: n.newRequestID(), Node: id})
-			n.metrics.purges.WithLabelValues("silent_member").Inc()
+		if !n.needsPurge(id) || ad.busy(id) {
+			continue
 		}
+		if adopt && len(n.state.SessionsOf(id)) > 0 {
+			ad.startAdopt(id)
+			continue
+		}
+		n.log.Warn("purging the sessions of a silent member", "member", id, "sessions", len(n.state.SessionsOf(id)), "grace", n.cfg.NodeGrace)
+		cmds = append(cmds, fsm.PurgeNode{RequestID: n.newRequestID(), Node: id})
+		n.metrics.purges.WithLabelValues("silent_member").Inc()
 	}
 	members := map[string]bool{}
 	for _, m := range n.raft.Members() {

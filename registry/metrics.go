@@ -34,6 +34,7 @@ type nodeMetrics struct {
 	agentEvents  *prometheus.CounterVec
 	refused      *prometheus.CounterVec
 	authRefused  *prometheus.CounterVec
+	httpWhere    *prometheus.CounterVec // HTTP API lookups by result
 	// Raft command entries applied here by encoding; pre-resolved (one per entry).
 	entriesBinary, entriesJSON prometheus.Counter
 }
@@ -86,7 +87,7 @@ func (n *Node) startMetrics() {
 	m.reg.MustRegister(entries)
 	m.purges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wsregistry_purges_total",
-		Help: "Purges proposed by this node: silent_member (leader), restart (own older incarnations), removed (node left), reconcile (state fixed to match this node's connections).",
+		Help: "Purges proposed by this node: silent_member (leader), restart (own older incarnations), removed (node left), reconcile (state fixed to match this node's connections), adopted_gone (leader: agents held by the cluster that stopped answering).",
 	}, []string{"reason"})
 	m.snapshots = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "wsregistry_snapshot_duration_seconds",
@@ -132,6 +133,34 @@ func (n *Node) startMetrics() {
 	gauge("wsregistry_fenced", "1 while this node has fenced itself (cut off from the leader).", func() float64 { return boolFloat(n.fenced.Load()) })
 	gauge("wsregistry_ready", "1 when /readyz answers 200.", func() float64 { ok, _ := n.Ready(); return boolFloat(ok) })
 	m.reg.MustRegister(&raftCollector{n: n})
+	m.httpWhere = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wsregistry_http_lookups_total",
+		Help: "Lookups through the HTTP API (GET /v1/where) by result: found, not_found.",
+	}, []string{"result"})
+	m.reg.MustRegister(m.httpWhere)
+	// Every known label value from the start: a series that appears only with its first
+	// event has no rate before it, and alerts on increase() miss that first event.
+	for _, v := range []string{"found", "not_found"} {
+		m.httpWhere.WithLabelValues(v)
+	}
+	for _, v := range []string{"silent_member", "restart", "removed", "reconcile", "adopted_gone"} {
+		m.purges.WithLabelValues(v)
+	}
+	for _, v := range []string{"connection_limit", "rate_limit", "registration_limit"} {
+		m.refused.WithLabelValues(v)
+	}
+	for _, v := range []string{"no_token", "bad_token", "scope", "untrusted", "namespace", "peer"} {
+		m.authRefused.WithLabelValues(v)
+	}
+	for _, v := range []string{"ok", "agent_error", "not_found", "timeout", "unreachable", "bad_request"} {
+		m.fetchSeconds.WithLabelValues(v)
+	}
+	// raft's own timings (commit, apply, append entries, snapshots); process-wide, see cluster.RaftMetrics.
+	if rm, err := cluster.RaftMetrics(); err != nil {
+		n.log.Warn("raft metrics unavailable", "err", err)
+	} else {
+		m.reg.MustRegister(rm)
+	}
 	n.metrics = m
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/version"
 	"github.com/wsregistry/wsregistry/watch"
 	"github.com/wsregistry/wsregistry/wsserver"
 )
@@ -83,6 +84,9 @@ type Config struct {
 	// Watch configures the /v1/watch hub (coalescing window, heartbeat, history).
 	Watch watch.Config
 
+	// Rebalance evens out agent connections across the members (rebalance.go).
+	Rebalance Rebalance
+
 	// Pprof mounts /debug/pprof on the HTTP port (off by default: it exposes internals).
 	Pprof bool
 	// FaultInjection exposes POST /v1/debug/partition (tests and the chaos harness only).
@@ -123,6 +127,8 @@ type Node struct {
 	handovers  map[string]handover // agent key -> registrations a replaced connection left
 	live       sync.Map            // fsm.SessionID -> *agentSession: sessions with an open connection here
 	conns      connCounter
+	bal        *balancer   // rebalancing, drain, pace (rebalance.go)
+	draining   atomic.Bool // drain.go: not ready, agents moved off
 
 	ctx    context.Context // the node's lifetime
 	cancel context.CancelFunc
@@ -154,6 +160,7 @@ func (c *Config) setDefaults() {
 		c.ReadLimit = DefaultReadLimit
 	}
 	c.Limits.setDefaults()
+	c.Rebalance.setDefaults()
 }
 
 // Start opens raft on the data dir, starts serving agents and HTTP, and announces this node
@@ -170,6 +177,9 @@ func Start(cfg Config) (*Node, error) {
 		// The id names sessions and members in every node's state: the same rules as a
 		// namespace (valid UTF-8, no control characters, bounded).
 		return nil, fmt.Errorf("registry: %w", err)
+	}
+	if cfg.NodeID == fsm.ClusterOwner {
+		return nil, fmt.Errorf("registry: the node id %q is reserved for registrations the cluster holds", fsm.ClusterOwner)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("registry: data dir: %w", err)
@@ -265,6 +275,7 @@ func Start(cfg Config) (*Node, error) {
 	n.wsHTTP = &http.Server{Handler: n.agentGate(n.ws), ReadHeaderTimeout: cfg.HandshakeTimeout}
 	n.api = &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: DefaultAPIReadHeaderTimeout}
 	n.observeCluster()
+	n.startBalancer()
 
 	n.serve(n.wsHTTP, cfg.WSListener, "ws")
 	n.serve(n.api, cfg.HTTPListener, "http")
@@ -298,6 +309,9 @@ func (n *Node) logPeerSecurity() {
 }
 
 func (n *Node) serve(srv *http.Server, ln net.Listener, name string) {
+	// net/http's own errors (TLS handshake failures, handler panics) go through slog too,
+	// not the standard logger.
+	srv.ErrorLog = slog.NewLogLogger(n.log.With("listener", name).Handler(), slog.LevelWarn)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -330,6 +344,7 @@ func (n *Node) ownMeta() fsm.NodeMeta {
 	meta := fsm.NodeMeta{
 		ID: n.cfg.NodeID, WSAddr: n.cfg.WSAdvertise, HTTPAddr: n.cfg.HTTPAdvertise,
 		RaftAddr: n.cfg.RaftAdvertise, Incarnation: n.incarnation.Load(), Features: fsm.Features,
+		Version: version.String(), Draining: n.draining.Load(),
 	}
 	if n.cfg.features != nil {
 		meta.Features = *n.cfg.features
@@ -381,6 +396,8 @@ func (n *Node) Ready() (bool, string) {
 	switch {
 	case n.fenced.Load():
 		return false, "fenced: cut off from the leader for longer than the node grace"
+	case n.draining.Load():
+		return false, "draining: moving its agents to other nodes"
 	case !n.announced.Load():
 		return false, "node has not announced itself to the cluster yet"
 	case !n.raft.Ready():
@@ -412,10 +429,12 @@ func (n *Node) HTTPAddr() string { return n.cfg.HTTPListener.Addr().String() }
 // them while this node is still a member. Leaving the cluster comes after it.
 func (n *Node) CloseAgents(ctx context.Context) {
 	n.agentsOnce.Do(func() {
+		n.announceLeaving(ctx)
 		n.wsHTTP.Close()
 		if err := n.ws.Shutdown(ctx); err != nil {
 			n.log.Warn("closing agent connections", "err", err)
 		}
+		n.flushMoving(ctx)
 	})
 }
 

@@ -83,6 +83,8 @@ type watchMember struct {
 	Suffrage    string `json:"suffrage"`
 	Leader      bool   `json:"leader"`
 	Incarnation uint64 `json:"incarnation,omitempty"`
+	Version     string `json:"version,omitempty"`
+	Draining    bool   `json:"draining,omitempty"`
 }
 
 type watchCluster struct {
@@ -102,6 +104,7 @@ func (n *Node) watchClusterView() watchCluster {
 	for _, m := range v.Members {
 		out.Members = append(out.Members, watchMember{
 			ID: m.ID, Raft: m.Raft, WS: m.WS, HTTP: m.HTTP, Suffrage: m.Suffrage, Leader: m.Leader, Incarnation: m.Incarnation,
+			Version: m.Version, Draining: m.Draining,
 		})
 	}
 	return out

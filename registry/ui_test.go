@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
+	"github.com/wsregistry/wsregistry/internal/version"
 	"github.com/wsregistry/wsregistry/watch"
 )
 
@@ -251,6 +252,23 @@ func TestDashboard_LiveOnAFollowerWithoutReload(t *testing.T) {
 	}
 	// Let the "last contact" poll fill in before the picture.
 	do(t, ctx, "wait for last contact", chromedp.WaitVisible(chromedp.CSS(`#members td.contact-ok`)))
+	// Every member's version, its agents against the fair share, and this node's pace.
+	for _, n := range tc.nodes {
+		do(t, ctx, "see "+n.cfg.NodeID+"'s version and agents",
+			chromedp.WaitVisible(chromedp.CSS(`tr[data-member="`+n.cfg.NodeID+`"] td.version[data-version]`)),
+			chromedp.WaitReady(chromedp.CSS(`#balance rect[data-member="`+n.cfg.NodeID+`"][data-agents]`)),
+		)
+	}
+	do(t, ctx, "see the fair-share line and the pace charts",
+		// Four agents over three members.
+		chromedp.WaitReady(chromedp.CSS(`#balance line.fair[data-fair="1.3"]`)),
+		chromedp.WaitReady(chromedp.CSS(`#spark-registrations polyline`)),
+		chromedp.WaitReady(chromedp.CSS(`#spark-lookups polyline`)),
+		chromedp.WaitReady(chromedp.CSS(`#spark-fetches polyline`)),
+	)
+	if v, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("td.version").dataset.version`)); err != nil || v != version.String() {
+		t.Fatalf("version shown %q (%v), want %q", v, err, version.String())
+	}
 
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {

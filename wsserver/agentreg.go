@@ -83,9 +83,18 @@ func (a *Agent) Registry() *Channel {
 // incremented after online was re-sent for every remembered namespace.
 func (a *Agent) Connects() int64 { return a.connects.Load() }
 
+// DefaultRegistryDialTimeout bounds a registry dial when the agent has several registry
+// addresses and AgentConfig.DialTimeout is not set: a node that accepts TCP but does not
+// answer (paused, overloaded) must not hold failover to a healthy node for the 10 s of
+// DefaultDialTimeout. With one address there is nowhere else to go, and the default stays.
+const DefaultRegistryDialTimeout = 2 * time.Second
+
 // dialRegistry dials r with the token and, for wss, the TLS config.
 func (a *Agent) dialRegistry(ctx context.Context, r registryAddr) (*Channel, error) {
 	dc := a.dialConfig()
+	if dc.DialTimeout <= 0 && len(a.regs) > 1 {
+		dc.DialTimeout = DefaultRegistryDialTimeout
+	}
 	dc.PathPrefix = r.prefix
 	dc.HTTPHeader = a.regHdr
 	if r.tls {

@@ -273,3 +273,22 @@ func TestAgent_ExplicitWSSchemeDialsPlainEvenWithTLS(t *testing.T) {
 		t.Fatalf("registry saw %+v, want plain ws:// without a token", r)
 	}
 }
+
+// A registry address that accepts TCP but never answers the upgrade (a paused node) costs a
+// failover DefaultRegistryDialTimeout, not DefaultDialTimeout.
+func TestAgent_StalledRegistryAddressDoesNotHoldFailover(t *testing.T) {
+	stalled := listen(t) // never accepted: the kernel completes the handshake, nobody answers
+	ln := listen(t)
+	reg := newStandIn()
+	serveOn(t, ln, reg)
+	a := newTestAgent(t, AgentConfig{Registries: []string{stalled.Addr().String(), ln.Addr().String()}})
+	start := time.Now()
+	if err := a.Online(context.Background(), "svc"); err != nil {
+		t.Fatalf("Online with the first address stalled: %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("registered through the second address %v after starting with a stalled one", took.Round(time.Millisecond))
+	if took < DefaultRegistryDialTimeout/2 || took >= DefaultDialTimeout {
+		t.Fatalf("took %v: want about DefaultRegistryDialTimeout (%v)", took, DefaultRegistryDialTimeout)
+	}
+}

@@ -29,12 +29,17 @@ Commands:
   fetch NS/PATH [PROPS]  call an agent through the registry, print its result
   watch          stream changes of registrations and membership
   snapshot save|restore FILE   back up or restore the replicated state
+  drain          move the agents of the node at --addr to the other nodes (before it stops)
   agent-demo     a demo agent on the Go SDK (registers, serves ws:/echo)
+  version        this build's version (also --version)
 
 Client commands talk to --addr (env WSREGISTRY_ADDR, default 127.0.0.1:8428).
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		return runVersion(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || (len(args[0]) > 0 && args[0][0] == '-' && args[0] != "-h" && args[0] != "--help" && args[0] != "help") {
 		return runServe(args, stdout, stderr)
 	}
@@ -61,6 +66,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runWatch(args[1:], stdout, stderr)
 	case "snapshot":
 		return runSnapshot(args[1:], stdout, stderr)
+	case "drain":
+		return runDrain(args[1:], stdout, stderr)
+	case "version":
+		return runVersion(args[1:], stdout, stderr)
 	case "agent-demo":
 		return runAgentDemo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -32,6 +32,9 @@ type serveConfig struct {
 	raftAddr        string
 	advertise       string
 	bootstrapExpect int
+	voters          int
+	deadServer      time.Duration
+	stabilization   time.Duration
 	join            string
 	clusterKey      string
 	clusterInsecure bool
@@ -53,6 +56,7 @@ type serveConfig struct {
 	watch           watch.Config
 	fetchTimeoutMax time.Duration
 	fetchDial       time.Duration
+	rebalance       rebalanceFlags
 
 	heartbeat, election, leaderLease, commitTimeout time.Duration
 	noSync                                          bool
@@ -82,6 +86,9 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.raftAddr, "raft-addr", ":8429", "raft transport listen address")
 	fs.StringVar(&c.advertise, "advertise", "", "host or IP other nodes use to reach this one (default: the listen host, else the first non-loopback IPv4)")
 	fs.IntVar(&c.bootstrapExpect, "bootstrap-expect", 1, "voters that form a new cluster; 1 bootstraps alone when there is no state")
+	fs.IntVar(&c.voters, "voters", cluster.DefaultVoters, "voters the leader keeps (odd, 1-9); every other member is a non-voter that serves agents and reads but never counts for quorum")
+	fs.DurationVar(&c.deadServer, "dead-server-timeout", cluster.DefaultDeadServerTimeout, "silence after which the leader's autopilot removes a voter, when a healthy non-voter can take its place")
+	fs.DurationVar(&c.stabilization, "stabilization-time", cluster.DefaultStabilizationTime, "how long a non-voter must be healthy and caught up before autopilot promotes it to restore --voters")
 	fs.StringVar(&c.join, "join", "", "comma-separated peer addresses (host:8429, their --raft-addr) of members to join or to form the cluster with")
 	fs.StringVar(&c.clusterKey, "cluster-key", "", "shared secret(s) that authenticate peers (raft and calls between nodes), comma-separated: the first is sent, any is accepted (rotation); empty: peers from --trusted-networks only, unless mutual TLS")
 	fs.BoolVar(&c.clusterInsecure, "cluster-insecure", false, "accept peers from any address without --cluster-key or mutual TLS (a trusted private network only: anyone who reaches the peer port can rewrite the registry)")
@@ -119,9 +126,10 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.watch.Heartbeat, "watch-heartbeat", watch.DefaultHeartbeat, "idle time after which /v1/watch sends a heartbeat comment")
 	fs.IntVar(&c.watch.History, "watch-history", watch.DefaultHistory, "changes kept so a watcher can resume with ?index=")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof on the HTTP port (exposes internals: keep off in production)")
-	fs.BoolVar(&c.faultInjection, "fault-injection", false, "expose POST /v1/debug/partition to cut this node off (tests and chaos runs only)")
+	fs.BoolVar(&c.faultInjection, "fault-injection", false, "expose POST /v1/debug/partition and /v1/debug/disk to cut this node off or hang its raft log writes (admin; tests and chaos runs only)")
 	fs.DurationVar(&c.fetchTimeoutMax, "fetch-timeout-max", registry.DefaultFetchTimeoutMax, "cap on the timeout a proxied call may ask for")
 	fs.DurationVar(&c.fetchDial, "fetch-dial-timeout", registry.DefaultFetchDialTimeout, "how long dialing an agent for a proxied call may take")
+	addRebalanceFlags(fs, &c.rebalance)
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.Usage = usage(fs, stderr, "Usage: wsregistry [serve] [flags]\n\nRuns one registry node. With no flags: a one-node cluster with data in ./data.")
@@ -169,6 +177,9 @@ func (c *serveConfig) validate() error {
 	if c.nodeID == "" {
 		errs = append(errs, errors.New("--node-id is empty"))
 	}
+	if err := c.rebalance.validate(); err != nil {
+		errs = append(errs, err)
+	}
 	for name, addr := range map[string]string{"--ws-addr": c.wsAddr, "--http-addr": c.httpAddr, "--raft-addr": c.raftAddr} {
 		if _, p, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
@@ -178,6 +189,12 @@ func (c *serveConfig) validate() error {
 	}
 	if c.bootstrapExpect < 1 {
 		errs = append(errs, errors.New("--bootstrap-expect must be at least 1"))
+	}
+	if c.voters < 1 || c.voters > cluster.MaxVoters || c.voters%2 == 0 {
+		errs = append(errs, fmt.Errorf("--voters %d: want an odd number from 1 to %d (an even one adds a voter to every quorum and no fault tolerance)", c.voters, cluster.MaxVoters))
+	}
+	if c.deadServer <= 0 || c.stabilization <= 0 {
+		errs = append(errs, errors.New("--dead-server-timeout and --stabilization-time must be positive"))
 	}
 	if c.pingMisses < 1 {
 		errs = append(errs, errors.New("--ping-misses must be at least 1"))
@@ -273,6 +290,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(c, stderr)
+	// The node's HTTP servers log through slog (http.Server.ErrorLog); anything else written
+	// with the standard log package (a library's log.Printf) becomes a slog line too.
+	slog.SetDefault(log)
 
 	var listeners []net.Listener
 	listen := func(addr string) net.Listener {
@@ -326,6 +346,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		Cluster: cluster.Config{
 			Peer:               peer,
 			BootstrapExpect:    c.bootstrapExpect,
+			Voters:             c.voters,
+			DeadServerTimeout:  c.deadServer,
+			StabilizationTime:  c.stabilization,
+			FaultInjection:     c.faultInjection,
 			HeartbeatTimeout:   c.heartbeat,
 			ElectionTimeout:    c.election,
 			LeaderLeaseTimeout: c.leaderLease,
@@ -341,6 +365,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		PingMisses:   c.pingMisses,
 		WriteTimeout: c.writeTimeout,
 		CommitWait:   c.commitWait,
+		Rebalance:    c.rebalance.config(),
 		Join:         join,
 		Auth: auth.Config{
 			AdminToken: c.adminToken, AgentToken: c.agentToken, TokenFile: c.tokenFile, TrustedNetworks: trusted,

@@ -17,6 +17,7 @@ const model = {
   namespaces: new Map(), // name -> Map(session -> {host, node, session, since})
   cluster: null,         // from the stream: node, state, leader, term, fenced, members
   contact: new Map(),    // member id -> last_contact_ms (null: unknown) from /v1/cluster
+  polled: null,          // the last /v1/cluster answer: versions, agents, balance, pace
   fresh: new Set(),      // "ns\0session" registered since the last render, to highlight
 };
 
@@ -96,8 +97,10 @@ async function pollCluster() {
     if (r.ok) {
       const v = await r.json();
       model.contact = new Map((v.members || []).map((m) => [m.id, m.last_contact_ms]));
+      model.polled = v;
       if (!model.cluster) model.cluster = v;
       renderMembers();
+      renderBalance();
     }
   } catch (_) { /* the stream's status pill already says the node is unreachable */ }
 }
@@ -169,6 +172,7 @@ function renderMembers() {
   const c = model.cluster;
   const tbody = $("members").tBodies[0];
   if (!c) return;
+  const mixed = new Set(versions().values()).size > 1;
   const rows = (c.members || []).map((m) => {
     const role = roleOf(m, c);
     const name = el("td", {}, el("strong", {}, m.id));
@@ -176,10 +180,82 @@ function renderMembers() {
     return el("tr", { "data-member": m.id, "data-role": role },
       name, el("td", {}, roleBadge(role)), contactCell(m.id),
       el("td", { class: "mono" }, m.ws || "—"), el("td", { class: "mono" }, m.http || "—"),
-      el("td", { class: "mono" }, m.raft || "—"), el("td", { class: "mono dim" }, m.incarnation || "—"));
+      el("td", { class: "mono" }, m.raft || "—"), el("td", { class: "mono dim" }, m.incarnation || "—"),
+      versionCell(m.id, mixed));
   });
   tbody.replaceChildren(...rows);
   $("contact-hint").textContent = c.state === "Leader" ? "" : "this node is not the leader: it knows only its own contact with the leader";
+}
+
+// versions: member id -> the build it announced (stream view first, then the poll).
+function versions() {
+  const out = new Map();
+  for (const src of [model.polled, model.cluster]) {
+    for (const m of (src && src.members) || []) if (m.version) out.set(m.id, m.version);
+  }
+  return out;
+}
+
+// A mixed-version cluster (an upgrade in progress) is marked on every version cell.
+function versionCell(id, mixed) {
+  const v = versions().get(id);
+  if (!v) return el("td", { class: "dim", title: "a build before versions were announced" }, "—");
+  return el("td", { class: "mono version" + (mixed ? " mixed" : ""), "data-version": v, title: mixed ? "members run different versions: an upgrade in progress" : "" }, v);
+}
+
+// The SVG namespace, taken from the page (its <svg> elements) rather than written out.
+const SVG = document.getElementById("balance").namespaceURI;
+function svg(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = String(text);
+  return e;
+}
+
+// renderBalance draws agents per member against the fair share, and this node's pace.
+function renderBalance() {
+  const v = model.polled;
+  if (!v) return;
+  const members = (v.members || []).filter((m) => typeof m.agents === "number");
+  const b = v.balance || {};
+  const fair = typeof b.fair_share === "number" ? b.fair_share : (members.reduce((s, m) => s + m.agents, 0) / Math.max(1, members.length));
+  const tol = typeof b.tolerance === "number" ? b.tolerance : 0.1;
+  const rowH = 26, labelW = 90, width = 520, barW = width - labelW - 60;
+  const top = Math.max(fair * (1 + tol), ...members.map((m) => m.agents), 1);
+  const chart = $("balance");
+  chart.setAttribute("viewBox", `0 0 ${width} ${members.length * rowH + 8}`);
+  const parts = [];
+  members.forEach((m, i) => {
+    const y = 4 + i * rowH;
+    const off = Math.abs(m.agents - fair) > Math.max(tol * fair, 1);
+    parts.push(svg("text", { x: 0, y: y + 16, class: "bar-label" }, m.id));
+    parts.push(svg("rect", { x: labelW, y: y + 3, width: Math.max(1, (m.agents / top) * barW), height: rowH - 8, rx: 3,
+      class: "bar" + (m.draining ? " bar-draining" : off ? " bar-off" : ""), "data-member": m.id, "data-agents": m.agents }));
+    parts.push(svg("text", { x: labelW + (m.agents / top) * barW + 6, y: y + 16, class: "bar-value" }, m.agents + (m.draining ? " (draining)" : "")));
+  });
+  const fx = labelW + (fair / top) * barW;
+  parts.push(svg("line", { x1: fx, x2: fx, y1: 0, y2: members.length * rowH + 8, class: "fair", "data-fair": fair.toFixed(1) }));
+  chart.replaceChildren(...parts);
+  const state = b.state ? b.state + (b.reason ? ": " + b.reason : "") : "";
+  $("balance-hint").textContent = `fair share ${fair.toFixed(1)} ±${Math.round(tol * 100)}%` + (state ? " · this node: " + state : "");
+  const p = v.pace || {};
+  for (const name of ["registrations", "lookups", "fetches"]) spark(name, p[name] || []);
+}
+
+function spark(name, series) {
+  const e = $("spark-" + name);
+  const now = series.length ? series[series.length - 1] : null;
+  $("pace-" + name).textContent = now === null ? "—" : fmtRate(now);
+  e.dataset.points = series.length;
+  if (series.length < 2) { e.replaceChildren(); return; }
+  const top = Math.max(...series, 1);
+  const step = 240 / (series.length - 1);
+  const pts = series.map((r, i) => `${(i * step).toFixed(1)},${(38 - (r / top) * 36).toFixed(1)}`).join(" ");
+  e.replaceChildren(svg("polyline", { points: pts, class: "spark-line" }));
+}
+
+function fmtRate(r) {
+  return r >= 1000 ? (r / 1000).toFixed(1) + "k" : r >= 10 ? Math.round(r) : r.toFixed(1);
 }
 
 function since(iso) {
