@@ -267,8 +267,12 @@ func TestStatefulSetShape(t *testing.T) {
 		}
 	}
 	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Exec == nil ||
-		!slices.Contains(c.Lifecycle.PreStop.Exec.Command, "leave") {
+		!slices.Contains(c.Lifecycle.PreStop.Exec.Command, "--leave") {
 		t.Errorf("preStop does not make the node leave: %+v", c.Lifecycle)
+	} else if cmd := c.Lifecycle.PreStop.Exec.Command; len(cmd) < 2 || cmd[1] != "drain" {
+		// Without the drain, a rolling update leaves each pod's agents unfindable until
+		// they re-register, and the pod restarted last with none.
+		t.Errorf("preStop does not drain the node before it leaves: %q", cmd)
 	}
 	var mounted bool
 	for _, vm := range c.VolumeMounts {

@@ -18,7 +18,7 @@ ctx=$(mktemp -d /tmp/wsregistry-image.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 
 echo "building the static binary (version $version)"
-CGO_ENABLED=0 go build -ldflags "-s -w" -o "$ctx/wsregistry" ./cmd/wsregistry
+CGO_ENABLED=0 go build -ldflags "-s -w -X github.com/wsregistry/wsregistry/internal/version.version=$version" -o "$ctx/wsregistry" ./cmd/wsregistry
 mkdir "$ctx/data"
 if [ -n "${WSREGISTRY_BINARY_OUT:-}" ]; then cp "$ctx/wsregistry" "$WSREGISTRY_BINARY_OUT"; fi
 
