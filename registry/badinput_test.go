@@ -342,4 +342,16 @@ func TestLimits_PerAddressConnectionLimitAnswers503(t *testing.T) {
 		errs.Range(func(_, v any) bool { first = append(first, v.(string)); return true })
 		t.Fatalf("accepted %d, refused %d, other failures %d %v", accepted.Load(), refused.Load(), other.Load(), first)
 	}
+	// The slots are given back when the connections end (the agent server's ServeHTTP returns
+	// before that: the gate releases through wsserver.WhenClosed).
+	eventually(t, 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), scaled(5*time.Second))
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, fmt.Sprintf("ws://%s/127.0.0.9/9999", n.WSAddr()), nil)
+		if err != nil {
+			return false
+		}
+		c.CloseNow()
+		return true
+	}, "no slot free after every connection closed")
 }

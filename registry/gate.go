@@ -119,8 +119,8 @@ func (n *Node) agentGate(next http.Handler) http.Handler {
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
-		defer n.conns.release(srcIP)
-		next.ServeHTTP(w, r)
+		// The agent server returns once the channel is open; the slot is held until it ends.
+		next.ServeHTTP(w, wsserver.WhenClosed(r, func() { n.conns.release(srcIP) }))
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -54,6 +55,7 @@ type Channel struct {
 	writer  writeState // the send queue and held replies (write.go)
 	calls   callState  // our requests to the peer (call.go)
 	closing closeState // whether and how a close was started
+	ping    pingState  // the keepalive timer
 
 	workers sync.WaitGroup             // writer and pinger
 	dead    chan struct{}              // closed when the connection is gone: calls fail
@@ -126,12 +128,16 @@ func (c *Channel) start() {
 		// client sent behind its handshake are already in the library's buffer.
 		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, maxText: int(min(c.cfg.readLimit, maxServedText)),
 			onText: func(msg []byte) { c.serveMessage(true, msg) }}
+		if sc, ok := cc.Conn.(syscall.Conn); ok {
+			if raw, err := sc.SyscallConn(); err == nil {
+				cc.frames.raw = raw
+			}
+		}
 	}
 	c.workers.Add(1)
 	go c.writeLoop()
 	if c.cfg.pingInterval > 0 {
-		c.workers.Add(1)
-		go c.pingLoop()
+		c.startPinger()
 	}
 }
 
@@ -236,41 +242,78 @@ func (c *Channel) isDead() bool {
 	}
 }
 
-// pingLoop pings every interval; after pingMisses consecutive pings without a
-// pong (each waits one interval), the channel is closed.
-func (c *Channel) pingLoop() {
-	defer c.workers.Done()
-	interval := c.cfg.pingInterval
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	misses := 0
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-t.C:
-		}
-		start := time.Now()
-		ctx, cancel := context.WithTimeout(c.ctx, interval)
-		err := c.conn.Ping(ctx)
-		cancel()
-		if c.ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			misses = 0
-			t.Reset(interval - time.Since(start))
-			continue
-		}
-		misses++
-		c.log.Debug("ping missed", "misses", misses, "err", err)
-		if misses >= c.cfg.pingMisses {
-			c.log.Info("peer stopped answering pings, closing", "misses", misses)
-			c.closeWith(websocket.StatusPolicyViolation, ReasonPingTimeout)
-			return
-		}
-		t.Reset(0)
+// pingState drives the keepalive from a timer rather than a goroutine per channel: an idle
+// connection then costs one goroutine (its reader) besides the writer, and a goroutine
+// exists for a ping only while it waits for the pong. The pinger counts as one of the
+// channel's workers from startPinger until exactly one of pingOnce or stopPinger sees it
+// end (stopped).
+type pingState struct {
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+	misses  int // touched only by pingOnce, which never runs twice at once
+}
+
+func (c *Channel) startPinger() {
+	c.workers.Add(1)
+	c.ping.mu.Lock()
+	c.ping.t = time.AfterFunc(c.cfg.pingInterval, c.pingOnce)
+	c.ping.mu.Unlock()
+}
+
+// stopPinger ends the keepalive (teardown, after the channel's context is cancelled).
+func (c *Channel) stopPinger() {
+	c.ping.mu.Lock()
+	defer c.ping.mu.Unlock()
+	if c.ping.t == nil || c.ping.stopped {
+		return
 	}
+	c.ping.stopped = true
+	if c.ping.t.Stop() {
+		c.workers.Done() // pingOnce will not run; when it is running, it sees stopped
+	}
+}
+
+// pingOnce pings and waits up to one interval for the pong; after pingMisses consecutive
+// misses the channel is closed. Then it arms the timer for the next ping.
+func (c *Channel) pingOnce() {
+	c.ping.mu.Lock()
+	if c.ping.stopped {
+		c.ping.mu.Unlock()
+		c.workers.Done()
+		return
+	}
+	c.ping.mu.Unlock()
+	interval := c.cfg.pingInterval
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(c.ctx, interval)
+	err := c.conn.Ping(ctx)
+	cancel()
+	var next time.Duration // after a miss, the next ping goes at once
+	end := c.ctx.Err() != nil
+	switch {
+	case end:
+	case err == nil:
+		c.ping.misses = 0
+		next = interval - time.Since(start)
+	default:
+		c.ping.misses++
+		c.log.Debug("ping missed", "misses", c.ping.misses, "err", err)
+		if c.ping.misses >= c.cfg.pingMisses {
+			c.log.Info("peer stopped answering pings, closing", "misses", c.ping.misses)
+			c.closeWith(websocket.StatusPolicyViolation, ReasonPingTimeout)
+			end = true
+		}
+	}
+	c.ping.mu.Lock()
+	if end || c.ping.stopped {
+		c.ping.stopped = true
+		c.ping.mu.Unlock()
+		c.workers.Done()
+		return
+	}
+	c.ping.t.Reset(next)
+	c.ping.mu.Unlock()
 }
 
 // closeError is what Err returns.
@@ -347,6 +390,7 @@ func (c *Channel) teardown(readErr error) {
 	ft := c.closing.forceTimer
 	c.closing.mu.Unlock()
 	c.cancel() // aborts writes and pings, cancels handler contexts
+	c.stopPinger()
 	close(c.dead)
 	force := time.AfterFunc(c.cfg.closeTimeout, c.forceClose)
 	c.workers.Wait() // the writer may be finishing a close handshake

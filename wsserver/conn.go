@@ -28,8 +28,22 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	cc := &corkConn{Conn: nc, server: true, handshakeLeftovers: brw.Reader.Buffered() > 0}
 	h.nc = cc
-	return cc, bufio.NewReadWriter(brw.Reader, bufio.NewWriterSize(cc, 4096)), nil
+	// Small buffers for the library: data frames go out through writeTextFrames and come
+	// in through the frameReader, so it only reads and writes control frames (a header and
+	// at most 125 bytes) and, rarely, a frame the frameReader leaves to it, which bufio
+	// passes through unbuffered when it is larger. net/http's 4 KiB reader is kept only
+	// when it holds bytes the client sent behind its handshake. Idle connections are most
+	// of a registry's memory: this is ~8 KiB of each.
+	br := brw.Reader
+	if !cc.handshakeLeftovers {
+		br = bufio.NewReaderSize(cc, libraryBufferSize)
+	}
+	return cc, bufio.NewReadWriter(br, bufio.NewWriterSize(cc, libraryBufferSize)), nil
 }
+
+// libraryBufferSize is the size of coder/websocket's read and write buffers on accepted
+// connections: a control frame with its header fits.
+const libraryBufferSize = 256
 
 // corkConn is the socket under a channel: hijackRecorder puts it in place of an
 // accepted connection, Dial wraps the connection it dials. While corked (by the

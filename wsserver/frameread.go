@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math"
 	"net"
+	"sync"
+	"syscall"
 )
 
 // frameReader sits under coder/websocket on an accepted connection. It parses the frames
@@ -23,6 +25,10 @@ type frameReader struct {
 	beforeRead func() // runs before every socket read (corkConn.beforeRead)
 	onText     func(msg []byte)
 	maxText    int
+
+	// raw, when the socket offers it (a plain TCP connection), lets a read take what has
+	// already arrived without blocking (readNow); nil otherwise.
+	raw syscall.RawConn
 
 	carry      []byte // bytes read but not yet parsed or handed over (nil when none)
 	pass       int    // bytes of a handed-over frame the library has yet to get
@@ -85,24 +91,62 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 			fr.err = err
 			continue
 		}
-		n, err := fr.read(p) // a pending error comes back here
+		// The library's buffer is small (libraryBufferSize): read into a pooled one of
+		// socketReadSize, so that a burst of requests still comes in one read and its
+		// replies leave in one write, and an idle connection holds no buffer.
+		buf, pooled := p, (*[]byte)(nil)
+		var n int
+		var err error
+		switch {
+		case len(p) >= socketReadSize:
+			n, err = fr.read(p) // a pending error comes back here
+		case fr.raw != nil:
+			// Wait for data in the library's small buffer, so an idle connection holds
+			// nothing more; when it fills up, take what else has already arrived
+			// without blocking.
+			n, err = fr.read(p)
+			if n == len(p) && err == nil {
+				pooled = readBufPool.Get().(*[]byte)
+				buf = *pooled
+				copy(buf, p[:n])
+				n += readNow(fr.raw, buf[n:])
+			}
+		default:
+			pooled = readBufPool.Get().(*[]byte)
+			buf = *pooled
+			n, err = fr.read(buf)
+		}
 		if n == 0 {
+			putReadBuf(pooled)
 			return 0, err
 		}
 		fr.err = err
-		used, _ := fr.scan(p[:n])
+		used, _ := fr.scan(buf[:n])
 		if fr.pass > 0 { // hand over the frame at used, keep what follows it
-			k := min(fr.pass, n-used)
+			k := min(fr.pass, n-used, len(p))
 			if used+k < n {
-				fr.carry = append([]byte(nil), p[used+k:n]...)
+				fr.carry = append([]byte(nil), buf[used+k:n]...)
 			}
-			copy(p, p[used:used+k])
+			copy(p, buf[used:used+k])
 			fr.pass -= k
+			putReadBuf(pooled)
 			return k, nil
 		}
 		if used < n {
-			fr.carry = append([]byte(nil), p[used:n]...)
+			fr.carry = append([]byte(nil), buf[used:n]...)
 		}
+		putReadBuf(pooled)
+	}
+}
+
+// socketReadSize is the least a frameReader asks the socket for when it reads fresh frames.
+const socketReadSize = 4096
+
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, socketReadSize); return &b }}
+
+func putReadBuf(b *[]byte) {
+	if b != nil {
+		readBufPool.Put(b)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -30,6 +31,12 @@ func (l countingListener) Accept() (net.Conn, error) {
 type countingConn struct {
 	net.Conn
 	writes *atomic.Int64
+}
+
+// SyscallConn lets the frameReader take what has arrived without blocking (readNow), as on
+// a plain TCP connection; writes are still counted.
+func (c countingConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
 }
 
 func (c countingConn) Write(p []byte) (int, error) {

@@ -121,7 +121,19 @@ func ParseKey(path string) (string, error) {
 // ServeHTTP validates the path, upgrades the connection and serves the
 // channel until it ends. A bad path is refused with HTTP 400 before the
 // upgrade, a request after Shutdown with 503.
+//
+// ServeHTTP returns once the channel is open and served by its own goroutine: net/http's
+// state for the request (its buffered writer, the request and its headers) is then freed
+// instead of being held for the life of the connection. What must last as long as the
+// connection goes in WhenClosed.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	closed, _ := r.Context().Value(whenClosedKey{}).(func())
+	served := false
+	defer func() {
+		if !served && closed != nil {
+			closed()
+		}
+	}()
 	key, err := ParseKey(r.URL.Path)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -176,7 +188,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.onOpen != nil {
 		s.callOnOpen(ch)
 	}
-	ch.serve() // returns after OnClose
+	served = true
+	go func() {
+		ch.serve() // returns after OnClose
+		if closed != nil {
+			closed()
+		}
+	}()
+}
+
+// whenClosedKey is the request context key of WhenClosed.
+type whenClosedKey struct{}
+
+// WhenClosed returns r carrying fn, for a gate in front of the Server: the Server calls fn
+// once, when the channel accepted from r has ended (after its OnClose), or when ServeHTTP
+// refuses r. ServeHTTP itself returns once the channel is open, so a gate cannot release
+// what it holds for the connection (a connection slot) when ServeHTTP returns.
+func WhenClosed(r *http.Request, fn func()) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), whenClosedKey{}, fn))
 }
 
 // authKey is the request context key of WithAuth.

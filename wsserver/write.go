@@ -71,18 +71,21 @@ func (c *Channel) enqueue(frame []byte) error {
 // leave in a single write (a system call costs more than encoding a reply).
 func (c *Channel) writeLoop() {
 	defer c.workers.Done()
-	batch := make([][]byte, 0, writeBatch)
 	cc := c.cc
 	for {
+		var first []byte
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-c.closing.req:
 			c.flushAndClose()
 			return
-		case f := <-c.writer.sendq:
-			batch = append(batch[:0], f)
+		case first = <-c.writer.sendq:
 		}
+		// The batch slice is borrowed while there is something to write: an idle
+		// connection holds none.
+		bp := batchPool.Get().(*[][]byte)
+		batch := append((*bp)[:0], first)
 		c.drain(&batch)
 		if cc != nil && len(batch) == 1 {
 			// Replies to requests that arrived together are usually still
@@ -102,7 +105,8 @@ func (c *Channel) writeLoop() {
 				return
 			}
 			clear(batch)
-			batch = batch[:0]
+			*bp = batch[:0]
+			batchPool.Put(bp)
 			continue
 		}
 		for i, f := range batch {
@@ -111,12 +115,16 @@ func (c *Channel) writeLoop() {
 			}
 			batch[i] = nil
 		}
+		*bp = batch[:0]
+		batchPool.Put(bp)
 	}
 }
 
-// drain appends what is queued, without blocking, up to the batch's capacity.
+var batchPool = sync.Pool{New: func() any { b := make([][]byte, 0, writeBatch); return &b }}
+
+// drain appends what is queued, without blocking, up to writeBatch frames.
 func (c *Channel) drain(batch *[][]byte) {
-	for len(*batch) < cap(*batch) {
+	for len(*batch) < writeBatch {
 		select {
 		case f := <-c.writer.sendq:
 			*batch = append(*batch, f)
