@@ -249,3 +249,60 @@ func TestJoin_RefusesABuildThatCannotReadTheLog(t *testing.T) {
 		t.Fatalf("configuration after the refused join: %+v", n.Members())
 	}
 }
+
+// A node that is not among its own --join peers (a fourth StatefulSet pod created together
+// with the first three) never takes part in a bootstrap: it used to count itself, form a
+// cluster with two of the listed nodes and leave the third to join as a non-voter.
+func TestJoin_AnUnlistedNodeNeverBootstraps(t *testing.T) {
+	var cfgs []Config
+	var peers []string
+	for i := range 4 {
+		cfg := testConfig(t, fmt.Sprintf("node%d", i))
+		cfg.BootstrapExpect = 3
+		cfgs = append(cfgs, cfg)
+		if i < 3 {
+			peers = append(peers, cfg.Advertise)
+		}
+	}
+	join := func(n *testNode) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), testutil.Scaled(20*time.Second))
+			defer cancel()
+			done <- n.JoinCluster(ctx, peers)
+		}()
+		return done
+	}
+	// node0, node1 and the unlisted node3 meet: three nodes without state, but only two
+	// listed. node2's port refuses connections until it starts.
+	cfgs[2].Listener.Close()
+	n0, n1, n3 := open(t, cfgs[0]), open(t, cfgs[1]), open(t, cfgs[3])
+	j0, j1, j3 := join(n0), join(n1), join(n3)
+	// Each makes several join attempts (100-400 ms apart) within this window.
+	deadline := time.Now().Add(testutil.Scaled(1500 * time.Millisecond))
+	for time.Now().Before(deadline) {
+		for _, n := range []*testNode{n0, n1, n3} {
+			if len(n.Members()) > 0 {
+				t.Fatalf("%s bootstrapped a cluster of %v with the unlisted node3 among the candidates", n.ID(), n.Members())
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ln, err := net.Listen("tcp", cfgs[2].Advertise)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs[2].Listener = ln
+	n2 := open(t, cfgs[2])
+	j2 := join(n2)
+	for _, j := range []<-chan error{j0, j1, j2, j3} {
+		if err := <-j; err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := leaderOf(t, []*testNode{n0, n1, n2, n3})
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		info := l.Info()
+		return len(info.Voters) == 3 && !slices.Contains(info.Voters, "node3") && slices.Contains(info.Nonvoters, "node3")
+	}, "want voters node0-2 and node3 a non-voter: %+v", l.Info())
+}

@@ -228,6 +228,7 @@ func (n *Node) tryJoin(ctx context.Context, peers []string) error {
 		fresh[self.ID] = self.RaftAddr
 	}
 	var errs []error
+	listed := false // this node is one of peers: only then may it take part in a bootstrap
 	for _, p := range peers {
 		info, err := n.client.info(ctx, p)
 		if err != nil {
@@ -235,6 +236,7 @@ func (n *Node) tryJoin(ctx context.Context, peers []string) error {
 			continue
 		}
 		if info.ID == self.ID {
+			listed = true
 			continue
 		}
 		if info.LeaderID != "" {
@@ -256,7 +258,10 @@ func (n *Node) tryJoin(ctx context.Context, peers []string) error {
 	if self.LeaderID != "" && slices.Contains(self.Voters, self.ID) && self.LeaderID == self.ID {
 		return nil // we lead a cluster that has us: nothing to join
 	}
-	if !self.HasState && n.cfg.BootstrapExpect > 1 && len(fresh) >= n.cfg.BootstrapExpect {
+	// A node that is not among its own --join peers (a fourth pod of a StatefulSet created
+	// with more replicas than --bootstrap-expect) only ever joins: counting itself, it could
+	// bootstrap a second cluster with the listed nodes it happens to find.
+	if !self.HasState && listed && n.cfg.BootstrapExpect > 1 && len(fresh) >= n.cfg.BootstrapExpect {
 		var servers []raft.Server
 		for id, addr := range fresh {
 			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(addr)})
@@ -275,6 +280,9 @@ func (n *Node) tryJoin(ctx context.Context, peers []string) error {
 		return errors.New("bootstrapped: waiting for a leader")
 	}
 	if len(errs) == 0 {
+		if !listed && n.cfg.BootstrapExpect > 1 {
+			return errors.New("no leader yet; this node is not among its --join peers, so it waits to join a cluster they form")
+		}
 		return fmt.Errorf("no leader yet; %d of %d expected nodes without state found", len(fresh), n.cfg.BootstrapExpect)
 	}
 	return errors.Join(errs...)
