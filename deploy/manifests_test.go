@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -386,39 +387,51 @@ func TestStatefulSetRequiresTheSecret(t *testing.T) {
 	}
 }
 
-// --join takes peers' peer-port addresses: every replica's stable DNS name on the headless
-// Service at the port the container listens on with --raft-addr, which that Service publishes.
-func TestJoinNamesEveryPodOnThePeerPort(t *testing.T) {
+// flagValue is the value of the container's one --name=value argument.
+func flagValue(t *testing.T, c corev1.Container, name string) string {
+	t.Helper()
+	var v string
+	n := 0
+	for _, a := range c.Args {
+		if rest, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			v, n = rest, n+1
+		}
+	}
+	if n != 1 {
+		t.Fatalf("want one --%s=..., found %d in %v", name, n, c.Args)
+	}
+	return v
+}
+
+func intFlag(t *testing.T, c corev1.Container, name string) int {
+	t.Helper()
+	v, err := strconv.Atoi(flagValue(t, c, name))
+	if err != nil {
+		t.Fatalf("--%s: %v", name, err)
+	}
+	return v
+}
+
+// --join takes peers' peer-port addresses: the stable DNS names of the pods that form the
+// cluster (the first --bootstrap-expect replicas) on the headless Service, at the port the
+// container listens on with --raft-addr, which that Service publishes.
+func TestJoinNamesTheFormingPodsOnThePeerPort(t *testing.T) {
 	m := loadManifests(t)
 	c := container(t, m.sts)
-	flagValue := func(name string) string {
-		t.Helper()
-		var v string
-		n := 0
-		for _, a := range c.Args {
-			if rest, ok := strings.CutPrefix(a, "--"+name+"="); ok {
-				v, n = rest, n+1
-			}
-		}
-		if n != 1 {
-			t.Fatalf("want one --%s=..., found %d in %v", name, n, c.Args)
-		}
-		return v
-	}
-	_, raftPort, ok := strings.Cut(flagValue("raft-addr"), ":")
+	_, raftPort, ok := strings.Cut(flagValue(t, c, "raft-addr"), ":")
 	if !ok {
-		t.Fatalf("--raft-addr %q has no port", flagValue("raft-addr"))
+		t.Fatalf("--raft-addr %q has no port", flagValue(t, c, "raft-addr"))
 	}
 	peerPort := containerPort(t, c, intstr.FromString("peer"))
 	if raftPort != fmt.Sprint(peerPort) {
 		t.Errorf("--raft-addr port %s, but the container port named peer is %d", raftPort, peerPort)
 	}
 	var want []string
-	for i := range int(*m.sts.Spec.Replicas) {
+	for i := range intFlag(t, c, "bootstrap-expect") {
 		want = append(want, fmt.Sprintf("%s-%d.%s:%d", m.sts.Name, i, m.sts.Spec.ServiceName, peerPort))
 	}
-	if got := strings.Split(flagValue("join"), ","); !slices.Equal(got, want) {
-		t.Errorf("--join=%s, want %s: every pod's peer-port address (not the HTTP port)", strings.Join(got, ","), strings.Join(want, ","))
+	if got := strings.Split(flagValue(t, c, "join"), ","); !slices.Equal(got, want) {
+		t.Errorf("--join=%s, want %s: the peer-port address (not the HTTP port) of every pod that forms the cluster", strings.Join(got, ","), strings.Join(want, ","))
 	}
 	peers := m.services[m.sts.Spec.ServiceName]
 	if peers == nil {
@@ -430,5 +443,40 @@ func TestJoinNamesEveryPodOnThePeerPort(t *testing.T) {
 	}
 	if !published {
 		t.Errorf("the headless Service %s does not publish the peer port %d: %+v", peers.Name, peerPort, peers.Spec.Ports)
+	}
+}
+
+// The first --bootstrap-expect pods form the cluster and all of them vote; a StatefulSet
+// scaled past them (5, 7 replicas) gains non-voters with no change to the pod template: every
+// later pod joins through pods that exist at any scale, and the leader keeps --voters voters.
+// Scaled down, each pod's preStop drains it and makes it leave the configuration.
+func TestScalingOutAddsNonVotersWithoutATemplateChange(t *testing.T) {
+	m := loadManifests(t)
+	c := container(t, m.sts)
+	replicas := int(*m.sts.Spec.Replicas)
+	expect, voters := intFlag(t, c, "bootstrap-expect"), intFlag(t, c, "voters")
+	if voters%2 == 0 {
+		t.Errorf("--voters=%d: an even number of voters adds one to every quorum and no fault tolerance", voters)
+	}
+	if expect != voters {
+		// More would make some of the forming pods non-voters from the start; fewer would
+		// form the cluster before every voter is there.
+		t.Errorf("--bootstrap-expect=%d, --voters=%d: the pods that form the cluster should be exactly its voters", expect, voters)
+	}
+	if replicas != expect {
+		t.Errorf("replicas %d, --bootstrap-expect=%d: the StatefulSet is created with the pods that form the cluster; more are added by scaling it", replicas, expect)
+	}
+	for _, scale := range []int{3, 5, 7} {
+		for _, peer := range strings.Split(flagValue(t, c, "join"), ",") {
+			host, _, _ := strings.Cut(peer, ".")
+			i, err := strconv.Atoi(strings.TrimPrefix(host, m.sts.Name+"-"))
+			if err != nil || i >= scale {
+				t.Errorf("at %d replicas, --join names %s, which is not one of the pods", scale, peer)
+			}
+		}
+	}
+	pre := c.Lifecycle
+	if pre == nil || pre.PreStop == nil || pre.PreStop.Exec == nil || !slices.Contains(pre.PreStop.Exec.Command, "--leave") {
+		t.Errorf("preStop does not make a removed pod leave the configuration: %+v", pre)
 	}
 }

@@ -321,9 +321,20 @@ func waitFor(t *testing.T, d time.Duration, what string, pods []*pod, check func
 	}
 }
 
+// membership is what oneCluster expects of the raft configuration: exactly these pods as
+// members (at their stable DNS names), and as voters exactly voters or, when that is nil,
+// any nVoters of them (autopilot picks which non-voter to promote), the rest non-voters.
+type membership struct {
+	members []*pod
+	voters  []*pod
+	nVoters int
+}
+
+func allVoters(pods []*pod) membership { return membership{members: pods, voters: pods} }
+
 // oneCluster checks that every pod is ready (its readiness probe) and alive (liveness),
-// names the same leader, and has exactly the expected pods as voters at their pod IPs.
-func oneCluster(pods []*pod, want []*pod) error {
+// names the same leader, and sees the expected membership.
+func oneCluster(pods []*pod, want membership) error {
 	leader := ""
 	for _, p := range pods {
 		for _, path := range []string{"/readyz", "/healthz"} {
@@ -351,16 +362,34 @@ func oneCluster(pods []*pod, want []*pod) error {
 		}
 		leader = v.Leader
 		var got, exp []string
+		voters := 0
 		for _, m := range v.Members {
-			got = append(got, m.ID+"@"+m.Raft+"/"+m.Suffrage)
+			suffrage := m.Suffrage
+			if want.voters == nil && suffrage != "Staging" {
+				suffrage = "any"
+			}
+			got = append(got, m.ID+"@"+m.Raft+"/"+suffrage)
+			if m.Suffrage == "Voter" {
+				voters++
+			}
 		}
-		for _, w := range want {
+		for _, w := range want.members {
 			// Each pod advertises its stable DNS name, as the StatefulSet tells it to.
-			exp = append(exp, w.name+"@"+w.name+".wsregistry-peers:8429/Voter")
+			suffrage := "any"
+			if want.voters != nil {
+				suffrage = "Nonvoter"
+				if slices.Contains(want.voters, w) {
+					suffrage = "Voter"
+				}
+			}
+			exp = append(exp, w.name+"@"+w.name+".wsregistry-peers:8429/"+suffrage)
 		}
 		slices.Sort(got)
 		if !slices.Equal(got, exp) {
 			return fmt.Errorf("%s sees members %v, want %v", p.name, got, exp)
+		}
+		if want.voters == nil && voters != want.nVoters {
+			return fmt.Errorf("%s sees %d voters in %v, want %d", p.name, voters, got, want.nVoters)
 		}
 	}
 	if !slices.ContainsFunc(pods, func(p *pod) bool { return p.name == leader }) {
@@ -391,13 +420,26 @@ func portsTaken(pods []*pod) []string {
 	return taken
 }
 
+// scaledOut is the replica count the test scales the StatefulSet to: two pods past the
+// three that form the cluster, which join as non-voters.
+const scaledOut = 5
+
 // TestStatefulSetPodsFormOneCluster starts three wsregistry processes with exactly the
 // command, args and env the StatefulSet gives its pods (downward API: POD_NAME
 // wsregistry-i, POD_IP 127.0.5.i+1; the Secret wsregistry with random values), each in a
 // mount namespace whose /etc/hosts maps the pods' stable DNS names (<pod>.<serviceName>) to
 // those addresses, and checks they form one cluster authenticated by the cluster key and
-// refuse an admin call without the admin token; then it runs the preStop hook of one pod
-// and checks that the pod leaves.
+// refuse an admin call without the admin token. Then it does what the StatefulSet
+// controller does when the StatefulSet is scaled and updated:
+//   - scaled to 5: wsregistry-3 and -4 start the same way and join as non-voters;
+//   - a rolling update of a voter: its preStop hook makes it leave and stop by itself,
+//     autopilot promotes a non-voter (three voters again), and the pod, started again on its
+//     volume, comes back as a non-voter;
+//   - scaled back to 3: the preStop hooks of wsregistry-3 and -4 run at once (Parallel pod
+//     management), both leave, and the three left are the voters again;
+//   - scaled to 5 again: the two pods start on their retained volumes and rejoin as
+//     non-voters.
+//
 // The pods listen on the manifest's fixed ports (8427-8429) at their own addresses: unlike
 // the main module's tests this one cannot pick free ports, so it checks they are free first.
 func TestStatefulSetPodsFormOneCluster(t *testing.T) {
@@ -423,7 +465,7 @@ func TestStatefulSetPodsFormOneCluster(t *testing.T) {
 	n := int(*sts.Spec.Replicas)
 	var pods []*pod
 	hosts := "127.0.0.1 localhost\n"
-	for i := range n {
+	for i := range max(n, scaledOut) {
 		p := podFor(t, sts, i, dir, sec)
 		pods = append(pods, p)
 		// What the headless Service publishes (publishNotReadyAddresses: from the start).
@@ -445,61 +487,143 @@ func TestStatefulSetPodsFormOneCluster(t *testing.T) {
 	if err := os.WriteFile(hostsFile, []byte(hosts), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	first, extra := pods[:n], pods[n:]
 
-	for _, p := range pods {
-		logf, err := os.Create(p.log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.cmd = p.command(bin, hostsFile, p.argv)
-		p.cmd.Stdout, p.cmd.Stderr = logf, logf
-		if err := p.cmd.Start(); err != nil {
-			t.Fatalf("start %s: %v", p.name, err)
-		}
-		logf.Close()
-		p.done = make(chan error, 1)
-		go func(p *pod) { p.done <- p.cmd.Wait() }(p)
-		t.Logf("%s: %s", p.name, strings.Join(p.argv, " "))
-		t.Cleanup(func() { stop(t, p) })
+	for _, p := range first {
+		p.start(t, bin, hostsFile)
 	}
 	t.Logf("env of %s: %v", pods[0].name, pods[0].loggableEnv())
 
-	waitFor(t, 60*time.Second, "three pods form one cluster with a leader", pods, func() error { return oneCluster(pods, pods) })
+	waitFor(t, 60*time.Second, "three pods form one cluster with a leader", first, func() error { return oneCluster(first, allVoters(first)) })
 
 	// The admin token is in force: without it (or with another) a leave is refused, even
 	// from the pod's own host.
-	last := pods[n-1]
+	last := first[n-1]
 	for _, token := range []string{"", "not-the-admin-token"} {
 		code, body, err := last.call(http.MethodPost, "/v1/leave", token)
 		if err != nil || code != http.StatusUnauthorized {
 			t.Fatalf("POST /v1/leave with token %q: %d %s %v; want 401, the Secret's admin token being required", token, code, body, err)
 		}
 	}
-
-	// The preStop hook of the last pod: with the Secret's admin token from its env, it must
-	// make that node leave and stop by itself.
 	if len(last.preStop) == 0 {
 		t.Fatal("no preStop exec hook")
 	}
+
+	// Scaled out: the new pods, with the same command, join as non-voters.
+	for _, p := range extra {
+		p.start(t, bin, hostsFile)
+	}
+	waitFor(t, 60*time.Second, fmt.Sprintf("scaled to %d: %d non-voters join", len(pods), len(extra)), pods, func() error {
+		return oneCluster(pods, membership{members: pods, voters: first})
+	})
+
+	// A rolling update reaches a voter: the preStop hook (with the Secret's admin token from
+	// its env) must make it leave and stop by itself; autopilot then promotes a non-voter.
+	preStop(t, bin, hostsFile, last)
+	others := slices.DeleteFunc(slices.Clone(pods), func(p *pod) bool { return p == last })
+	waitFor(t, 60*time.Second, "a voter left: a non-voter is promoted", others, func() error {
+		return oneCluster(others, membership{members: others, nVoters: n})
+	})
+	t.Logf("%s left: %s", last.name, roles(others[0]))
+	last.start(t, bin, hostsFile)
+	waitFor(t, 60*time.Second, "the updated pod is back on its volume", pods, func() error {
+		return oneCluster(pods, membership{members: pods, nVoters: n})
+	})
+	t.Logf("%s is back: %s", last.name, roles(others[0]))
+
+	// Scaled back: the controller deletes the extra pods at once; their hooks run together.
+	preStop(t, bin, hostsFile, extra...)
+	waitFor(t, 60*time.Second, fmt.Sprintf("scaled back to %d: the pods that stay are the voters", n), first, func() error {
+		return oneCluster(first, allVoters(first))
+	})
+
+	// Scaled out again: the pods start on the volumes the StatefulSet kept and rejoin.
+	for _, p := range extra {
+		p.start(t, bin, hostsFile)
+	}
+	waitFor(t, 60*time.Second, fmt.Sprintf("scaled to %d again: the pods rejoin on their volumes", len(pods)), pods, func() error {
+		return oneCluster(pods, membership{members: pods, voters: first})
+	})
+}
+
+// roles describes the configuration as p sees it, for the log.
+func roles(p *pod) string {
+	_, body, err := p.get("/v1/cluster")
+	var v clusterView
+	if err == nil {
+		err = json.Unmarshal(body, &v)
+	}
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, m := range v.Members {
+		out = append(out, m.ID+" "+m.Suffrage)
+	}
+	return strings.Join(out, ", ")
+}
+
+// start runs the pod's container command (again, after it stopped: on the same data
+// directory, as a pod restarted on its volume), its output appended to its log.
+func (p *pod) start(t *testing.T, bin, hosts string) {
+	t.Helper()
+	logf, err := os.OpenFile(p.log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	first := p.cmd == nil
+	p.cmd = p.command(bin, hosts, p.argv)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+	done := make(chan error, 1)
+	p.done = done
+	go func(cmd *exec.Cmd) { done <- cmd.Wait() }(p.cmd)
+	if first {
+		t.Logf("%s: %s", p.name, strings.Join(p.argv, " "))
+		t.Cleanup(func() { stop(t, p) })
+	} else {
+		t.Logf("%s: started again on its data", p.name)
+	}
+}
+
+// preStop runs the preStop hook of the pods at once, as the kubelet does when their pods are
+// deleted, and waits until each hook succeeded and each process stopped by itself.
+func preStop(t *testing.T, bin, hosts string, pods ...*pod) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), scaled(40*time.Second))
 	defer cancel()
-	hook := last.command(bin, hostsFile, last.preStop)
-	hookCmd := exec.CommandContext(ctx, hook.Path, hook.Args[1:]...)
-	hookCmd.Env, hookCmd.Dir = hook.Env, hook.Dir
-	if out, err := hookCmd.CombinedOutput(); err != nil {
-		t.Fatalf("preStop %v: %v\n%s", last.preStop, err, out)
+	errs := make(chan error, len(pods))
+	for _, p := range pods {
+		hook := p.command(bin, hosts, p.preStop)
+		hookCmd := exec.CommandContext(ctx, hook.Path, hook.Args[1:]...)
+		hookCmd.Env, hookCmd.Dir = hook.Env, hook.Dir
+		go func() {
+			if out, err := hookCmd.CombinedOutput(); err != nil {
+				errs <- fmt.Errorf("%s: preStop %v: %v\n%s", p.name, p.preStop, err, out)
+				return
+			}
+			errs <- nil
+		}()
 	}
-	select {
-	case err := <-last.done:
-		last.done <- err
-		if err != nil {
-			t.Errorf("%s exited with %v after leaving", last.name, err)
+	for range pods {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(scaled(30 * time.Second)):
-		t.Fatalf("%s still runs %v after its preStop leave", last.name, scaled(30*time.Second))
 	}
-	rest := pods[:n-1]
-	waitFor(t, 30*time.Second, "the other pods keep a leader without the one that left", rest, func() error { return oneCluster(rest, rest) })
+	for _, p := range pods {
+		select {
+		case err := <-p.done:
+			p.done <- err
+			if err != nil {
+				t.Errorf("%s exited with %v after leaving", p.name, err)
+			}
+		case <-time.After(scaled(30 * time.Second)):
+			t.Fatalf("%s still runs %v after its preStop leave", p.name, scaled(30*time.Second))
+		}
+	}
 }
 
 // stop interrupts a pod's process (SIGINT: stop without leaving) and kills it if it hangs.

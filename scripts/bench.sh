@@ -10,6 +10,14 @@
 #                                          at $PACED_RATE/s) under both generator patterns,
 #                                          pipelined and agent (round 5; about 3 minutes)
 #                                anchor    only the etcd anchor (implies --anchor etcd)
+#                                scale     one node: memory per idle connection and per registration,
+#                                          snapshot, restart (also in matrix; SCALE_AGENTS and
+#                                          SCALE_PER_AGENT override 10,000 x 10)
+#                                voters    register (c=1,256) and where (c=256) with 3 voters, 3 voters +
+#                                          4 non-voters (agents on all seven nodes, then on the voters
+#                                          only) and 7 voters, in two passes, then the medians against
+#                                          3 voters and each raft role's CPU per op (issue 18; about 4
+#                                          minutes; not in the default groups)
 #   --anchor etcd              after ours, the same register (c=1,256) and where (c=256) against a
 #                              three-member etcd (Debian's etcd-server, installed with apt-get when
 #                              `etcd` is missing; fsync on) on $ETCD_ANCHOR_NET.1-3, then the ratios
@@ -31,14 +39,14 @@ while [ $# -gt 0 ]; do
   --only) groups="${2:?--only needs groups}"; only=true; shift ;;
   --anchor) anchor="${2:?--anchor needs a kind (etcd)}"; shift ;;
   --out) out_arg="${2:?--out needs a file}"; shift ;;
-  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" >&2; exit 2 ;;
   esac
   shift
 done
 case ",$groups," in *,anchor,*) anchor="${anchor:-etcd}" ;; esac
 [ -z "$anchor" ] || [ "$anchor" = etcd ] || { echo "--anchor: only etcd is known" >&2; exit 2; }
 for g in ${groups//,/ }; do
-  case "$g" in matrix | patterns | anchor) ;; *) echo "--only: unknown group $g" >&2; exit 2 ;; esac
+  case "$g" in matrix | patterns | anchor | scale | voters) ;; *) echo "--only: unknown group $g" >&2; exit 2 ;; esac
 done
 has() { case ",$groups," in *,"$1",*) return 0 ;; esac; return 1; }
 export WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_CLUSTER_HOST:-127.0.7.1}"
@@ -191,9 +199,37 @@ if has matrix; then
   start_cluster 3 "--max-requests-per-second -1 --group-commit-max 1"
   bench -nodes 3 -workload register -c 1,16,256 -duration "$dur" -label "group commit off"
 
+fi
+
+if has matrix || has scale; then
+  scale_agents="${SCALE_AGENTS:-$scale_agents}"; per_agent="${SCALE_PER_AGENT:-$per_agent}"
   echo "== one node: $scale_agents agents x $per_agent registrations, snapshot, restart"
   start_single "--pprof --snapshot-threshold 16 --snapshot-interval 1s"
   bench -nodes 1 -workload scale -agents "$scale_agents" -per-agent "$per_agent"
+fi
+
+if has voters; then
+  # Every configuration in each pass, so that the machine's drift over the minutes falls on
+  # all of them alike. In the 3 + 4 cluster node0-2 vote (the first three ids at bootstrap):
+  # -entry 3 puts the agents on them only, which leaves replication to the non-voters as the
+  # only difference from the 3-voter cluster; spread over all seven, followers' forwarding and
+  # seven processes on the same cores count too.
+  passes=2
+  if $short; then passes=1; fi
+  for pass in $(seq 1 "$passes"); do
+    echo "== voters, pass $pass of $passes: 3 voters; 3 voters + 4 non-voters; 7 voters (fsync on)"
+    for cfg in "3 3" "7 3" "7 7"; do
+      read -r nodes voters <<<"$cfg"
+      start_cluster "$nodes" "--max-requests-per-second -1 --voters $voters"
+      label="$voters voters"
+      [ "$nodes" = "$voters" ] || label+=" + $((nodes - voters)) non-voters"
+      bench -nodes "$nodes" -roles -workload register -c 1,256,256 -duration "$dur" -label "$label"
+      bench -nodes "$nodes" -roles -workload where -c 256,256 -duration "$dur" -label "$label"
+      if [ "$nodes" != "$voters" ]; then
+        bench -nodes "$nodes" -roles -entry "$voters" -workload register -c 256,256 -duration "$dur" -label "$label, agents on the voters"
+      fi
+    done
+  done
 fi
 
 # Round 5's rows run last on our side, so that the anchor follows them within a minute.
@@ -232,9 +268,9 @@ fi
 
 table=$("$work/wsbench" table -in "$out" -run "$run")
 echo "$table"
-if has patterns || [ -n "$anchor" ]; then
+if has patterns || has voters || [ -n "$anchor" ]; then
   echo
-  echo "== ratios within this run (us/etcd; where/echo floor of the same shape)"
+  echo "== ratios within this run (us/etcd; where/echo floor of the same shape; voters: medians against 3 voters)"
   "$work/wsbench" ratios -in "$out" -run "$run"
 fi
 if $short; then

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run an N-node wsregistry cluster as local processes on 127.0.0.1, without Docker.
-#   scripts/local-cluster.sh start [N]   build, start N nodes (default 3), wait for a leader
+#   scripts/local-cluster.sh start [N]   build, start N nodes (default 3), wait for a leader;
+#                                        past --voters (3) the others are non-voters: start 5
+#                                        is 3 voters and 2 non-voters (WSREGISTRY_VOTERS=5: 5 voters)
 #   scripts/local-cluster.sh status      members and leader as node 0 sees them
 #   scripts/local-cluster.sh stop        stop the nodes this script started (by PID)
 # Node i listens on P+10i (agents), P+1+10i (HTTP), P+2+10i (raft), P = $WSREGISTRY_CLUSTER_PORT
@@ -8,6 +10,9 @@
 # Each node's PID is in <dir>/node<i>.pid, its log in <dir>/node<i>.log.
 # State lives in $WSREGISTRY_CLUSTER_DIR (default: a temp dir, remembered in /tmp/wsregistry-local-cluster).
 # Extra serve flags for every node: WSREGISTRY_EXTRA_FLAGS="--raft-no-sync --node-grace 5s".
+# WSREGISTRY_VOTERS (the serve flag's environment twin, default 3, odd) is how many of the N
+# nodes vote: every node gets --bootstrap-expect N, and the first cluster is formed with the
+# first VOTERS nodes by id as voters and the rest as non-voters.
 # WSREGISTRY_CLUSTER_HOST (default 127.0.0.1) picks another loopback address, so several
 # clusters (a benchmark and a chaos run, say) can run side by side.
 set -euo pipefail
@@ -65,7 +70,17 @@ start)
       echo "node$i did not become ready; see $dir/node$i.log" >&2; exit 1
     fi
   done
-  echo "cluster ready: agents connect to $host:$base (or any $base+10i)"
+  roles=""
+  if [ "$n" -gt 1 ]; then
+    # The bootstrap configuration holds every node; say how many of them vote.
+    members=$("$dir/wsregistry" members --json --addr "$host:$(http_port 0)" 2>/dev/null || true)
+    voters=$(grep -c '"suffrage": *"Voter"' <<<"$members" || true)
+    nonvoters=$(grep -c '"suffrage": *"Nonvoter"' <<<"$members" || true)
+    roles=" ($voters voters"
+    [ "$nonvoters" = 0 ] || roles+=", $nonvoters non-voters"
+    roles+=")"
+  fi
+  echo "cluster ready$roles: agents connect to $host:$base (or any $base+10i)"
   ;;
 status)
   dir=$(cluster_dir)
@@ -103,5 +118,5 @@ stop)
   rm -f "$state_file"
   ;;
 *)
-  sed -n '2,12p' "$0"; exit 2 ;;
+  sed -n '2,17p' "$0"; exit 2 ;;
 esac

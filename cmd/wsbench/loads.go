@@ -28,6 +28,8 @@ type bench struct {
 	timeout  time.Duration
 	log      *slog.Logger
 	t0       time.Time
+	entry    int  // connect to nodes 0..entry-1 only (0: all); CPU is measured on every node
+	roles    bool // register, where: also the CPU per op of the leader, a voter, a non-voter
 }
 
 func (b *bench) now() int64 { return int64(time.Since(b.t0)) }
@@ -136,8 +138,13 @@ func closeAll(conns []*wsConn) {
 	}
 }
 
+// allNodes lists the nodes the generator connects to: every node, or the first -entry.
 func (b *bench) allNodes() []int {
-	out := make([]int, b.cl.n)
+	n := b.cl.n
+	if b.entry > 0 {
+		n = min(b.entry, n)
+	}
+	out := make([]int, n)
 	for i := range out {
 		out[i] = i
 	}
@@ -199,10 +206,18 @@ func (b *bench) register(c int, s shape) (Result, error) {
 		}
 		return func(buf []byte, id int64) []byte { return appendRequest(buf, id, "online", nss[id%16]) }
 	}
-	if s.agent() {
-		return b.runAgent("register", c, conns, s, b.cl.pids(), mk), nil
+	var roles *roleMeter
+	if b.roles {
+		roles = b.startRoles()
 	}
-	return b.runClosed("register", c, c, conns, b.cl.pids(), mk), nil
+	var res Result
+	if s.agent() {
+		res = b.runAgent("register", c, conns, s, b.cl.pids(), mk)
+	} else {
+		res = b.runClosed("register", c, c, conns, b.cl.pids(), mk)
+	}
+	roles.fill(&res)
+	return res, nil
 }
 
 // settle closes connections and gives the cluster a moment to apply their
@@ -343,10 +358,18 @@ func (b *bench) where(c, k int, s shape) (Result, error) {
 			return appendRequest(buf, id, "where", nss[r.IntN(len(nss))])
 		}
 	}
-	if s.agent() {
-		return b.runAgent("where", c, conns, s, b.cl.pids(), mk), nil
+	var roles *roleMeter
+	if b.roles {
+		roles = b.startRoles()
 	}
-	return b.runClosed("where", c, k, conns, b.cl.pids(), mk), nil
+	var res Result
+	if s.agent() {
+		res = b.runAgent("where", c, conns, s, b.cl.pids(), mk)
+	} else {
+		res = b.runClosed("where", c, k, conns, b.cl.pids(), mk)
+	}
+	roles.fill(&res)
+	return res, nil
 }
 
 // wherePaced sends lookups at a fixed total rate over k connections (open

@@ -50,6 +50,8 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("wsbench", flag.ContinueOnError)
 	host := fs.String("host", "127.0.7.1", "host of the local cluster (WSREGISTRY_CLUSTER_HOST of local-cluster.sh)")
 	nodes := fs.Int("nodes", 3, "number of nodes in the cluster")
+	roles := fs.Bool("roles", false, "register, where: also each raft role's server CPU per op (leader, voter, nonvoter: per node of that role)")
+	entry := fs.Int("entry", 0, "register, where: connect to nodes 0..entry-1 only (0: every node; the server CPU is still that of every node)")
 	dir := fs.String("cluster-dir", "", "local-cluster.sh state dir (default: the one remembered for -host)")
 	workload := fs.String("workload", "where", "register | where | where-paced | echo | echo-paced | fetch | failover | reregister | scale")
 	pattern := fs.String("pattern", patternPipelined, "register, where, where-paced, echo, echo-paced: pipelined (one goroutine per connection,\n"+
@@ -101,6 +103,8 @@ func run(args []string) error {
 		timeout:  *timeout,
 		log:      log,
 		t0:       time.Now(),
+		entry:    *entry,
+		roles:    *roles,
 	}
 	var cs []int
 	for _, s := range strings.Split(*conc, ",") {

@@ -118,6 +118,10 @@ func ratiosCmd(args []string) error {
 		fmt.Println("|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|")
 		fmt.Println(strings.Join(echoLines, "\n"))
 	}
+	if lines := votersLines(rows); len(lines) > 0 {
+		fmt.Println()
+		fmt.Println(strings.Join(lines, "\n"))
+	}
 	return nil
 }
 

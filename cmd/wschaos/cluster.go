@@ -122,3 +122,72 @@ func (c *cluster) partition(ctx context.Context, nd *node, on bool) error {
 	}
 	return nil
 }
+
+// membership reads the configuration from the leader and returns it, with why it is not
+// what the harness expects ("" when it is): every node a member, min(voters, nodes) of them
+// voters (autopilot keeps --voters: a voter removed while it was down is replaced by a
+// promoted non-voter, and the node comes back as a non-voter), none half-way (staging).
+func (c *cluster) membership(ctx context.Context, voters int) (vs, nvs []string, why string) {
+	l, err := c.Leader(ctx)
+	if err != nil {
+		return nil, nil, err.Error()
+	}
+	v, err := c.View(ctx, c.Nodes[l])
+	if err != nil {
+		return nil, nil, err.Error()
+	}
+	seen := map[string]bool{}
+	for _, m := range v.Members {
+		seen[m.ID] = true
+		switch m.Suffrage {
+		case "Voter":
+			vs = append(vs, m.ID)
+		case "Nonvoter":
+			nvs = append(nvs, m.ID)
+		default:
+			why = fmt.Sprintf("%s is %s", m.ID, m.Suffrage)
+		}
+	}
+	for _, nd := range c.Nodes {
+		if !seen[nd.ID] {
+			why = nd.ID + " is not a member"
+		}
+	}
+	if want := min(voters, len(c.Nodes)); why == "" && len(vs) != want {
+		why = fmt.Sprintf("%d voters %v, want %d", len(vs), vs, want)
+	}
+	return vs, nvs, why
+}
+
+// waitMembership waits until membership finds nothing wrong and returns the voters and
+// non-voters, or, at the timeout, what was still wrong.
+func (c *cluster) waitMembership(ctx context.Context, timeout time.Duration, voters int) (vs, nvs []string, err error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		vs, nvs, why := c.membership(ctx, voters)
+		if why == "" {
+			return vs, nvs, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return vs, nvs, fmt.Errorf("membership after %s: %s", timeout, why)
+		}
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+}
+
+// autopilotCounts sums what the running nodes' autopilots did while they led (a restarted
+// node's counts start again from zero: a lower bound).
+func (c *cluster) autopilotCounts(ctx context.Context) (counts map[string]uint64, failures uint64) {
+	counts = map[string]uint64{}
+	for _, nd := range c.Nodes {
+		v, err := c.View(ctx, nd)
+		if err != nil || v.Autopilot == nil {
+			continue
+		}
+		for k, n := range v.Autopilot.Counts {
+			counts[k] += n
+		}
+		failures += v.Autopilot.Failures
+	}
+	return counts, failures
+}

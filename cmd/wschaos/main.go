@@ -9,7 +9,9 @@
 //
 //	rounds=N lost=L ghosts=G divergent=D doubled=X
 //
-// and exits 1 when any count is above zero, 2 when the harness itself could not run.
+// and exits 1 when any count is above zero, or when a round ended with a configuration other
+// than every node a member and --voters of them voters (autopilot's job), 2 when the harness
+// itself could not run.
 // scripts/chaos.sh starts the cluster and runs it; see RELIABILITY.md.
 package main
 
@@ -19,8 +21,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +34,7 @@ type config struct {
 	dir        string
 	host       string
 	nodes      int
+	voters     int
 	rounds     int
 	agents     int
 	nsPool     int
@@ -50,6 +55,7 @@ func run(args []string) int {
 	fs.StringVar(&cfg.dir, "cluster-dir", "", "the local cluster's directory (node<i>.pid, node<i>.log)")
 	fs.StringVar(&cfg.host, "host", "127.0.8.1", "the cluster's address (WSREGISTRY_CLUSTER_HOST); agents use the same first three octets, .2-.9")
 	fs.IntVar(&cfg.nodes, "nodes", 3, "nodes in the cluster")
+	fs.IntVar(&cfg.voters, "voters", 3, "the nodes' --voters: after each round every node must be a member and this many (at most --nodes) voters, the rest non-voters")
 	fs.IntVar(&cfg.rounds, "rounds", 3, "fault rounds")
 	fs.IntVar(&cfg.agents, "agents", 200, "simulated agents")
 	fs.IntVar(&cfg.nsPool, "namespaces", 60, "distinct namespaces the agents pick 1-3 from")
@@ -119,9 +125,16 @@ func run(args []string) int {
 	fmt.Printf("agent stats: connects=%d dial_failures=%d online_failures=%d closed_by_node=%d churn_closes=%d\n",
 		f.stats.connects.Load(), f.stats.dialFails.Load(), f.stats.onlineFails.Load(), f.stats.unexpectedCloses.Load(), f.stats.churnCloses.Load())
 	fmt.Printf("duration=%s readyz_503_while_healthy=%d\n", time.Since(start).Round(time.Second), h.readyzStuck)
+	counts, failures := c.autopilotCounts(context.WithoutCancel(ctx))
+	var actions []string
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		actions = append(actions, fmt.Sprintf("%s=%d", k, counts[k]))
+	}
+	fmt.Printf("autopilot (counted by the running nodes while they led): %s failures=%d; rounds ending with a wrong membership: %d\n",
+		strings.Join(actions, " "), failures, h.membershipWrong)
 	fmt.Printf("rounds=%d lost=%d ghosts=%d divergent=%d doubled=%d\n", rounds, total.lost, total.ghosts, total.divergent, total.doubled)
 	switch {
-	case total.bad():
+	case total.bad() || h.membershipWrong > 0:
 		return 1
 	case harnessErr != nil || ctx.Err() != nil:
 		fmt.Fprintf(os.Stderr, "wschaos: incomplete: %v\n", errors.Join(harnessErr, ctx.Err()))
@@ -131,11 +144,12 @@ func run(args []string) int {
 }
 
 type harness struct {
-	readyzStuck int // times a healthy node's /readyz answered 503 (see waitHealthy)
-	cfg         config
-	c           *cluster
-	f           *fleet
-	log         *slog.Logger
+	readyzStuck     int // times a healthy node's /readyz answered 503 (see waitHealthy)
+	membershipWrong int // rounds whose configuration did not come back to --voters voters
+	cfg             config
+	c               *cluster
+	f               *fleet
+	log             *slog.Logger
 }
 
 // round runs one fault with churn, then quiesces and checks.
@@ -167,6 +181,16 @@ func (h *harness) round(ctx context.Context, r int, fault string) (verdict, erro
 		return verdict{}, err
 	}
 	h.readyzStuck += stuck + stuck2
+	// Autopilot may have replaced a voter that was down (--dead-server-timeout); by now the
+	// node is back as a non-voter and the voters are at the target again, or they never will.
+	voters, nonvoters, merr := h.c.waitMembership(ctx, 30*time.Second, h.cfg.voters)
+	if merr != nil {
+		if ctx.Err() != nil {
+			return verdict{}, merr
+		}
+		h.membershipWrong++
+		h.log.Error("membership not restored", "round", r, "err", merr)
+	}
 	if err := h.f.settle(ctx, 60*time.Second); err != nil {
 		return verdict{}, err
 	}
@@ -182,8 +206,12 @@ func (h *harness) round(ctx context.Context, r int, fault string) (verdict, erro
 	}
 	leader, _ := h.c.Leader(ctx)
 	cv, _ := h.c.View(ctx, h.c.Nodes[max(leader, 0)])
-	fmt.Printf("round=%d fault=%s (%s) lost=%d ghosts=%d divergent=%d doubled=%d live_agents=%d applied_index=%d took=%s\n",
-		r, fault, desc, v.lost, v.ghosts, v.divergent, v.doubled, live, cv.AppliedIndex, time.Since(began).Round(100*time.Millisecond))
+	fmt.Printf("round=%d fault=%s (%s) lost=%d ghosts=%d divergent=%d doubled=%d live_agents=%d applied_index=%d voters=%s nonvoters=%s took=%s\n",
+		r, fault, desc, v.lost, v.ghosts, v.divergent, v.doubled, live, cv.AppliedIndex,
+		strings.Join(voters, ","), strings.Join(nonvoters, ","), time.Since(began).Round(100*time.Millisecond))
+	if merr != nil {
+		fmt.Printf("  %v\n", merr)
+	}
 	if v.bad() {
 		for _, d := range v.details {
 			fmt.Printf("  %s\n", d)

@@ -225,6 +225,15 @@ type View struct {
 	Leader       string `json:"leader"`
 	AppliedIndex uint64 `json:"applied_index"`
 	Fenced       bool   `json:"fenced"`
+	Members      []struct {
+		ID       string `json:"id"`
+		Suffrage string `json:"suffrage"` // Voter, Nonvoter, Staging
+	} `json:"members"`
+	// Autopilot is what the node's autopilot did while it led (action -> changes made).
+	Autopilot *struct {
+		Counts   map[string]uint64 `json:"counts"`
+		Failures uint64            `json:"failures"`
+	} `json:"autopilot,omitempty"`
 }
 
 // View reads nd's /v1/cluster.
