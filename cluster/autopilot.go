@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/wsregistry/wsregistry/fsm"
 )
 
 // Autopilot keeps Config.Voters voters on the leader: a voter silent for longer than
@@ -19,18 +22,30 @@ import (
 // A dead voter is removed only when a promotable non-voter can take its place and the
 // voters left keep a majority of the voters among themselves: a cluster of voters only
 // (the three-node default) keeps its configuration as before, and a restarted member comes
-// back into it unchanged.
+// back into it unchanged. A removed node that answers again is added back as a non-voter,
+// by the leader that removed it or, after an election, at its own request (rejoinSelf).
 
 // AutopilotAction is one change autopilot made (or tried), for /v1/cluster and the log.
 type AutopilotAction struct {
 	At     time.Time `json:"at"`
-	Action string    `json:"action"` // "remove_dead_voter", "promote" or "rejoin"
+	Action string    `json:"action"` // one of AutopilotActions
 	Member string    `json:"member"`
-	Error  string    `json:"error,omitempty"`
+	// Reason says why, in words (the silence of a removed voter, the voter count a
+	// promotion restores).
+	Reason string `json:"reason"`
+	Error  string `json:"error,omitempty"`
 }
 
+// Autopilot's actions: a dead voter removed, a non-voter promoted, a removed node that
+// answers again added back as a member.
+const (
+	ActionRemoved  = "removed"
+	ActionPromoted = "promoted"
+	ActionRejoined = "rejoined"
+)
+
 // AutopilotActions names every action, for metrics that export one series each.
-var AutopilotActions = []string{"remove_dead_voter", "promote", "rejoin"}
+var AutopilotActions = []string{ActionRemoved, ActionPromoted, ActionRejoined}
 
 // AutopilotState is what autopilot did lately and how often, as this node saw it lead.
 type AutopilotState struct {
@@ -45,10 +60,16 @@ type autopilot struct {
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	// removed holds the voters this leader removed (id -> peer address): one that answers
-	// again is added back as a non-voter. A removed member that never heard of its removal
-	// would otherwise stay outside the cluster, fenced, until it restarts.
-	removed map[string]string
+	// removed holds the voters this leader removed: one that answers again is added back as
+	// a non-voter. A removed member that never heard of its removal would otherwise stay
+	// outside the cluster, fenced, until it restarts.
+	removed map[string]*removedMember
+	// selfChecked is when this node (not leading) last asked whether it is still a member;
+	// led is when it last led (its start before that): raft's LastContact counts only
+	// contact while following.
+	selfChecked, led time.Time
+	ctx              context.Context // ends at close: bounds the peer calls a step makes
+	cancel           context.CancelFunc
 
 	mu       sync.Mutex
 	recent   []AutopilotAction
@@ -59,7 +80,9 @@ type autopilot struct {
 const maxRecentActions = 20
 
 func newAutopilot(n *Node) *autopilot {
-	a := &autopilot{n: n, done: make(chan struct{}), counts: map[string]uint64{}, removed: map[string]string{}}
+	a := &autopilot{n: n, done: make(chan struct{}), counts: map[string]uint64{}, removed: map[string]*removedMember{}}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.led = time.Now()
 	a.wg.Add(1)
 	go a.loop()
 	return a
@@ -67,6 +90,7 @@ func newAutopilot(n *Node) *autopilot {
 
 func (a *autopilot) close() {
 	close(a.done)
+	a.cancel()
 	a.wg.Wait()
 }
 
@@ -82,8 +106,10 @@ func (a *autopilot) loop() {
 		}
 		if !a.n.IsLeader() {
 			clear(a.removed) // another leader decides now
+			a.rejoinSelf(time.Now())
 			continue
 		}
+		a.led = time.Now()
 		term := a.n.raft.CurrentTerm()
 		if barrierTerm != term {
 			if err := a.n.raft.Barrier(a.n.cfg.ApplyTimeout).Error(); err != nil {
@@ -140,53 +166,137 @@ func (a *autopilot) step(now time.Time) {
 		d := dead[0]
 		if left := len(voters) - 1; alive >= left/2+1 {
 			err := n.raft.RemoveServer(d.ID, 0, n.cfg.ApplyTimeout).Error()
-			if err == nil && len(a.removed) < 64 {
-				a.removed[string(d.ID)] = string(d.Address)
+			if err == nil && len(a.removed) < maxRemembered {
+				a.removed[string(d.ID)] = &removedMember{addr: string(d.Address)}
 			}
-			a.record(now, "remove_dead_voter", string(d.ID), err, "silent_for", now.Sub(health[string(d.ID)].LastContact).Round(time.Millisecond))
+			silent := now.Sub(health[string(d.ID)].LastContact).Round(time.Millisecond)
+			reason := fmt.Sprintf("voter silent for %v (dead-server-timeout %v); %d of %d voters left answer", silent, n.cfg.DeadServerTimeout, alive, left)
+			a.record(now, ActionRemoved, string(d.ID), reason, err)
 		}
 		return
 	}
 	if len(voters) < n.cfg.Voters && len(promotable) > 0 {
 		p := promotable[0]
 		err := n.raft.AddVoter(p.ID, p.Address, 0, n.cfg.ApplyTimeout).Error()
-		a.record(now, "promote", string(p.ID), err, "voters", len(voters)+1, "target", n.cfg.Voters)
+		h := health[string(p.ID)]
+		reason := fmt.Sprintf("%d voters, target %d; healthy for %v (stabilization-time %v), lag %d", len(voters), n.cfg.Voters, now.Sub(h.HealthySince).Round(time.Millisecond), n.cfg.StabilizationTime, h.Lag)
+		a.record(now, ActionPromoted, string(p.ID), reason, err)
 		return
 	}
 	a.rejoinOne(servers)
 }
 
-// rejoinOne adds back, as a member (a non-voter while the voters are at the target), one
-// removed node that answers again.
+// removedMember is a voter this leader removed as dead, and when it was last asked whether
+// it answers again.
+type removedMember struct {
+	addr  string
+	asked time.Time
+}
+
+// maxRemembered bounds the removed members a leader keeps asking after.
+const maxRemembered = 64
+
+// rejoinOne adds back, as a member (a non-voter while the voters are at the target), a
+// removed node that answers again. It asks one node per step, the one asked longest ago:
+// a silent node holds a step up for a probe timeout, and a step that asked every removed
+// node in turn would hold up the removal of a voter that dies meanwhile.
 func (a *autopilot) rejoinOne(servers []raft.Server) {
-	for id, addr := range a.removed {
+	for id := range a.removed {
 		if slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == id }) {
 			delete(a.removed, id) // it joined again by itself (a restart)
+		}
+	}
+	id := nextToAsk(a.removed)
+	if id == "" {
+		return
+	}
+	m := a.removed[id]
+	m.asked = time.Now()
+	ctx, cancel := context.WithTimeout(a.ctx, a.n.health.timeout())
+	info, err := a.n.client.info(ctx, m.addr)
+	cancel()
+	if err != nil || info.ID != id {
+		return
+	}
+	err = a.n.addMember(id, m.addr)
+	if err == nil {
+		delete(a.removed, id)
+	}
+	a.record(time.Now(), ActionRejoined, id, "a voter removed as dead answers again", err)
+}
+
+// rejoinSelf asks to be added back when this node has heard from no leader for
+// DeadServerTimeout and a member of its last known configuration follows a leader whose
+// configuration no longer has it: it was removed while cut off. The leader that removed it
+// adds it back when it answers again (rejoinOne), but only while it leads: after an
+// election nobody remembers, and the node would stay outside, fenced, until it restarts.
+// It asks once per DeadServerTimeout; a node that left (Leave) never asks.
+func (a *autopilot) rejoinSelf(now time.Time) {
+	n := a.n
+	heard := n.raft.LastContact()
+	if a.led.After(heard) {
+		heard = a.led
+	}
+	if now.Sub(heard) < n.cfg.DeadServerTimeout || now.Sub(a.selfChecked) < n.cfg.DeadServerTimeout {
+		return
+	}
+	a.selfChecked = now
+	n.joinMu.Lock()
+	leaving := n.leaving
+	n.joinMu.Unlock()
+	if leaving {
+		return
+	}
+	self := n.cfg.NodeID
+	for _, s := range n.servers() {
+		if string(s.ID) == self {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), a.n.health.timeout())
-		info, err := a.n.client.info(ctx, addr)
+		ctx, cancel := context.WithTimeout(a.ctx, n.health.timeout())
+		info, err := n.client.info(ctx, string(s.Address))
 		cancel()
-		if err != nil || info.ID != id {
+		if err != nil || info.LeaderID == "" || info.LeaderID == self {
 			continue
 		}
-		err = a.n.addMember(id, addr)
-		if err == nil {
-			delete(a.removed, id)
+		if slices.Contains(info.Voters, self) || slices.Contains(info.Nonvoters, self) {
+			return // still a member: the leader will reach it when it can
 		}
-		a.record(time.Now(), "rejoin", id, err)
+		ctx, cancel = context.WithTimeout(a.ctx, n.cfg.ApplyTimeout)
+		err = n.client.post(ctx, string(s.Address), pathJoin, JoinRequest{ID: self, RaftAddr: n.cfg.Advertise, Features: fsm.Features}, false)
+		cancel()
+		if err != nil {
+			n.log.Warn("removed from the cluster while cut off; asking to be added back failed", "via", s.ID, "leader", info.LeaderID, "err", err)
+		} else {
+			n.log.Info("removed from the cluster while cut off: added back", "via", s.ID, "leader", info.LeaderID)
+		}
 		return
 	}
 }
 
-func (a *autopilot) record(now time.Time, action, member string, err error, kv ...any) {
-	act := AutopilotAction{At: now, Action: action, Member: member}
+// nextToAsk is the removed member asked longest ago (by id among equals), "" for none.
+func nextToAsk(removed map[string]*removedMember) string {
+	next := ""
+	for id, m := range removed {
+		if next == "" {
+			next = id
+			continue
+		}
+		n := removed[next]
+		if m.asked.Before(n.asked) || (m.asked.Equal(n.asked) && id < next) {
+			next = id
+		}
+	}
+	return next
+}
+
+func (a *autopilot) record(now time.Time, action, member, reason string, err error) {
+	act := AutopilotAction{At: now, Action: action, Member: member, Reason: reason}
 	if err != nil {
 		act.Error = err.Error()
 		a.failures.Add(1)
-		a.n.log.Warn("autopilot: membership change failed", append([]any{"action", action, "member", member, "err", err}, kv...)...)
+		a.n.log.Warn("autopilot: membership change failed", "action", action, "member", member, "reason", reason, "err", err)
 	} else {
-		a.n.log.Info("autopilot: membership changed", append([]any{"action", action, "member", member}, kv...)...)
+		a.n.log.Info("autopilot: membership changed", "action", action, "member", member, "reason", reason)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

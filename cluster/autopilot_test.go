@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -64,7 +65,7 @@ func TestAutopilot_ReplacesADeadVoterWithANonvoter(t *testing.T) {
 	// The change is visible before autopilot records it: wait for the record.
 	testutil.Eventually(t, 5*time.Second, func() bool {
 		st := l.Autopilot()
-		return st.Counts["remove_dead_voter"] == 1 && st.Counts["promote"] == 1
+		return st.Counts[ActionRemoved] == 1 && st.Counts[ActionPromoted] == 1
 	}, "autopilot did not count one removal and one promotion")
 	// A second voter lost: two of three remain, and writes still commit.
 	v, _ := suffrages(l)
@@ -86,4 +87,68 @@ func TestAutopilot_ReplacesADeadVoterWithANonvoter(t *testing.T) {
 		}
 		return false
 	}, "the removed node %s never rejoined as a non-voter", victim.ID())
+}
+
+// Autopilot asks one removed node per step, the one asked longest ago, so every removed
+// node gets its turn and a silent one holds a step up once, not every removed node's
+// timeout in a row.
+func TestAutopilot_AsksRemovedNodesInTurn(t *testing.T) {
+	if got := nextToAsk(nil); got != "" {
+		t.Fatalf("nothing removed: asked %q", got)
+	}
+	t0 := time.Now()
+	removed := map[string]*removedMember{"b": {}, "a": {}, "c": {asked: t0}}
+	var order []string
+	for i := range 4 {
+		id := nextToAsk(removed)
+		order = append(order, id)
+		removed[id].asked = t0.Add(time.Duration(i+1) * time.Second)
+	}
+	if want := []string{"a", "b", "c", "a"}; !slices.Equal(order, want) {
+		t.Fatalf("asked in order %v, want %v", order, want)
+	}
+}
+
+// A voter removed while cut off comes back as a non-voter even when the leader that removed
+// it (and would add it back) no longer leads: the node asks to be added back itself.
+func TestAutopilot_RemovedNodeAsksToBeAddedBackAfterAnElection(t *testing.T) {
+	const dead, stable = 600 * time.Millisecond, 300 * time.Millisecond
+	nodes := startCluster(t, 5, func(c *Config) {
+		c.Voters, c.DeadServerTimeout, c.StabilizationTime, c.HealthInterval = 3, dead, stable, 50*time.Millisecond
+	})
+	l := leaderOf(t, nodes)
+	voters, _ := suffrages(l)
+	var victim *testNode
+	for _, n := range nodes {
+		if n != l && slices.Contains(voters, n.ID()) {
+			victim = n
+			break
+		}
+	}
+	victim.SetPartitioned(true)
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		v, _ := suffrages(leaderOf(t, nodes))
+		return len(v) == 3 && !slices.Contains(v, victim.ID())
+	}, "the cut-off voter %s was never replaced", victim.ID())
+	// The leader that removed it hands over: nobody remembers the removal now.
+	l = leaderOf(t, nodes)
+	if err := l.TransferLeadership(); err != nil {
+		t.Fatalf("transfer leadership: %v", err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return leaderOf(t, nodes) != l }, "leadership never moved")
+
+	victim.SetPartitioned(false)
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		for _, m := range leaderOf(t, nodes).Members() {
+			if m.ID == victim.ID() {
+				return !m.Voter
+			}
+		}
+		return false
+	}, "the removed node %s never came back as a non-voter", victim.ID())
+	for _, n := range nodes {
+		if c := n.Autopilot().Counts[ActionRejoined]; c != 0 {
+			t.Fatalf("%s's autopilot added it back (%d), not the node itself", n.ID(), c)
+		}
+	}
 }

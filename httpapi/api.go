@@ -38,6 +38,10 @@ type Cluster interface {
 	Members() []cluster.Member
 	// MemberSilence is how long each member has not answered the leader (leader only).
 	MemberSilence() map[string]time.Duration
+	// MemberHealth is the leader's probe results for every other member (leader only).
+	MemberHealth() map[string]cluster.MemberHealth
+	// Autopilot is what autopilot did while this node led.
+	Autopilot() cluster.AutopilotState
 	// SinceLeaderContact is the time since this node heard from a leader: 0 on the leader,
 	// negative when it never has.
 	SinceLeaderContact() time.Duration

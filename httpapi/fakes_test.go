@@ -53,6 +53,8 @@ type fakeCluster struct {
 	leader        bool
 	members       []cluster.Member
 	silence       map[string]time.Duration
+	health        map[string]cluster.MemberHealth
+	autopilot     cluster.AutopilotState
 	sinceContact  time.Duration
 	applied       uint64
 	security      cluster.PeerSecurity
@@ -81,8 +83,15 @@ func (c *fakeCluster) IsLeader() bool                          { return c.leader
 func (c *fakeCluster) Members() []cluster.Member               { return c.members }
 func (c *fakeCluster) MemberSilence() map[string]time.Duration { return c.silence }
 func (c *fakeCluster) SinceLeaderContact() time.Duration       { return c.sinceContact }
-func (c *fakeCluster) AppliedIndex() uint64                    { return c.applied }
-func (c *fakeCluster) Security() cluster.PeerSecurity          { return c.security }
+func (c *fakeCluster) MemberHealth() map[string]cluster.MemberHealth {
+	if !c.leader {
+		return nil
+	}
+	return c.health
+}
+func (c *fakeCluster) Autopilot() cluster.AutopilotState { return c.autopilot }
+func (c *fakeCluster) AppliedIndex() uint64              { return c.applied }
+func (c *fakeCluster) Security() cluster.PeerSecurity    { return c.security }
 func (c *fakeCluster) ConsistentRead(context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -5,7 +5,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/wsregistry/wsregistry/cluster"
 	"github.com/wsregistry/wsregistry/watch"
 )
 
@@ -64,16 +66,24 @@ func (a *api) handleCluster(w http.ResponseWriter, _ *http.Request) {
 	if a.cfg.Pace != nil {
 		v.Pace = a.cfg.Pace()
 	}
+	ap := a.raft.Autopilot()
+	v.Autopilot = &AutopilotView{TargetVoters: ap.TargetVoters, Recent: ap.Recent, Counts: ap.Counts, Failures: ap.Failures}
+	if v.Autopilot.Recent == nil {
+		v.Autopilot.Recent = []cluster.AutopilotAction{}
+	}
 	writeJSON(w, http.StatusOK, v)
 }
 
 // MemberView is one member in GET /v1/cluster.
 type MemberView struct {
-	ID            string `json:"id"`
-	Raft          string `json:"raft"`
-	WS            string `json:"ws,omitempty"`
-	HTTP          string `json:"http,omitempty"`
-	Suffrage      string `json:"suffrage"`
+	ID       string `json:"id"`
+	Raft     string `json:"raft"`
+	WS       string `json:"ws,omitempty"`
+	HTTP     string `json:"http,omitempty"`
+	Suffrage string `json:"suffrage"` // raft's word: Voter, Nonvoter, Staging
+	// Role is the suffrage in lower case: voter, nonvoter (replicates, serves agents and
+	// reads, never counts for quorum) or staging.
+	Role          string `json:"role"`
 	Leader        bool   `json:"leader"`
 	Incarnation   uint64 `json:"incarnation,omitempty"`
 	LastContactMS *int64 `json:"last_contact_ms"` // null when this node cannot know
@@ -83,6 +93,30 @@ type MemberView struct {
 	Draining bool   `json:"draining,omitempty"`
 	// Agents is how many agent sessions the member holds, from the replicated state.
 	Agents *int `json:"agents,omitempty"`
+	// Health is the leader's probe of the member (only when this node leads).
+	Health *HealthView `json:"health,omitempty"`
+}
+
+// HealthView is the leader's view of one member from its probes (cluster/health.go).
+type HealthView struct {
+	// LastContactAgeMS is the time since the member last showed that it keeps up.
+	LastContactAgeMS int64  `json:"last_contact_age_ms"`
+	AppliedIndex     uint64 `json:"applied_index"`
+	// Lag is how far its applied index was behind the leader's commit index at its last answer.
+	Lag     uint64 `json:"lag"`
+	Healthy bool   `json:"healthy"`
+	// HealthyForMS is how long it has been healthy without a break (autopilot promotes a
+	// non-voter after --stabilization-time of it).
+	HealthyForMS int64 `json:"healthy_for_ms"`
+}
+
+// AutopilotView is what autopilot keeps and did, in GET /v1/cluster.
+type AutopilotView struct {
+	TargetVoters int `json:"target_voters"`
+	// Recent are the latest actions this node took while it led (newest last, bounded).
+	Recent   []cluster.AutopilotAction `json:"recent"`
+	Counts   map[string]uint64         `json:"counts"`
+	Failures uint64                    `json:"failures"`
 }
 
 // ClusterView is GET /v1/cluster: the members and raft progress as one node sees them.
@@ -104,6 +138,8 @@ type ClusterView struct {
 	Version string `json:"version,omitempty"`
 	Balance any    `json:"balance,omitempty"`
 	Pace    any    `json:"pace,omitempty"`
+	// Autopilot is what this node's autopilot did while it led. Only in GET /v1/cluster.
+	Autopilot *AutopilotView `json:"autopilot,omitempty"`
 }
 
 // raftStateWord keeps the state names /v1/cluster has always used (raft's own spelling).
@@ -125,13 +161,15 @@ func DescribeCluster(self string, c Cluster, s State, fenced bool) ClusterView {
 		Fenced: fenced, PeerSecurity: string(c.Security()),
 	}
 	silence := c.MemberSilence()
+	health := c.MemberHealth()
+	now := time.Now()
 	var agents map[string]int
 	if sc, ok := s.(sessionCounter); ok {
 		agents = sc.SessionCounts()
 	}
 	isLeader := c.IsLeader()
 	for _, m := range c.Members() {
-		mv := MemberView{ID: m.ID, Raft: m.Address, Suffrage: m.Suffrage, Leader: m.ID == leaderID}
+		mv := MemberView{ID: m.ID, Raft: m.Address, Suffrage: m.Suffrage, Role: strings.ToLower(m.Suffrage), Leader: m.ID == leaderID}
 		if meta, ok := s.Node(mv.ID); ok {
 			mv.WS, mv.HTTP, mv.Incarnation = meta.WSAddr, meta.HTTPAddr, meta.Incarnation
 			mv.Version, mv.Draining = meta.Version, meta.Draining
@@ -153,6 +191,18 @@ func DescribeCluster(self string, c Cluster, s State, fenced bool) ClusterView {
 		}
 		if ms >= 0 {
 			mv.LastContactMS = &ms
+		}
+		switch h, ok := health[mv.ID]; {
+		case isLeader && mv.ID == self:
+			// The leader is the reference the others are measured against.
+			mv.Health = &HealthView{AppliedIndex: st.AppliedIndex, Healthy: true}
+		case isLeader && ok:
+			mv.Health = &HealthView{
+				LastContactAgeMS: now.Sub(h.LastContact).Milliseconds(), AppliedIndex: h.AppliedIndex, Lag: h.Lag, Healthy: h.Healthy(),
+			}
+			if h.Healthy() {
+				mv.Health.HealthyForMS = now.Sub(h.HealthySince).Milliseconds()
+			}
 		}
 		v.Members = append(v.Members, mv)
 	}

@@ -173,6 +173,61 @@ func TestCluster_ViewOnTheLeaderAndOnAFollower(t *testing.T) {
 	}
 }
 
+// Every member's role; on the leader, its probe of each member; and autopilot's actions.
+func TestCluster_RolesHealthAndAutopilotActions(t *testing.T) {
+	now := time.Now()
+	members := []cluster.Member{
+		{ID: "n1", Address: "n1:8429", Voter: true, Suffrage: "Voter"},
+		{ID: "n2", Address: "n2:8429", Voter: false, Suffrage: "Nonvoter"},
+		{ID: "n3", Address: "n3:8429", Voter: true, Suffrage: "Voter"},
+	}
+	act := cluster.AutopilotAction{At: now.Add(-time.Minute), Action: cluster.ActionRemoved, Member: "n4", Reason: "voter silent for 10s"}
+	ta := newTestAPI(t, func(ta *testAPI) {
+		ta.cluster.members = members
+		ta.cluster.health = map[string]cluster.MemberHealth{
+			"n2": {LastContact: now.Add(-200 * time.Millisecond), HealthySince: now.Add(-5 * time.Second), AppliedIndex: 40, Lag: 2},
+			"n3": {LastContact: now.Add(-8 * time.Second), AppliedIndex: 30, Lag: 12},
+		}
+		ta.cluster.autopilot = cluster.AutopilotState{TargetVoters: 3, Recent: []cluster.AutopilotAction{act},
+			Counts: map[string]uint64{cluster.ActionRemoved: 1, cluster.ActionPromoted: 0, cluster.ActionRejoined: 0}}
+	})
+	r := ta.get("/v1/cluster")
+	var v ClusterView
+	if err := json.Unmarshal([]byte(r.raw), &v); r.code != 200 || err != nil {
+		t.Fatalf("cluster: %d %s", r.code, r.raw)
+	}
+	for i, role := range []string{"voter", "nonvoter", "voter"} {
+		if v.Members[i].Role != role {
+			t.Fatalf("member %s: role %q, want %q: %s", v.Members[i].ID, v.Members[i].Role, role, r.raw)
+		}
+	}
+	self, nv, failing := v.Members[0].Health, v.Members[1].Health, v.Members[2].Health
+	if self == nil || !self.Healthy || nv == nil || failing == nil {
+		t.Fatalf("health on the leader: %s", r.raw)
+	}
+	if !nv.Healthy || nv.Lag != 2 || nv.AppliedIndex != 40 || nv.HealthyForMS < 5000 || nv.LastContactAgeMS < 200 || nv.LastContactAgeMS > 5000 {
+		t.Fatalf("healthy non-voter: %+v", *nv)
+	}
+	if failing.Healthy || failing.Lag != 12 || failing.HealthyForMS != 0 || failing.LastContactAgeMS < 8000 {
+		t.Fatalf("failing voter: %+v", *failing)
+	}
+	ap := v.Autopilot
+	if ap == nil || ap.TargetVoters != 3 || len(ap.Recent) != 1 || ap.Recent[0].Member != "n4" || ap.Recent[0].Reason == "" || ap.Counts["removed"] != 1 || ap.Counts["promoted"] != 0 {
+		t.Fatalf("autopilot: %s", r.raw)
+	}
+
+	// A follower has no probes: no health; it shows what it did while it led (nothing).
+	f := newTestAPI(t, func(ta *testAPI) {
+		ta.cfg.NodeID = "n2"
+		ta.cluster.members, ta.cluster.leaderID, ta.cluster.leader = members, "n1", false
+		ta.cluster.health = map[string]cluster.MemberHealth{"n3": {LastContact: now}}
+	})
+	r = f.get("/v1/cluster")
+	if r.code != 200 || strings.Contains(r.raw, `"health"`) || !strings.Contains(r.raw, `"role":"nonvoter"`) || !strings.Contains(r.raw, `"recent":[]`) {
+		t.Fatalf("follower's /v1/cluster: %d %s", r.code, r.raw)
+	}
+}
+
 // The watch stream and the metrics are reads; the dashboard's page holds no data and stays
 // open so a browser can load it before it has a token to send.
 func TestMounts_WatchMetricsDashboard(t *testing.T) {

@@ -62,6 +62,16 @@ func (n *Node) adoptSupported() bool {
 	return true
 }
 
+// isMember reports whether id is in the raft configuration.
+func (n *Node) isMember(id string) bool {
+	for _, m := range n.raft.Members() {
+		if m.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
 // busy reports whether a check of member id's agents is in flight.
 func (a *adopter) busy(id string) bool {
 	a.mu.Lock()
@@ -110,9 +120,10 @@ func (a *adopter) startAdopt(id string) {
 		if !n.raft.IsLeader() {
 			return // the next leader checks again
 		}
-		if !contains(n.raft.SilentMembers(n.cfg.NodeGrace), id) {
+		if n.isMember(id) && !contains(n.raft.SilentMembers(n.cfg.NodeGrace), id) {
 			// It came back while we checked: its sessions are its own again (if it was cut
 			// off for longer than the grace, it fences and starts a new incarnation itself).
+			// A node no longer in the configuration (removed while silent) did not.
 			n.log.Info("silent member answered again before its purge", "member", id)
 			return
 		}

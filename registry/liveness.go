@@ -148,11 +148,19 @@ func (n *Node) purgeSilentMembers(ad *adopter, now time.Time) {
 	}
 	if len(members) > 0 {
 		for _, meta := range n.state.Nodes() {
-			if !members[meta.ID] {
-				n.log.Info("forgetting a node that left the cluster", "member", meta.ID)
-				cmds = append(cmds, fsm.RemoveNode{RequestID: n.newRequestID(), Node: meta.ID})
-				n.metrics.purges.WithLabelValues("removed").Inc()
+			if members[meta.ID] || ad.busy(meta.ID) {
+				continue
 			}
+			// A node removed while silent (autopilot removes a dead voter, an admin a gone
+			// node) may hold agents that are alive and cannot know: they are checked, as a
+			// silent member's are, before it is forgotten (RemoveNode purges every session).
+			if adopt && len(n.state.SessionsOf(meta.ID)) > 0 {
+				ad.startAdopt(meta.ID)
+				continue
+			}
+			n.log.Info("forgetting a node that left the cluster", "member", meta.ID)
+			cmds = append(cmds, fsm.RemoveNode{RequestID: n.newRequestID(), Node: meta.ID})
+			n.metrics.purges.WithLabelValues("removed").Inc()
 		}
 	}
 	if len(cmds) == 0 {

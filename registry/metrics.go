@@ -230,11 +230,16 @@ var (
 	raftSnapIndexDesc   = prometheus.NewDesc("wsregistry_raft_last_snapshot_index", "Index of the last snapshot.", nil, nil)
 	raftFSMPendingDesc  = prometheus.NewDesc("wsregistry_raft_fsm_pending", "Committed entries waiting to be applied.", nil, nil)
 	raftMemberSilence   = prometheus.NewDesc("wsregistry_raft_silent_members", "Members not answering the leader's heartbeats (leader only).", nil, nil)
+	// Autopilot's counts live in cluster (it alone touches raft); every action has a series
+	// from the start.
+	autopilotActionsDesc  = prometheus.NewDesc("wsregistry_autopilot_actions_total", "Membership changes autopilot made while this node led, by action: removed (a dead voter), promoted (a non-voter to voter), rejoined (a removed node that answers again, added back).", []string{"action"}, nil)
+	autopilotFailuresDesc = prometheus.NewDesc("wsregistry_autopilot_failures_total", "Membership changes autopilot tried while this node led and raft refused.", nil, nil)
 )
 
 func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{raftStateDesc, raftTermDesc, raftCommitDesc, raftAppliedDesc, raftLastIndexDesc,
-		raftLastContactDesc, raftPeersDesc, raftSnapIndexDesc, raftFSMPendingDesc, raftMemberSilence} {
+		raftLastContactDesc, raftPeersDesc, raftSnapIndexDesc, raftFSMPendingDesc, raftMemberSilence,
+		autopilotActionsDesc, autopilotFailuresDesc} {
 		ch <- d
 	}
 }
@@ -267,6 +272,11 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(raftSnapIndexDesc, prometheus.GaugeValue, float64(st.LastSnapshotIndex))
 	ch <- prometheus.MustNewConstMetric(raftFSMPendingDesc, prometheus.GaugeValue, float64(st.FSMPending))
 	ch <- prometheus.MustNewConstMetric(raftMemberSilence, prometheus.GaugeValue, float64(len(n.raft.SilentMembers(n.cfg.NodeGrace))))
+	ap := n.raft.Autopilot()
+	for _, action := range cluster.AutopilotActions {
+		ch <- prometheus.MustNewConstMetric(autopilotActionsDesc, prometheus.CounterValue, float64(ap.Counts[action]), action)
+	}
+	ch <- prometheus.MustNewConstMetric(autopilotFailuresDesc, prometheus.CounterValue, float64(ap.Failures))
 }
 
 // failureOf is the iocore status a handler error is answered with.

@@ -81,6 +81,7 @@ type watchMember struct {
 	WS          string `json:"ws,omitempty"`
 	HTTP        string `json:"http,omitempty"`
 	Suffrage    string `json:"suffrage"`
+	Role        string `json:"role"` // voter, nonvoter or staging
 	Leader      bool   `json:"leader"`
 	Incarnation uint64 `json:"incarnation,omitempty"`
 	Version     string `json:"version,omitempty"`
@@ -103,7 +104,7 @@ func (n *Node) watchClusterView() watchCluster {
 	out := watchCluster{Node: v.Node, State: v.State, Leader: v.Leader, Term: v.Term, Fenced: v.Fenced, PeerSecurity: v.PeerSecurity, Members: []watchMember{}}
 	for _, m := range v.Members {
 		out.Members = append(out.Members, watchMember{
-			ID: m.ID, Raft: m.Raft, WS: m.WS, HTTP: m.HTTP, Suffrage: m.Suffrage, Leader: m.Leader, Incarnation: m.Incarnation,
+			ID: m.ID, Raft: m.Raft, WS: m.WS, HTTP: m.HTTP, Suffrage: m.Suffrage, Role: m.Role, Leader: m.Leader, Incarnation: m.Incarnation,
 			Version: m.Version, Draining: m.Draining,
 		})
 	}

@@ -212,7 +212,7 @@ func TestDashboard_LiveOnAFollowerWithoutReload(t *testing.T) {
 		chromedp.Navigate(url),
 		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="live"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-member="`+leader.cfg.NodeID+`"][data-role="leader"]`)),
-		chromedp.WaitVisible(chromedp.CSS(`tr[data-member="`+f.cfg.NodeID+`"][data-role="follower"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-member="`+f.cfg.NodeID+`"][data-role="follower"][data-suffrage="voter"]`)),
 		// Marks this page load: if the page reloaded, the mark would be gone.
 		chromedp.Evaluate[chromedp.Void](`window.__loadMark = "first-load"`),
 	)
@@ -303,4 +303,26 @@ func TestDashboard_LiveOnAFollowerWithoutReload(t *testing.T) {
 		t.Fatalf("%d instance rows left, want 3 (%v)", n, err)
 	}
 	fmt.Fprintln(os.Stderr) // keep go test -v output readable after chromium's logs
+}
+
+// A member that does not vote shows as a non-voter, on its own page and on the leader's,
+// where the leader's probe of it (healthy) is on its last-contact cell.
+func TestDashboard_ShowsNonvotersAndTheLeadersProbe(t *testing.T) {
+	ctx := browser(t)
+	tc := startCluster(t, 2, 2*time.Second, func(c *Config) { c.Cluster.Voters = 1 })
+	leader := tc.leader()
+	nv := tc.followers()[0]
+	row := `tr[data-member="` + nv.cfg.NodeID + `"][data-role="non-voter"][data-suffrage="nonvoter"]`
+	do(t, ctx, "open the dashboard on non-voter "+nv.cfg.NodeID,
+		chromedp.Navigate("http://"+nv.HTTPAddr()+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="live"]`)),
+		chromedp.WaitVisible(chromedp.CSS(row)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-member="`+leader.cfg.NodeID+`"][data-role="leader"][data-suffrage="voter"]`)),
+	)
+	do(t, ctx, "open the dashboard on the leader "+leader.cfg.NodeID,
+		chromedp.Navigate("http://"+leader.HTTPAddr()+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="live"]`)),
+		chromedp.WaitVisible(chromedp.CSS(row+` td[data-healthy="true"]`)),
+	)
+	fmt.Fprintln(os.Stderr)
 }

@@ -328,28 +328,70 @@ func runMembers(args []string, stdout, stderr io.Writer) int {
 					WS            string `json:"ws"`
 					HTTP          string `json:"http"`
 					Suffrage      string `json:"suffrage"`
+					Role          string `json:"role"`
 					Leader        bool   `json:"leader"`
 					LastContactMS *int64 `json:"last_contact_ms"`
+					Health        *struct {
+						Lag     uint64 `json:"lag"`
+						Healthy bool   `json:"healthy"`
+					} `json:"health"`
 				} `json:"members"`
+				Autopilot *struct {
+					Recent []struct {
+						At     time.Time `json:"at"`
+						Action string    `json:"action"`
+						Member string    `json:"member"`
+						Reason string    `json:"reason"`
+						Error  string    `json:"error"`
+					} `json:"recent"`
+				} `json:"autopilot"`
 			}
 			if err := json.Unmarshal(raw, &v); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "asked %s: leader %s, term %d, commit %d, applied %d\n", v.Node, v.Leader, v.Term, v.CommitIndex, v.AppliedIndex)
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tROLE\tSUFFRAGE\tWS\tHTTP\tRAFT\tLAST CONTACT")
+			fmt.Fprintln(tw, "ID\tSTATE\tROLE\tHEALTH\tWS\tHTTP\tRAFT\tLAST CONTACT")
 			for _, m := range v.Members {
-				role := "follower"
+				state := "follower"
 				if m.Leader {
-					role = "leader"
+					state = "leader"
+				}
+				role := m.Role
+				if role == "" { // a node from before roles were shown
+					role = strings.ToLower(m.Suffrage)
+				}
+				// Only the leader probes every member.
+				health := "?"
+				if h := m.Health; h != nil {
+					health = "healthy"
+					if !h.Healthy {
+						health = "failing"
+					}
+					if h.Lag > 0 {
+						health += fmt.Sprintf(" (lag %d)", h.Lag)
+					}
 				}
 				lc := "?"
 				if m.LastContactMS != nil {
 					lc = (time.Duration(*m.LastContactMS) * time.Millisecond).String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, role, m.Suffrage, m.WS, m.HTTP, m.Raft, lc)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, state, role, health, m.WS, m.HTTP, m.Raft, lc)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if v.Autopilot != nil && len(v.Autopilot.Recent) > 0 {
+				fmt.Fprintf(stdout, "\nautopilot, while %s led (newest last):\n", v.Node)
+				for _, a := range v.Autopilot.Recent {
+					line := fmt.Sprintf("  %s  %-8s %s: %s", a.At.UTC().Format(time.RFC3339), a.Action, a.Member, a.Reason)
+					if a.Error != "" {
+						line += " (failed: " + a.Error + ")"
+					}
+					fmt.Fprintln(stdout, line)
+				}
+			}
+			return nil
 		})
 }
 

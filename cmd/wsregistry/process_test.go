@@ -242,7 +242,7 @@ func (p *proc) waitReady(within time.Duration) {
 		if p.exited() {
 			p.t.Fatalf("process exited: %v\n%s", p.err, p.log.String())
 		}
-		resp, err := http.Get("http://" + p.http + "/readyz")
+		resp, err := procHTTP.Get("http://" + p.http + "/readyz")
 		if err != nil {
 			return false
 		}
@@ -251,9 +251,14 @@ func (p *proc) waitReady(within time.Duration) {
 	}, "node at %s never became ready:\n%s", p.http, p.log.String())
 }
 
+// procHTTP bounds every call a test makes to a process: a stopped (SIGSTOP) process accepts
+// connections and never answers, and a helper that walks every process (leaderOf) would
+// wait on it forever.
+var procHTTP = &http.Client{Timeout: 5 * time.Second}
+
 func (p *proc) getJSON(path string, out any) int {
 	p.t.Helper()
-	resp, err := http.Get("http://" + p.http + path)
+	resp, err := procHTTP.Get("http://" + p.http + path)
 	if err != nil {
 		return 0
 	}

@@ -17,6 +17,7 @@ const model = {
   namespaces: new Map(), // name -> Map(session -> {host, node, session, since})
   cluster: null,         // from the stream: node, state, leader, term, fenced, members
   contact: new Map(),    // member id -> last_contact_ms (null: unknown) from /v1/cluster
+  health: new Map(),     // member id -> the leader's probe {healthy, lag, ...} (leader only)
   polled: null,          // the last /v1/cluster answer: versions, agents, balance, pace
   fresh: new Set(),      // "ns\0session" registered since the last render, to highlight
 };
@@ -97,6 +98,7 @@ async function pollCluster() {
     if (r.ok) {
       const v = await r.json();
       model.contact = new Map((v.members || []).map((m) => [m.id, m.last_contact_ms]));
+      model.health = new Map((v.members || []).filter((m) => m.health).map((m) => [m.id, m.health]));
       model.polled = v;
       if (!model.cluster) model.cluster = v;
       renderMembers();
@@ -121,10 +123,17 @@ function renderAll() {
   model.fresh.clear();
 }
 
+// suffrageOf is "voter", "nonvoter" or "staging" (role, or raft's word from older nodes).
+function suffrageOf(m) {
+  return m.role || (m.suffrage || "").toLowerCase();
+}
+
 function roleOf(m, c) {
   if (m.leader) return "leader";
-  if (m.id === c.node) return c.fenced ? "fenced" : (c.state || "").toLowerCase();
-  return m.suffrage === "Voter" ? "follower" : "non-voter";
+  if (m.id === c.node && c.fenced) return "fenced";
+  if (suffrageOf(m) !== "voter") return "non-voter";
+  if (m.id === c.node) return (c.state || "").toLowerCase();
+  return "follower";
 }
 
 function roleBadge(role) {
@@ -163,9 +172,12 @@ const PEER_SECURITY = {
 function contactCell(id) {
   const ms = model.contact.get(id);
   if (ms === undefined || ms === null) return el("td", { class: "dim", title: "only the leader knows every member's last contact" }, "—");
-  if (ms < 1000) return el("td", { class: "contact-ok" }, "now");
+  // The leader's probe of the member: healthy (answers and keeps up) and how far behind.
+  const h = model.health && model.health.get(id);
+  const attrs = h ? { "data-healthy": String(h.healthy), title: (h.healthy ? "healthy" : "failing") + ", " + h.lag + " entries behind" } : {};
+  if (ms < 1000) return el("td", { ...attrs, class: "contact-ok" }, "now");
   const s = ms / 1000;
-  return el("td", { class: s < 5 ? "contact-late" : "contact-bad" }, s < 60 ? s.toFixed(1) + " s ago" : Math.round(s / 60) + " min ago");
+  return el("td", { ...attrs, class: s < 5 ? "contact-late" : "contact-bad" }, s < 60 ? s.toFixed(1) + " s ago" : Math.round(s / 60) + " min ago");
 }
 
 function renderMembers() {
@@ -177,7 +189,8 @@ function renderMembers() {
     const role = roleOf(m, c);
     const name = el("td", {}, el("strong", {}, m.id));
     if (m.id === c.node) name.append(el("span", { class: "you" }, "(this node)"));
-    return el("tr", { "data-member": m.id, "data-role": role },
+    return el("tr", { "data-member": m.id, "data-role": role, "data-suffrage": suffrageOf(m),
+      title: suffrageOf(m) === "voter" ? "voter" : "non-voter: replicates, serves agents and reads, never counts for quorum" },
       name, el("td", {}, roleBadge(role)), contactCell(m.id),
       el("td", { class: "mono" }, m.ws || "—"), el("td", { class: "mono" }, m.http || "—"),
       el("td", { class: "mono" }, m.raft || "—"), el("td", { class: "mono dim" }, m.incarnation || "—"),
