@@ -220,7 +220,7 @@ if has voters; then
     echo "== voters, pass $pass of $passes: 3 voters; 3 voters + 4 non-voters; 7 voters (fsync on)"
     for cfg in "3 3" "7 3" "7 7"; do
       read -r nodes voters <<<"$cfg"
-      start_cluster "$nodes" "--max-requests-per-second -1 --voters $voters"
+      start_cluster "$nodes" "--max-requests-per-second -1 --voters $voters --rebalance=false"
       label="$voters voters"
       [ "$nodes" = "$voters" ] || label+=" + $((nodes - voters)) non-voters"
       bench -nodes "$nodes" -roles -workload register -c 1,256,256 -duration "$dur" -label "$label"
