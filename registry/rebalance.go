@@ -70,8 +70,12 @@ func (r *Rebalance) setDefaults() {
 // the same address holds them under another session (through any node) or the grace passes,
 // so lookups never miss the agent while it reconnects.
 type moving struct {
-	s     *agentSession
-	since time.Time
+	s *agentSession
+	// ended is when resolveMoving first saw the connection closed: the grace counts from
+	// there, not from the pick. The close handshake (up to the close timeout) comes first,
+	// and on a busy node the closes of one tick finish well after it; the agent cannot
+	// reconnect before.
+	ended time.Time
 }
 
 // balancer is the state of rebalancing and draining on one node.
@@ -179,11 +183,20 @@ func (n *Node) resolveMoving(now time.Time) {
 	}
 	var cmds []fsm.Command
 	var done []fsm.SessionID
+	lost := 0
 	for _, m := range list {
 		select {
 		case <-m.s.ch.Done():
 		default:
 			continue // still closing: agentClosed has not run yet
+		}
+		if m.ended.IsZero() {
+			m.ended = now
+			b.mu.Lock()
+			if _, ok := b.moving[m.s.id]; ok {
+				b.moving[m.s.id] = m
+			}
+			b.mu.Unlock()
 		}
 		regs := n.state.RegistrationsOf(m.s.id)
 		var taken []string
@@ -192,7 +205,10 @@ func (n *Node) resolveMoving(now time.Time) {
 				taken = append(taken, r.Namespace)
 			}
 		}
-		if len(taken) == len(regs) || now.Sub(m.since) > n.cfg.NodeGrace {
+		if len(taken) == len(regs) || now.Sub(m.ended) > n.cfg.NodeGrace {
+			if len(taken) < len(regs) {
+				lost++
+			}
 			cmds = append(cmds, fsm.Deregister{RequestID: n.newRequestID(), Session: m.s.id})
 			done = append(done, m.s.id)
 			continue
@@ -204,6 +220,10 @@ func (n *Node) resolveMoving(now time.Time) {
 	}
 	if len(cmds) == 0 {
 		return
+	}
+	if lost > 0 {
+		n.log.Warn("moved agents did not register again within the node grace after their connection closed; dropping their registrations",
+			"agents", lost, "grace", n.cfg.NodeGrace)
 	}
 	if _, err := n.submit(n.ctx, cmds...); err != nil {
 		n.log.Warn("could not drop the registrations of moved agents; will retry", "err", err)
@@ -390,9 +410,8 @@ func (n *Node) pickForMove(k int, why string) []*agentSession {
 		picked = append(picked, s)
 		return len(picked) < k
 	})
-	now := time.Now()
 	for _, s := range picked {
-		b.moving[s.id] = moving{s: s, since: now}
+		b.moving[s.id] = moving{s: s}
 	}
 	if len(picked) > 0 {
 		b.moved.WithLabelValues(why).Add(float64(len(picked)))

@@ -1,15 +1,20 @@
 package registry
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -54,18 +59,34 @@ func (p *rrProxy) pipe(c net.Conn) {
 	}
 	defer b.Close()
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(b, c); b.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-	go func() { io.Copy(c, b); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { copyPlain(b, c); b.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { copyPlain(c, b); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
 	<-done
 	<-done
 }
 
-// lastDialErr is the last failed dial of a loopAgent, for the failure message.
-var lastDialErr atomic.Value
+// copyPlain copies through a small buffer. io.Copy between two TCP connections splices on
+// Linux, through a pipe (two descriptors) per copy in progress: thousands of idle agent
+// connections would hold thousands of pipes and run the process out of descriptors.
+func copyPlain(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 4096)
+	io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
+}
+
+// agentStats is what the loopAgents saw (in the fleet's process, and as it reported them in
+// the test's): closes with 1012, refused registrations, and the last failed dial or refusal.
+type agentStats struct {
+	closes, refused atomic.Int64
+	online          atomic.Int64 // agents whose registration was answered 200 and still connected
+	lastErr         atomic.Value
+}
 
 // loopAgent is an agent that registers namespace ns as addr through the proxy and reconnects
-// (after 50-150 ms) whenever its connection ends, as iocore agents do.
-func loopAgent(ctx context.Context, proxy, addr, ns string, closes *atomic.Int64) {
+// (after 50-150 ms) whenever its connection ends, as iocore agents do. A registration the node
+// refuses (a commit that timed out on a busy machine, a node about to drain) ends the
+// connection too and is tried again: an agent connected but not registered would be counted
+// nowhere and never moved.
+func loopAgent(ctx context.Context, proxy, addr, ns string, st *agentStats) {
 	for ctx.Err() == nil {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		// A new TCP connection per try, as agents dial: a kept-alive one would stay with the
@@ -75,17 +96,34 @@ func loopAgent(ctx context.Context, proxy, addr, ns string, closes *atomic.Int64
 		})
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			lastDialErr.Store(err.Error())
+			st.lastErr.Store("dial: " + err.Error())
 		}
 		if err == nil {
 			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			err = c.Write(wctx, websocket.MessageText, []byte(online(1, ns)))
 			cancel()
-			for err == nil {
-				_, _, err = c.Read(ctx)
+			if err == nil {
+				var reply []byte
+				var r struct {
+					Data struct {
+						Status int `json:"status"`
+					} `json:"data"`
+				}
+				if _, reply, err = c.Read(ctx); err == nil && (json.Unmarshal(reply, &r) != nil || r.Data.Status != 200) {
+					st.refused.Add(1)
+					st.lastErr.Store("online refused: " + string(reply))
+					err = io.EOF
+				}
+			}
+			if err == nil {
+				st.online.Add(1)
+				for err == nil {
+					_, _, err = c.Read(ctx)
+				}
+				st.online.Add(-1)
 			}
 			if websocket.CloseStatus(err) == websocket.StatusServiceRestart {
-				closes.Add(1)
+				st.closes.Add(1)
 			}
 			c.CloseNow()
 		}
@@ -94,6 +132,108 @@ func loopAgent(ctx context.Context, proxy, addr, ns string, closes *atomic.Int64
 		case <-time.After(50*time.Millisecond + rand.N(100*time.Millisecond)):
 		}
 	}
+}
+
+// fleetEnv makes this test binary the agent fleet of the rolling restart test: the proxy and
+// every agent run in a child process, so their descriptors (three per agent) do not count
+// against the nodes' process's limit of open files, and thousands of agent goroutines do not
+// share one Go scheduler with the nodes' raft heartbeats.
+const fleetEnv = "WSREGISTRY_REBALANCE_FLEET"
+
+// startFleet runs agents loopAgents (namespaces svc-0...) in a child process behind a TCP
+// round robin over backends; the child reports its counters on stdout and ends when its
+// stdin closes.
+func startFleet(t *testing.T, agents int, backends []string) *agentStats {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRebalance_AgentFleet$", "-test.count=1", "-test.timeout=0")
+	cmd.Env = append(os.Environ(), fleetEnv+"="+strconv.Itoa(agents)+","+strings.Join(backends, ","))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	st := &agentStats{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var closes, refused, online int64
+			var last string
+			if _, err := fmt.Sscanf(sc.Text(), "fleet %d %d %d %q", &closes, &refused, &online, &last); err != nil {
+				continue // the test framework's own lines
+			}
+			st.closes.Store(closes)
+			st.refused.Store(refused)
+			st.online.Store(online)
+			if last != "" {
+				st.lastErr.Store(last)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		cmd.Wait()
+	})
+	return st
+}
+
+// TestRebalance_AgentFleet is not a test of its own: it is the child process of startFleet.
+func TestRebalance_AgentFleet(t *testing.T) {
+	spec := os.Getenv(fleetEnv)
+	if spec == "" {
+		t.Skip("the agent fleet of TestRebalance_RollingRestartEvensOutWithoutMissingALookup (a child process)")
+	}
+	parts := strings.Split(spec, ",")
+	agents, err := strconv.Atoi(parts[0])
+	if err != nil || len(parts) < 2 {
+		t.Fatalf("%s=%q: want AGENTS,BACKEND...", fleetEnv, spec)
+	}
+	proxy := startProxy(t, parts[1:])
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var st agentStats
+	for i := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Agents start at a bounded pace (500/s), not in one burst.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Duration(i) * 2 * time.Millisecond):
+			}
+			loopAgent(ctx, proxy.ln.Addr().String(), fmt.Sprintf("10.1.%d.%d/9000", i/250, i%250+1), "svc-"+strconv.Itoa(i), &st)
+		}()
+	}
+	report := func() {
+		last, _ := st.lastErr.Load().(string)
+		fmt.Printf("fleet %d %d %d %q\n", st.closes.Load(), st.refused.Load(), st.online.Load(), last)
+	}
+	go func() { io.Copy(io.Discard, os.Stdin); cancel() }()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+			report()
+		}
+	}
+	wg.Wait()
+	report()
 }
 
 // TestRebalance_RollingRestartEvensOutWithoutMissingALookup drains and restarts every node in
@@ -107,41 +247,62 @@ func TestRebalance_RollingRestartEvensOutWithoutMissingALookup(t *testing.T) {
 	}
 	// Deadlines grow with the agents: 3,000 take a while to register on a busy machine.
 	slack := time.Duration(agents) * 20 * time.Millisecond
-	tc := startCluster(t, 3, 3*time.Second, func(c *Config) {
+	// The short grace keeps the suite's run fast. Thousands of agents moving at once on a
+	// busy machine can take longer than that to register again, and a moved agent dropped by
+	// the grace misses until it does: the measurement runs with the production default.
+	grace := 3 * time.Second
+	if agents > 100 {
+		grace = DefaultNodeGrace
+	}
+	var lost atomic.Int64
+	tc := startCluster(t, 3, grace, func(c *Config) {
 		c.Rebalance.Settle = time.Second
 		c.Limits.MaxRequestsPerSecondPerConn = -1
+		c.Logger = slog.New(lostCounter{c.Logger.Handler(), &lost})
 	})
 	var backends []string
 	for _, n := range tc.nodes {
 		backends = append(backends, n.cfg.WSAdvertise)
 	}
-	proxy := startProxy(t, backends)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	var moved atomic.Int64
 	names := make([]string, agents)
-	for i := range agents {
+	for i := range names {
 		names[i] = "svc-" + strconv.Itoa(i)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			time.Sleep(time.Duration(i) * 2 * time.Millisecond) // agents start over a few seconds, not in one burst
-			loopAgent(ctx, proxy.ln.Addr().String(), fmt.Sprintf("10.1.%d.%d/9000", i/250, i%250+1), names[i], &moved)
-		}()
 	}
-	all := func(n *Node) bool {
+	regStart := time.Now()
+	stats := startFleet(t, agents, backends)
+	registered := func(n *Node) int {
+		c := 0
 		for _, ns := range names {
-			if _, ok := n.state.Pick(ns, 0); !ok {
-				return false
+			if _, ok := n.state.Pick(ns, 0); ok {
+				c++
 			}
 		}
-		return true
+		return c
+	}
+	progress := func(n *Node) string {
+		leader, _ := n.raft.Leader()
+		return fmt.Sprintf("%s sees %d of %d namespaces, sessions per node %v, leader %q; the fleet: %d online, %d refused (last error: %v), %d closed with 1012",
+			n.cfg.NodeID, registered(n), agents, n.state.SessionCounts(), leader, stats.online.Load(), stats.refused.Load(), stats.lastErr.Load(), stats.closes.Load())
 	}
 	for _, n := range tc.nodes {
-		eventually(t, 30*time.Second+slack, func() bool { return all(n) }, "agents never all registered on %s (last dial error: %v)", n.cfg.NodeID, lastDialErr.Load())
+		next := time.Now().Add(5 * time.Second)
+		eventually(t, 30*time.Second+slack, func() bool {
+			if registered(n) == agents {
+				return true
+			}
+			if time.Now().After(next) {
+				t.Logf("%v: %s", time.Since(regStart).Round(time.Second), progress(n))
+				next = time.Now().Add(5 * time.Second)
+			}
+			return false
+		}, "agents never all registered on %s", n.cfg.NodeID)
 	}
+	t.Logf("%d agents registered in %v (%d refused, %d closed with 1012 meanwhile); agents per node %v",
+		agents, time.Since(regStart).Round(time.Millisecond), stats.refused.Load(), stats.closes.Load(), counts(tc))
 
 	// The reader: every namespace on every node that is up, all the time.
 	var upMu sync.Mutex
@@ -157,7 +318,15 @@ func TestRebalance_RollingRestartEvensOutWithoutMissingALookup(t *testing.T) {
 				for _, ns := range names {
 					if _, ok := n.state.Pick(ns, 0); !ok {
 						if misses.Add(1) == 1 {
-							firstMiss.Store(fmt.Sprintf("%s: %s at %s (applied index %d)", n.cfg.NodeID, ns, time.Now().Format("15:04:05.000"), n.state.AppliedIndex()))
+							// What the other nodes hold for it says whose view was wrong.
+							var others []string
+							for m := range up {
+								if m != n {
+									others = append(others, fmt.Sprintf("%s (applied %d) %v", m.cfg.NodeID, m.state.AppliedIndex(), m.state.Instances(ns)))
+								}
+							}
+							firstMiss.Store(fmt.Sprintf("%s: %s at %s (applied index %d, incarnation %d); others: %v",
+								n.cfg.NodeID, ns, time.Now().Format("15:04:05.000"), n.state.AppliedIndex(), n.Incarnation(), others))
 						}
 					}
 				}
@@ -169,6 +338,7 @@ func TestRebalance_RollingRestartEvensOutWithoutMissingALookup(t *testing.T) {
 	}()
 
 	var lastRestart time.Time
+	var closesAtLastRestart int64
 	for i := range tc.nodes {
 		n := tc.nodes[i]
 		start := time.Now()
@@ -185,8 +355,8 @@ func TestRebalance_RollingRestartEvensOutWithoutMissingALookup(t *testing.T) {
 		upMu.Lock()
 		up[r] = true
 		upMu.Unlock()
-		lastRestart = time.Now()
-		t.Logf("node%d drained in %v, restarted after %v; agents per node %v", i, drained.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), counts(tc))
+		lastRestart, closesAtLastRestart = time.Now(), stats.closes.Load()
+		t.Logf("%s node%d drained in %v, restarted after %v; agents per node %v", start.Format("15:04:05.000"), i, drained.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), counts(tc))
 	}
 	within := func() bool {
 		c := counts(tc)
@@ -199,26 +369,60 @@ func TestRebalance_RollingRestartEvensOutWithoutMissingALookup(t *testing.T) {
 		return true
 	}
 	eventually(t, 60*time.Second+slack, within, "nodes never evened out: %v", counts(tc))
-	balanced := time.Since(lastRestart)
+	balanced, closesToBalance := time.Since(lastRestart), stats.closes.Load()-closesAtLastRestart
 	// Settled means staying settled: no flapping once every node stopped moving agents.
 	for _, n := range tc.nodes {
 		eventually(t, 30*time.Second, func() bool { return n.BalanceStatus().State == "balanced" }, "%s not balanced: %+v", n.cfg.NodeID, n.BalanceStatus())
 	}
-	movedAtBalance := moved.Load()
+	movedAtBalance := stats.closes.Load()
 	time.Sleep(2 * time.Second) // a window to see flapping in, not an assertion of timing
-	if extra := moved.Load() - movedAtBalance; extra > int64(agents/20+1) {
+	if extra := stats.closes.Load() - movedAtBalance; extra > int64(agents/20+1) {
 		t.Errorf("%d agents moved after the nodes were balanced (flapping)", extra)
 	}
 	cancel()
 	wg.Wait()
 	if m := misses.Load(); m > 0 {
-		t.Errorf("%d lookups missed a live agent (first: %v) in %d rounds", m, firstMiss.Load(), rounds.Load())
+		t.Errorf("%d lookups missed a live agent (first: %v) in %d rounds; %d moved agents dropped by the grace", m, firstMiss.Load(), rounds.Load(), lost.Load())
 	}
 	if rounds.Load() < 10 {
 		t.Errorf("the reader ran only %d rounds", rounds.Load())
 	}
-	t.Logf("%d agents: balanced %v after the last restart (%v), %d moved with 1012, %d reader rounds of %d namespaces x 3 nodes, %d misses",
-		agents, balanced.Round(time.Millisecond), counts(tc), moved.Load(), rounds.Load(), agents, misses.Load())
+	t.Logf("%d agents: balanced %v after the last restart (%v) with %d closes (1012) after it, %d closed with 1012 in all (drains included), %d refused registrations, %d dropped by the grace, %d reader rounds of %d namespaces x 3 nodes, %d misses",
+		agents, balanced.Round(time.Millisecond), counts(tc), closesToBalance, stats.closes.Load(), stats.refused.Load(), lost.Load(), rounds.Load(), agents, misses.Load())
+}
+
+// lostCounter counts the moved agents a node dropped because they did not register again
+// within the grace (a miss for lookups until they do).
+type lostCounter struct {
+	slog.Handler
+	n *atomic.Int64
+}
+
+func (h lostCounter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn || h.Handler.Enabled(ctx, l)
+}
+
+func (h lostCounter) Handle(ctx context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "did not register again within the node grace") {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "agents" {
+				h.n.Add(a.Value.Int64())
+			}
+			return true
+		})
+	}
+	if !h.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h lostCounter) WithAttrs(as []slog.Attr) slog.Handler {
+	return lostCounter{h.Handler.WithAttrs(as), h.n}
+}
+
+func (h lostCounter) WithGroup(g string) slog.Handler {
+	return lostCounter{h.Handler.WithGroup(g), h.n}
 }
 
 func counts(tc *testCluster) map[string]int {

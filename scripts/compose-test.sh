@@ -6,7 +6,10 @@
 #   is found again -> the killed node is started and rejoins -> `compose restart` of the
 #   agent's node -> it rejoins, the agent reconnects through the alias -> docker network
 #   disconnect of one node -> it fences itself (/readyz 503, fenced:true) while the other two
-#   serve -> reconnect -> it recovers.
+#   serve -> reconnect -> it recovers -> every member shows this build's version -> drain of
+#   the agent's node: it moves to another node and `where` never misses meanwhile -> 30
+#   agents, a rolling restart of node1..node3 (drain, restart, healthy), then every node
+#   holds its fair share within 10 % and `where` never missed meanwhile (issue 16).
 # With credentials on, as docker-compose.yml requires them: the project gets its own env file
 # from scripts/compose-env.sh (the user's .env is neither read nor created), admin calls from
 # the host carry its admin token (read from .env in the working directory, as the README
@@ -47,7 +50,8 @@ bin="$tmp/wsregistry"
 envfile="$tmp/.env"
 rogue="$project-rogue"
 
-export WSREGISTRY_TAG="$tag" WSREGISTRY_BIND="$bind" WSREGISTRY_NODE_GRACE=4s
+# A short rebalancing pause: the rolling restart at the end waits for the nodes to even out.
+export WSREGISTRY_TAG="$tag" WSREGISTRY_BIND="$bind" WSREGISTRY_NODE_GRACE=4s WSREGISTRY_REBALANCE_SETTLE=2s
 declare -A http ws cid
 for i in 0 1 2; do
   n=${nodes[$i]}
@@ -85,6 +89,10 @@ cleanup() {
     compose ps >&2
     compose logs --no-color --tail 25 >&2 2>&1
   fi
+  # A reader loop still running (a step failed while it asked): stop it by its PID.
+  for pid in "${reader:-}" "${rb_reader:-}"; do
+    [ -z "$pid" ] || kill "$pid" 2>/dev/null
+  done
   docker rm -f -v "$rogue" >/dev/null 2>&1
   log "down -v"
   compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || echo "WARNING: compose down failed for project $project" >&2
@@ -171,13 +179,16 @@ registration() {
     END { exit !found }'
 }
 # registered_elsewhere NODE GONE OLD_SESSION...: NODE sees exactly one registration of the
-# agent, not on node GONE and with none of the old sessions.
+# agent, held by a live node other than GONE and with none of the old sessions.
 registered_elsewhere() {
   local n=$1 gone=$2 r
   shift 2
   r=$(registration "$n") || { echo "$n: agent not registered"; return 1; }
   [ "$(wc -l <<<"$r")" -eq 1 ] || { echo "$n: several registrations: $r"; return 1; }
   [ "${r%%|*}" != "$gone" ] || { echo "$n: still registered on $gone ($r)"; return 1; }
+  # Held by the cluster for an agent that still answered when its node went silent
+  # (adopted, fsm.ClusterOwner): not registered again through a live node yet.
+  [ "${r%%|*}" != "@cluster" ] || { echo "$n: adopted by the cluster, not registered again yet ($r)"; return 1; }
   for s in "$@"; do [ "${r#*|}" != "$s" ] || { echo "$n: still the old session $s"; return 1; }; done
   echo "$r"
 }
@@ -338,5 +349,135 @@ ip_after=$(ip_of "${cid[$target]}")
 wait_for 60 "$target recovered (not fenced)" unfenced "$target"
 wait_for 60 "all three ready with one leader" cluster_ok "${nodes[@]}"
 wait_for 30 "where demo answers on all three" where_ok "${nodes[@]}"
+
+# --- versions: every member announces its build (issue 16) ---
+ver=$("$bin" version --json | sed -n 's/.*"version":"\([^"]*\)".*/\1/p')
+versions_ok() {
+  local m c
+  m=$(api node1 members --json) || return 1
+  # The node's own version, and each of the three members'.
+  c=$(grep -c "\"version\": \"$ver\"" <<<"$m" || true)
+  [ "$c" -eq 4 ] || { echo "version $ver shown $c times, want 4: $m"; return 1; }
+}
+wait_for 30 "every member announces version $ver" versions_ok
+
+# --- drain the agent's node while every node is asked for the agent: never a miss ---
+reg=$(registration node1)
+target=${reg%%|*}
+others=()
+for n in "${nodes[@]}"; do [ "$n" = "$target" ] || others+=("$n"); done
+log "drain $target (the agent's node), asking all three for the agent meanwhile"
+rm -f "$tmp/drain-done"
+(
+  misses=0
+  while [ ! -e "$tmp/drain-done" ]; do
+    where_ok "${nodes[@]}" >/dev/null || misses=$((misses + 1))
+    sleep 0.2
+  done
+  echo "$misses" >"$tmp/drain-misses"
+) &
+reader=$!
+drained=0
+api "$target" drain --wait $((30 * scale))s 2>&1 | sed 's/^/  /' || drained=1
+touch "$tmp/drain-done"
+wait "$reader"
+reader=""
+[ "$drained" -eq 0 ] || fail "$target did not drain"
+[ "$(cat "$tmp/drain-misses")" = 0 ] || fail "where demo missed $(cat "$tmp/drain-misses") times during the drain"
+wait_for 30 "agent registered again on another node" registered_elsewhere "${others[0]}" "$target" "${reg#*|}"
+if api "$target" healthcheck >/dev/null 2>&1; then fail "$target is ready while drained"; fi
+api "$target" drain --cancel | sed 's/^/  /'
+wait_for 30 "$target ready again after the drain" cluster_ok "${nodes[@]}"
+
+# --- rebalance after a rolling restart (issue 16) ---
+# 30 agents through the alias: the demo agent and 29 more agent-demo processes in its
+# container, each on its own port (so its own address) with its own namespace. Then
+# node1..node3 in turn: drained (as the StatefulSet's preStop does; compose has no such
+# hook, and a plain SIGTERM deregisters its agents until they reconnect), restarted, back
+# healthy before the next. Then every node must hold its fair share within 10 % (at least
+# one agent: 9-11 of 30) while a reader asks the nodes that serve for a sample of the
+# namespaces throughout: never a miss.
+rb_agents=30
+agent_ip=${agent%:*}
+for i in $(seq 1 $((rb_agents - 1))); do
+  docker exec -d "$agent_cid" /wsregistry agent-demo --registry registry:8427 --namespace "rb-$i" --listen ":$((9100 + i))"
+done
+# agent_counts NODE: "node1=N node2=N node3=N": agent sessions per member as NODE sees them.
+agent_counts() {
+  # members --json sorts each member's keys: "agents" comes before "id".
+  api "$1" members --json | awk '
+    /"agents": [0-9]/ { gsub(/[",]/, "", $2); a = $2 }
+    /"id":/ { gsub(/[",]/, "", $2); if (a != "") { printf "%s%s=%s", sep, $2, a; sep = " " } a = "" }
+    END { print "" }'
+}
+# balanced: every node within max(10 % of the fair share, 1) of it, all agents counted once.
+balanced() {
+  local c
+  c=$(agent_counts node1) || return 1
+  awk -v want="$rb_agents" '{
+    for (i = 1; i <= NF; i++) { split($i, kv, "="); n[i] = kv[2]; total += kv[2] }
+    fair = want / NF; band = fair / 10; if (band < 1) band = 1
+    ok = total == want
+    for (i = 1; i <= NF; i++) if (n[i] < fair - band || n[i] > fair + band) ok = 0
+    print $0 (ok ? "" : " (fair share " fair " +-" band ", " total " counted)")
+    exit !ok }' <<<"$c"
+}
+all_registered() {
+  local c
+  c=$(agent_counts node1) || return 1
+  awk -v want="$rb_agents" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); t += kv[2] } print $0; exit t != want }' <<<"$c"
+}
+wait_for 60 "$rb_agents agents registered through the alias" all_registered
+log "agents per node: $(agent_counts node1)"
+
+# The reader: the sampled namespaces on every node listed in $tmp/rb-serving, all the time.
+# A miss is a node answering 404 (no live instance) or another address; a node that does
+# not answer at all (stopping) is only counted as unavailable.
+sample=(demo rb-1 rb-10 rb-20 rb-29)
+expect() { if [ "$1" = demo ]; then echo "$agent"; else echo "$agent_ip:$((9100 + ${1#rb-}))"; fi; }
+echo "${nodes[*]}" >"$tmp/rb-serving"
+rm -f "$tmp/rb-done"
+(
+  misses=0 unavailable=0 rounds=0 first=""
+  while [ ! -e "$tmp/rb-done" ]; do
+    for n in $(cat "$tmp/rb-serving"); do
+      for ns in "${sample[@]}"; do
+        if out=$(api "$n" where "$ns" 2>&1); then
+          [ "$out" = "$(expect "$ns")" ] && continue
+        elif ! grep -q 'no live instance' <<<"$out"; then
+          unavailable=$((unavailable + 1))
+          continue
+        fi
+        misses=$((misses + 1))
+        [ -n "$first" ] || first="$n: where $ns = $out at $(($(date +%s) - started))s"
+      done
+    done
+    rounds=$((rounds + 1))
+  done
+  echo "$misses $unavailable $rounds $first" >"$tmp/rb-reader"
+) &
+rb_reader=$!
+
+for n in "${nodes[@]}"; do
+  log "rolling restart: drain $n (agents per node: $(agent_counts node1))"
+  api "$n" drain --wait $((30 * scale))s 2>&1 | tail -1 | sed 's/^/  /' || fail "$n did not drain"
+  others=()
+  for m in "${nodes[@]}"; do [ "$m" = "$n" ] || others+=("$m"); done
+  echo "${others[*]}" >"$tmp/rb-serving"
+  compose restart -t 20 "$n" 2>&1 | sed 's/^/  /'
+  wait_for 90 "$n restarted and rejoined (ready, same leader, 3 voters)" cluster_ok "${nodes[@]}"
+  echo "${nodes[*]}" >"$tmp/rb-serving"
+done
+last_restart=$(date +%s)
+log "all three restarted; agents per node: $(agent_counts node1)"
+wait_for 60 "every node holds its fair share of the $rb_agents agents (within 10 %, at least 1)" balanced
+rb_balanced=$(($(date +%s) - last_restart))
+touch "$tmp/rb-done"
+wait "$rb_reader"
+rb_reader=""
+read -r rb_misses rb_unavailable rb_rounds rb_first <"$tmp/rb-reader"
+[ "$rb_misses" -eq 0 ] || fail "where missed $rb_misses times during the rolling restart (first: $rb_first)"
+[ "$rb_rounds" -ge 5 ] || fail "the reader ran only $rb_rounds rounds"
+log "balanced ${rb_balanced}s after the last restart ($(agent_counts node1)); reader: 0 misses, $rb_unavailable unavailable, $rb_rounds rounds of ${#sample[@]} namespaces"
 
 log "PASS in $(($(date +%s) - started))s"

@@ -206,6 +206,11 @@ func (a *Agent) watch(ch *Channel) {
 		delay = min(2*delay, a.cfg.ReconnectMax)
 	}
 	tried := 1 // the lost address counts as tried in this round
+	// Every try of the last round was refused with 503 (ErrRefused): a node that drains or
+	// is fenced, while others behind the same address (a compose alias, DNS) may take the
+	// agent. Backing off further each time would keep the agent away for seconds, longer
+	// than a registry keeps the registrations of an agent it moved off a draining node.
+	onlyRefused := false
 	for {
 		if tried >= len(a.regs) {
 			// Full jitter in [delay/2, delay].
@@ -217,14 +222,19 @@ func (a *Agent) watch(ch *Channel) {
 				return
 			case <-t.C:
 			}
-			delay = min(2*delay, a.cfg.ReconnectMax)
-			tried = 0
+			if !onlyRefused {
+				delay = min(2*delay, a.cfg.ReconnectMax)
+			}
+			tried, onlyRefused = 0, true
 		}
 		_, _, _, err := a.ensure(a.ctx, 1)
 		if err == nil || a.ctx.Err() != nil {
 			return // the new channel has its own watcher
 		}
 		tried++
+		if !errors.Is(err, ErrRefused) {
+			onlyRefused = false
+		}
 		a.log.Debug("registry reconnect failed", "err", err)
 	}
 }

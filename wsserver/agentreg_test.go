@@ -292,3 +292,36 @@ func TestAgent_StalledRegistryAddressDoesNotHoldFailover(t *testing.T) {
 		t.Fatalf("took %v: want about DefaultRegistryDialTimeout (%v)", took, DefaultRegistryDialTimeout)
 	}
 }
+
+// TestAgent_RefusedReconnectKeepsItsPace: a node that drains answers 503. Behind one
+// load-balancing address the next try may reach another node, so the agent tries again at
+// its current pace instead of doubling the backoff at every refusal.
+func TestAgent_RefusedReconnectKeepsItsPace(t *testing.T) {
+	var refuse, refusals atomic.Int32
+	reg := newStandIn()
+	s, addr := startServerWrapped(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: reg.mux()}}, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if refuse.Load() > 0 {
+				refuse.Add(-1)
+				refusals.Add(1)
+				http.Error(w, "this registry node is draining", http.StatusServiceUnavailable)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	a := newTestAgent(t, AgentConfig{Registries: []string{addr}, ReconnectMin: 100 * time.Millisecond, ReconnectMax: 5 * time.Second})
+	if err := a.Online(context.Background(), "svc"); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, reg.onlines, 5*time.Second, "online")
+
+	refuse.Store(8)
+	s.CloseAll(websocket.StatusServiceRestart, "draining")
+	// At most 9 waits of 100-200 ms now; doubling at each refusal they would add up to more
+	// than 12 s (0.1+0.2+0.4+0.8+1.6+2.5+2.5+2.5+2.5 at the least).
+	recv(t, reg.onlines, scaled(4*time.Second), "online again after eight refusals")
+	if n := refusals.Load(); n != 8 {
+		t.Fatalf("%d refusals, want 8", n)
+	}
+}

@@ -79,6 +79,9 @@ func Dial(ctx context.Context, target, own string, cfg DialConfig) (*Channel, er
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusServiceUnavailable {
+			return nil, fmt.Errorf("wsserver: dial %s: HTTP %d: %w: %w", target, resp.StatusCode, ErrRefused, err)
+		}
 		if resp != nil {
 			return nil, fmt.Errorf("wsserver: dial %s: HTTP %d: %w", target, resp.StatusCode, err)
 		}

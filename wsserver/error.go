@@ -10,6 +10,11 @@ import (
 // closed, and by Channel.Err.
 var ErrClosed = errors.New("channel closed")
 
+// ErrRefused: the registry node answered the handshake with 503 (draining, fenced, at its
+// connection limit). Behind one load-balancing address the next try may reach another node,
+// so the agent retries without lengthening its backoff.
+var ErrRefused = errors.New("registry node refused the connection")
+
 // Error is an iocore failure: the status and message of a failure response.
 // Status is numeric, or a string such as "ECONNABORTED" (then Status == 0 and
 // Code != "").
