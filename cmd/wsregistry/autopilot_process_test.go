@@ -243,8 +243,8 @@ func TestProcess_AutopilotReplacesKilledVotersWithNonvoters(t *testing.T) {
 			other = p
 		}
 	}
-	dialAgent(t, through.ws, "10.0.0.5:9005").online("svc-after-two-losses")
-	eventually(t, 10*time.Second, func() bool { return other.where("svc-after-two-losses") == "10.0.0.5:9005" },
+	dialAgent(t, through.ws, "127.255.0.5:9005").online("svc-after-two-losses")
+	eventually(t, 10*time.Second, func() bool { return other.where("svc-after-two-losses") == "127.255.0.5:9005" },
 		"a write through %s after two voters were lost is not visible on %s", through.http, other.http)
 	// Autopilot restores three voters from the remaining non-voters.
 	eventually(t, 30*time.Second, func() bool {
@@ -328,7 +328,7 @@ func TestProcess_AutopilotAddsBackARemovedVoterThatAnswersAgain(t *testing.T) {
 	attempts := 0
 	eventually(t, 20*time.Second, func() bool {
 		attempts++
-		c, ok := tryOnline(vp.ws, "10.0.0.6", "9006", "svc-on-rejoined")
+		c, ok := tryOnline(vp.ws, "127.255.0.6", "9006", "svc-on-rejoined")
 		if ok {
 			t.Cleanup(func() { c.CloseNow() })
 		}
@@ -337,7 +337,7 @@ func TestProcess_AutopilotAddsBackARemovedVoterThatAnswersAgain(t *testing.T) {
 	if attempts > 1 {
 		t.Logf("online through the rejoined %s succeeded at attempt %d", victim, attempts)
 	}
-	eventually(t, 10*time.Second, func() bool { return leader.where("svc-on-rejoined") == "10.0.0.6:9006" },
+	eventually(t, 10*time.Second, func() bool { return leader.where("svc-on-rejoined") == "127.255.0.6:9006" },
 		"a registration through the rejoined %s is not visible on the leader", victim)
 }
 

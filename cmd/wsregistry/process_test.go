@@ -393,9 +393,9 @@ func TestProcess_NoFlagsServesAgentsOnDefaultPortsWithDataInDotData(t *testing.T
 		needDefaultPorts(t, def, fmt.Errorf("%w: another process bound it after the check", err))
 	}
 	p.waitReady(20 * time.Second)
-	a := dialAgent(t, p.ws, "10.0.0.7:9001")
+	a := dialAgent(t, p.ws, "127.255.0.7:9001")
 	a.online("user-service")
-	if got := a.request("where", "user-service"); !strings.Contains(got, `"data":"10.0.0.7:9001"`) {
+	if got := a.request("where", "user-service"); !strings.Contains(got, `"data":"127.255.0.7:9001"`) {
 		t.Fatalf("where: %s", got)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data", "raft", "raft.db")); err != nil {
@@ -423,7 +423,7 @@ func TestProcess_Kill9RestartPurgesStaleSessions(t *testing.T) {
 	dir := t.TempDir()
 	p := startNode(t, dir, loopbackNet()+"1", nil, "--data-dir", "d")
 	p.waitReady(20 * time.Second)
-	a := dialAgent(t, p.ws, "10.0.0.7:9001")
+	a := dialAgent(t, p.ws, "127.255.0.7:9001")
 	a.online("svc")
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
@@ -441,9 +441,9 @@ func TestProcess_Kill9RestartPurgesStaleSessions(t *testing.T) {
 	if h := p2.where("svc"); h != "" {
 		t.Fatalf("session of the killed run still registered: %s", h)
 	}
-	b := dialAgent(t, p2.ws, "10.0.0.7:9001")
+	b := dialAgent(t, p2.ws, "127.255.0.7:9001")
 	b.online("svc")
-	if h := p2.where("svc"); h != "10.0.0.7:9001" {
+	if h := p2.where("svc"); h != "127.255.0.7:9001" {
 		t.Fatalf("where after re-register: %q", h)
 	}
 }
@@ -501,9 +501,9 @@ func TestProcess_LeaderKill9NewLeaderPurgesAndAgentsComeBack(t *testing.T) {
 	procs := threeProcs(t, "1s")
 	li := leaderOf(t, procs)
 	fi := (li + 1) % 3
-	onLeader := dialAgent(t, procs[li].ws, "10.0.0.1:9001")
+	onLeader := dialAgent(t, procs[li].ws, "127.255.0.1:9001")
 	onLeader.online("svc-a")
-	onFollower := dialAgent(t, procs[fi].ws, "10.0.0.2:9002")
+	onFollower := dialAgent(t, procs[fi].ws, "127.255.0.2:9002")
 	onFollower.online("svc-b")
 	for _, p := range procs {
 		eventually(t, time.Second, func() bool { return p.where("svc-a") != "" && p.where("svc-b") != "" }, "registrations not replicated to %s", p.http)
@@ -520,12 +520,12 @@ func TestProcess_LeaderKill9NewLeaderPurgesAndAgentsComeBack(t *testing.T) {
 			continue
 		}
 		eventually(t, 10*time.Second, func() bool { return p.where("svc-a") == "" }, "dead leader's agent still listed on %s", p.http)
-		if p.where("svc-b") != "10.0.0.2:9002" {
+		if p.where("svc-b") != "127.255.0.2:9002" {
 			t.Fatalf("%s lost the live follower's agent", p.http)
 		}
 	}
 	// The agent reconnects to a live node (as iocore agents do) and is found once everywhere.
-	back := dialAgent(t, procs[nl].ws, "10.0.0.1:9001")
+	back := dialAgent(t, procs[nl].ws, "127.255.0.1:9001")
 	back.online("svc-a")
 	for _, p := range procs {
 		if p.exited() {

@@ -62,7 +62,7 @@ func TestProcess_SilentMemberPurgedWithinGraceWhateverTheFault(t *testing.T) {
 			}
 			// raft answers heartbeats without the disk: only a write shows the member
 			// falling behind. The other two still commit it.
-			dialAgent(t, leader.ws, "10.0.0.9:9009").online("svc-after-block")
+			dialAgent(t, leader.ws, "127.255.0.9:9009").online("svc-after-block")
 		}},
 	}
 	for _, f := range faults {
@@ -71,7 +71,7 @@ func TestProcess_SilentMemberPurgedWithinGraceWhateverTheFault(t *testing.T) {
 			li := leaderOf(t, procs)
 			victim := procs[(li+1)%3]
 			leader := procs[li]
-			dialAgent(t, victim.ws, "10.0.0.1:9001").online("svc-victim")
+			dialAgent(t, victim.ws, "127.255.0.1:9001").online("svc-victim")
 			eventually(t, 5*time.Second, func() bool { return leader.where("svc-victim") != "" }, "registration not replicated to the leader")
 
 			start := time.Now() // the victim's last contact is at most this
