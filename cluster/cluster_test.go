@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -249,6 +250,51 @@ func TestJoin_RefusesABuildThatCannotReadTheLog(t *testing.T) {
 		t.Fatalf("configuration after the refused join: %+v", n.Members())
 	}
 }
+
+// Snapshots go to followers through raft: while a member has not announced that it
+// restores the binary format, the node writes the JSON one; once every member has, binary,
+// and a joiner that cannot restore it is refused.
+func TestSnapshots_BinaryOnlyOnceEveryMemberRestoresIt(t *testing.T) {
+	cfg := testConfig(t, "solo")
+	n := open(t, cfg)
+	testutil.Eventually(t, 10*time.Second, n.IsLeader, "the one-node cluster never elected itself")
+	announce := func(rid string, features uint64) {
+		commit(t, n, fsm.SetNode{RequestID: rid, Meta: fsm.NodeMeta{ID: "solo", WSAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2", RaftAddr: cfg.Advertise, Incarnation: 1, Features: features}})
+	}
+	header := func() string {
+		snap, err := n.state.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink := &memSink{}
+		if err := snap.Persist(sink); err != nil {
+			t.Fatal(err)
+		}
+		line, _, _ := strings.Cut(sink.String(), "\n")
+		return line
+	}
+	announce("older", fsm.FeatureBinaryBatch)
+	if got, want := header(), fmt.Sprintf("wsregistry-snapshot %d", fsm.SnapshotVersionJSON); got != want {
+		t.Fatalf("snapshot header with a member that cannot restore binary snapshots: %q, want %q", got, want)
+	}
+	announce("current", fsm.Features)
+	testutil.Eventually(t, 10*time.Second, n.BinarySnapshots, "never switched to binary snapshots")
+	if got, want := header(), fmt.Sprintf("wsregistry-snapshot %d", fsm.SnapshotVersion); got != want {
+		t.Fatalf("snapshot header once every member restores binary snapshots: %q, want %q", got, want)
+	}
+	other := open(t, testConfig(t, "other"))
+	err := other.client.post(context.Background(), cfg.Advertise, pathJoin, JoinRequest{ID: "old", RaftAddr: "127.0.0.1:1", Features: fsm.FeatureBinaryBatch}, false)
+	if err == nil || !strings.Contains(err.Error(), "snapshots") {
+		t.Fatalf("join of a build without binary snapshots: %v, want a refusal naming the reason", err)
+	}
+}
+
+// memSink is a raft.SnapshotSink in memory.
+type memSink struct{ bytes.Buffer }
+
+func (*memSink) ID() string    { return "mem" }
+func (*memSink) Cancel() error { return nil }
+func (*memSink) Close() error  { return nil }
 
 // A node that is not among its own --join peers (a fourth StatefulSet pod created together
 // with the first three) never takes part in a bootstrap: it used to count itself, form a

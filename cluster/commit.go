@@ -152,6 +152,7 @@ func (n *Node) restoreHere(snapshot []byte) error {
 		return ErrNotLeader
 	}
 	scratch := fsm.New()
+	scratch.SetBinarySnapshots(n.BinarySnapshots) // raft sends the result to the followers
 	if err := scratch.Restore(io.NopCloser(bytes.NewReader(snapshot))); err != nil {
 		return fmt.Errorf("%w: not a snapshot this version can restore: %v", fsm.ErrInvalid, err)
 	}

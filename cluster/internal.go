@@ -161,6 +161,9 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 			if jr.Features&fsm.FeatureBinaryBatch == 0 && n.BinaryBatches() {
 				return fmt.Errorf("%w (node %s)", ErrJoinerTooOld, jr.ID)
 			}
+			if jr.Features&fsm.FeatureBinarySnapshot == 0 && n.BinarySnapshots() {
+				return fmt.Errorf("%w (node %s cannot restore this cluster's snapshots)", ErrJoinerTooOld, jr.ID)
+			}
 			err := n.addMember(jr.ID, jr.RaftAddr)
 			n.audit("join", jr.ID, r, err)
 			return err

@@ -142,7 +142,8 @@ type Node struct {
 	faults    *faultyLogStore // nil unless Config.FaultInjection
 	log       *slog.Logger
 
-	binaryOK atomic.Bool // every server announced fsm.FeatureBinaryBatch (latched)
+	binaryOK     atomic.Bool // every server announced fsm.FeatureBinaryBatch (latched)
+	binarySnapOK atomic.Bool // every server announced fsm.FeatureBinarySnapshot (latched)
 
 	// joinMu is held by each join attempt; Leave sets leaving under it, so a join loop
 	// still running in the background cannot add the node back after it left.
@@ -255,6 +256,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, faults: faults, log: cfg.Logger}
+	state.SetBinarySnapshots(n.BinarySnapshots)
 	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches), batcherHooks{
 		committed: func(forwarded bool) { n.nudgeFollowers(r.LastIndex(), forwarded) },
 		onBatch:   cfg.OnBatch,
@@ -395,9 +397,23 @@ func (n *Node) hasPeers() bool {
 // earlier build would stop on a binary entry (Apply cannot skip a command it does not
 // know), and an earlier leader would refuse a binary forward. Once true it stays true: a
 // node of an earlier build cannot join a log that holds binary entries anyway.
-func (n *Node) BinaryBatches() bool {
-	if n.binaryOK.Load() {
+func (n *Node) BinaryBatches() bool { return n.allAnnounced(fsm.FeatureBinaryBatch, &n.binaryOK) }
+
+// BinarySnapshots reports whether every server of the configuration restores the binary
+// snapshot format (fsm.FeatureBinarySnapshot), latched like BinaryBatches: until then the
+// FSM writes snapshots an older member can restore when raft sends it one.
+func (n *Node) BinarySnapshots() bool {
+	return n.allAnnounced(fsm.FeatureBinarySnapshot, &n.binarySnapOK)
+}
+
+// allAnnounced reports whether every server's metadata carries feature; once true it stays
+// true (latch): a member without it is refused at join from then on.
+func (n *Node) allAnnounced(feature uint64, latch *atomic.Bool) bool {
+	if latch.Load() {
 		return true
+	}
+	if n.raft == nil {
+		return false
 	}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
@@ -409,11 +425,11 @@ func (n *Node) BinaryBatches() bool {
 	}
 	for _, srv := range servers {
 		m, ok := n.fsm.inner.Node(string(srv.ID))
-		if !ok || m.Features&fsm.FeatureBinaryBatch == 0 {
+		if !ok || m.Features&feature == 0 {
 			return false
 		}
 	}
-	n.binaryOK.Store(true)
+	latch.Store(true)
 	return true
 }
 

@@ -198,7 +198,12 @@ func (r *binReader) bytes() []byte {
 // byte becomes U+FFFD). A JSON entry or snapshot could never hold anything else, so a node
 // restored from a snapshot holds exactly what nodes that replayed the log hold.
 func (r *binReader) string() string {
-	b := r.bytes()
+	return utf8String(r.bytes())
+}
+
+// utf8String copies b into a string, each invalid byte replaced by U+FFFD as encoding/json
+// does.
+func utf8String(b []byte) string {
 	if utf8.Valid(b) {
 		return string(b)
 	}

@@ -42,6 +42,8 @@ type FSM struct {
 	mu       sync.RWMutex
 	st       *state
 	observer func(index uint64, changes []Change)
+	// binarySnapshots says whether Snapshot may write SnapshotVersion; nil: it may.
+	binarySnapshots func() bool
 
 	// Limits of the dedup memories. Fixed per FSM: every node must use the
 	// same values or their states diverge.
@@ -246,13 +248,31 @@ func (f *FSM) Stats() Stats {
 	}
 }
 
+// SetBinarySnapshots sets fn to tell Snapshot whether every node that may be sent the
+// snapshot restores SnapshotVersion (announced FeatureBinarySnapshot); while fn reports
+// false, Snapshot writes SnapshotVersionJSON, which every build reads. Without fn Snapshot
+// writes SnapshotVersion. fn is called outside the lock (it may read the FSM). Set it
+// once before the FSM is used.
+func (f *FSM) SetBinarySnapshots(fn func() bool) {
+	f.mu.Lock()
+	f.binarySnapshots = fn
+	f.mu.Unlock()
+}
+
 // Snapshot copies the state under the read lock so that Persist can encode
 // it while Apply goes on.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
+	gate := f.binarySnapshots
+	f.mu.RUnlock()
+	version := SnapshotVersion
+	if gate != nil && !gate() {
+		version = SnapshotVersionJSON
+	}
+	f.mu.RLock()
 	d := f.st.export()
 	f.mu.RUnlock()
-	return &snapshot{data: d}, nil
+	return &snapshot{data: d, version: version}, nil
 }
 
 // Restore replaces the state with the snapshot in rc. The new state is built

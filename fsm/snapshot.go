@@ -1,8 +1,6 @@
 package fsm
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,16 +13,25 @@ import (
 
 const (
 	snapshotMagic = "wsregistry-snapshot"
-	// SnapshotVersion is the snapshot format this build writes and the only
-	// one it reads.
-	SnapshotVersion = 1
+	// SnapshotVersion is the snapshot format this build writes once every member reads it
+	// (FeatureBinarySnapshot): the binary form of snapshot_binary.go.
+	SnapshotVersion = 2
+	// SnapshotVersionJSON is the format of earlier builds (one JSON document). This build
+	// still reads it, and writes it while a member of the cluster may not read
+	// SnapshotVersion (FSM.SetBinarySnapshots).
+	SnapshotVersionJSON = 1
 )
+
+// FeatureBinarySnapshot: the node restores SnapshotVersion snapshots. raft sends a
+// lagging or joining follower the leader's snapshot file, so the cluster writes
+// SnapshotVersionJSON until every server has announced it.
+const FeatureBinarySnapshot uint64 = 4
 
 // ErrSnapshotVersion: a snapshot in a format version this build cannot read.
 var ErrSnapshotVersion = errors.New("unsupported snapshot format version")
 
-// snapshotData is the whole state, copied out of the live state; wire()
-// gives its encoding. Derived indexes are not stored; Restore rebuilds them.
+// snapshotData is the whole state, copied out of the live state; the encoders
+// (writeBinary, wire) write it. Derived indexes are not stored; Restore rebuilds them.
 type snapshotData struct {
 	Index         uint64            `json:"index"`
 	Registrations []Registration    `json:"registrations"` // by namespace, then instance order
@@ -32,6 +39,17 @@ type snapshotData struct {
 	Purged        map[string]uint64 `json:"purged"`
 	Requests      []requestEntry    `json:"requests"`   // oldest first
 	Tombstones    []SessionID       `json:"tombstones"` // oldest first
+
+	// sessions is how many live sessions the state holds: a size hint for Restore.
+	sessions int
+	// spans locate each namespace's instances in Registrations until sortForOutput
+	// puts the namespaces in name order.
+	spans []nsSpan
+}
+
+type nsSpan struct {
+	name       string
+	start, end int
 }
 
 type requestEntry struct {
@@ -49,9 +67,13 @@ func (st *state) export() *snapshotData {
 		Purged:        make(map[string]uint64, len(st.purged)),
 		Requests:      make([]requestEntry, 0, st.requests.len()),
 		Tombstones:    make([]SessionID, 0, st.tombstones.len()),
+		sessions:      len(st.sessions),
+		spans:         make([]nsSpan, 0, len(st.namespaces)),
 	}
-	for _, list := range st.namespaces {
+	for name, list := range st.namespaces {
+		start := len(d.Registrations)
 		d.Registrations = append(d.Registrations, list...)
+		d.spans = append(d.spans, nsSpan{name: name, start: start, end: len(d.Registrations)})
 	}
 	for _, m := range st.nodes {
 		d.Nodes = append(d.Nodes, m)
@@ -69,22 +91,27 @@ func (st *state) export() *snapshotData {
 }
 
 // sortForOutput makes the encoding independent of map order, so equal states
-// give equal snapshots.
+// give equal snapshots. Each namespace's instances are already in order: only
+// the namespaces are sorted, by name, which at a million registrations is much
+// cheaper than sorting the registrations.
 func (d *snapshotData) sortForOutput() {
-	slices.SortFunc(d.Registrations, func(a, b Registration) int {
-		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
-			return c
+	if d.spans != nil {
+		slices.SortFunc(d.spans, func(a, b nsSpan) int { return strings.Compare(a.name, b.name) })
+		out := make([]Registration, 0, len(d.Registrations))
+		for _, s := range d.spans {
+			out = append(out, d.Registrations[s.start:s.end]...)
 		}
-		return compareInstance(a, b)
-	})
+		d.Registrations, d.spans = out, nil
+	}
 	slices.SortFunc(d.Nodes, func(a, b NodeMeta) int { return strings.Compare(a.ID, b.ID) })
 }
 
 type snapshot struct {
-	data *snapshotData
+	data    *snapshotData
+	version int // SnapshotVersion or SnapshotVersionJSON
 }
 
-// Persist writes the header line and the state as JSON.
+// Persist writes the header line and the state in the snapshot's format.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	if err := s.write(sink); err != nil {
 		_ = sink.Cancel()
@@ -95,22 +122,18 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 
 func (s *snapshot) write(w io.Writer) error {
 	s.data.sortForOutput()
-	bw := bufio.NewWriterSize(w, 64<<10)
-	if _, err := fmt.Fprintf(bw, "%s %d\n", snapshotMagic, SnapshotVersion); err != nil {
-		return err
+	if s.version == SnapshotVersionJSON {
+		return s.data.writeJSON(w)
 	}
-	if err := json.NewEncoder(bw).Encode(s.data.wire()); err != nil {
-		return err
-	}
-	return bw.Flush()
+	return s.data.writeBinary(w)
 }
 
 func (s *snapshot) Release() {}
 
 // readSnapshot parses and checks a snapshot into a fresh state.
 func readSnapshot(r io.Reader, maxRequests, maxTombstones int) (*state, error) {
-	br := bufio.NewReaderSize(r, 64<<10)
-	line, err := br.ReadSlice('\n')
+	sr := newStreamReader(r)
+	line, err := sr.line(64)
 	switch {
 	case err == io.EOF && len(line) == 0:
 		return nil, errors.New("fsm: restore: empty snapshot")
@@ -125,88 +148,17 @@ func readSnapshot(r io.Reader, maxRequests, maxTombstones int) (*state, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: restore: bad snapshot version %q", clip([]byte(ver)))
 	}
-	if v != SnapshotVersion {
-		return nil, fmt.Errorf("fsm: restore: %w %d (this build reads %d)", ErrSnapshotVersion, v, SnapshotVersion)
+	var st *state
+	switch v {
+	case SnapshotVersion:
+		st, err = readBinary(sr, maxRequests, maxTombstones)
+	case SnapshotVersionJSON:
+		st, err = readJSON(sr.rest(), maxRequests, maxTombstones)
+	default:
+		return nil, fmt.Errorf("fsm: restore: %w %d (this build reads %d and %d)", ErrSnapshotVersion, v, SnapshotVersionJSON, SnapshotVersion)
 	}
-
-	var w wireSnapshot
-	dec := json.NewDecoder(br)
-	if err := dec.Decode(&w); err != nil {
-		return nil, fmt.Errorf("fsm: restore: decode snapshot: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("fsm: restore: trailing data after snapshot")
-	}
-	d, err := w.data()
 	if err != nil {
 		return nil, fmt.Errorf("fsm: restore: %w", err)
-	}
-	st, err := d.build(maxRequests, maxTombstones)
-	if err != nil {
-		return nil, fmt.Errorf("fsm: restore: %w", err)
-	}
-	return st, nil
-}
-
-// build turns snapshot data into a state, checking what Apply would have
-// guaranteed so a corrupt snapshot is refused rather than half-loaded.
-func (d *snapshotData) build(maxRequests, maxTombstones int) (*state, error) {
-	st := newStateSized(maxRequests, maxTombstones, sizes{
-		sessions:   len(d.Registrations),
-		requests:   len(d.Requests),
-		tombstones: len(d.Tombstones),
-	})
-	st.index = d.Index
-	for i, r := range d.Registrations {
-		if err := r.Validate(); err != nil {
-			return nil, fmt.Errorf("registration %d: %w", i, err)
-		}
-		s := r.Session
-		if st.holds(s, r.Namespace) {
-			return nil, fmt.Errorf("registration %d: session %s appears twice in namespace %q", i, s, r.Namespace)
-		}
-		list := st.namespaces[r.Namespace]
-		if len(list) > 0 {
-			r.Namespace = list[0].Namespace
-		}
-		// Appended here and sorted below: the snapshot is normally already
-		// in order, and sorting sorted data is linear.
-		st.namespaces[r.Namespace] = append(list, r)
-		st.regCount++
-		st.sessions[s] = append(st.sessions[s], r.Namespace)
-		set := st.byNode[s.Node]
-		if set == nil {
-			set = make(map[SessionID]struct{})
-			st.byNode[s.Node] = set
-		}
-		set[s] = struct{}{}
-	}
-	for ns, list := range st.namespaces {
-		if !slices.IsSortedFunc(list, compareInstance) {
-			slices.SortFunc(list, compareInstance)
-		}
-		st.namespaces[ns] = slices.Clip(list)
-	}
-	for _, m := range d.Nodes {
-		if m.ID == "" {
-			return nil, errors.New("node metadata with an empty id")
-		}
-		if _, dup := st.nodes[m.ID]; dup {
-			return nil, fmt.Errorf("node %q appears twice", m.ID)
-		}
-		st.nodes[m.ID] = m
-	}
-	for n, m := range d.Purged {
-		st.purged[n] = m
-	}
-	for _, e := range d.Requests {
-		if !e.result.valid() {
-			return nil, fmt.Errorf("request %q: unknown result class %q", e.ID, e.Class)
-		}
-		st.requests.add(e.ID, e.result)
-	}
-	for _, s := range d.Tombstones {
-		st.tombstones.add(s, struct{}{})
 	}
 	return st, nil
 }
@@ -216,105 +168,4 @@ func clip(b []byte) string {
 		b = b[:40]
 	}
 	return string(b)
-}
-
-// wireSnapshot is the JSON after the header line. Registrations are stored
-// in columns per namespace and the bounded memories as plain string lists:
-// encoding/json decodes arrays of scalars several times faster than arrays of
-// objects, which keeps Restore of 100k registrations quick.
-type wireSnapshot struct {
-	Index      uint64            `json:"index"`
-	Namespaces []wireNamespace   `json:"namespaces"` // by name
-	Nodes      []NodeMeta        `json:"nodes"`      // by id
-	Purged     map[string]uint64 `json:"purged"`
-	RequestIDs []string          `json:"request_ids"`     // oldest first
-	Failed     map[string]result `json:"failed_requests"` // result of each remembered id that failed
-	Tombstones []string          `json:"tombstones"`      // SessionID.String(), oldest first
-}
-
-// wireNamespace holds one namespace's instances in order, one column per field.
-type wireNamespace struct {
-	Name  string   `json:"name"`
-	Addr  []string `json:"addr"`
-	Node  []string `json:"node"`
-	Inc   []uint64 `json:"inc"`
-	Seq   []uint64 `json:"seq"`
-	Since []int64  `json:"since"`
-}
-
-// wire expects sorted data (sortForOutput).
-func (d *snapshotData) wire() *wireSnapshot {
-	w := &wireSnapshot{
-		Index:      d.Index,
-		Nodes:      d.Nodes,
-		Purged:     d.Purged,
-		RequestIDs: make([]string, len(d.Requests)),
-		Failed:     make(map[string]result),
-		Tombstones: make([]string, len(d.Tombstones)),
-	}
-	for i, r := range d.Registrations {
-		if i == 0 || r.Namespace != d.Registrations[i-1].Namespace {
-			w.Namespaces = append(w.Namespaces, wireNamespace{Name: r.Namespace})
-		}
-		ns := &w.Namespaces[len(w.Namespaces)-1]
-		ns.Addr = append(ns.Addr, r.Address)
-		ns.Node = append(ns.Node, r.Session.Node)
-		ns.Inc = append(ns.Inc, r.Session.Incarnation)
-		ns.Seq = append(ns.Seq, r.Session.Seq)
-		ns.Since = append(ns.Since, r.Since)
-	}
-	for i, e := range d.Requests {
-		w.RequestIDs[i] = e.ID
-		if e.Class != "" {
-			w.Failed[e.ID] = e.result
-		}
-	}
-	for i, s := range d.Tombstones {
-		w.Tombstones[i] = s.String()
-	}
-	return w
-}
-
-func (w *wireSnapshot) data() (*snapshotData, error) {
-	d := &snapshotData{Index: w.Index, Nodes: w.Nodes, Purged: w.Purged}
-	total := 0
-	for _, ns := range w.Namespaces {
-		total += len(ns.Addr)
-	}
-	d.Registrations = make([]Registration, 0, total)
-	for _, ns := range w.Namespaces {
-		n := len(ns.Addr)
-		if len(ns.Node) != n || len(ns.Inc) != n || len(ns.Seq) != n || len(ns.Since) != n {
-			return nil, fmt.Errorf("namespace %q: columns of different lengths", ns.Name)
-		}
-		for i := range n {
-			d.Registrations = append(d.Registrations, Registration{
-				Namespace: ns.Name,
-				Address:   ns.Addr[i],
-				Session:   SessionID{Node: ns.Node[i], Incarnation: ns.Inc[i], Seq: ns.Seq[i]},
-				Since:     ns.Since[i],
-			})
-		}
-	}
-	seen := 0
-	d.Requests = make([]requestEntry, len(w.RequestIDs))
-	for i, id := range w.RequestIDs {
-		r, ok := w.Failed[id]
-		if ok {
-			seen++
-		}
-		d.Requests[i] = requestEntry{ID: id, result: r}
-	}
-	if seen != len(w.Failed) {
-		return nil, errors.New("failed_requests names ids missing from request_ids")
-	}
-	d.Tombstones = make([]SessionID, len(w.Tombstones))
-	for i, s := range w.Tombstones {
-		id, err := ParseSessionID(s)
-		if err != nil {
-			return nil, fmt.Errorf("tombstone %d: %w", i, err)
-		}
-		d.Tombstones[i] = id
-	}
-	return d, nil
 }

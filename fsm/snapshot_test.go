@@ -47,7 +47,7 @@ func TestSnapshot_RestoreReproducesState(t *testing.T) {
 func TestSnapshot_FormatHasHeaderAndIsDeterministic(t *testing.T) {
 	a := populated(t)
 	b1 := snapshotBytes(t, a.f)
-	if !bytes.HasPrefix(b1, []byte("wsregistry-snapshot 1\n{")) {
+	if !bytes.HasPrefix(b1, []byte("wsregistry-snapshot 2\n")) {
 		t.Fatalf("snapshot starts %q", b1[:min(len(b1), 40)])
 	}
 	// Same state, different history of map layouts: same bytes.
@@ -104,7 +104,7 @@ func TestSnapshot_PersistCancelsSinkOnWriteError(t *testing.T) {
 
 func TestRestore_RefusesBadSnapshotsAndKeepsState(t *testing.T) {
 	good := string(snapshotBytes(t, populated(t).f))
-	body := strings.TrimPrefix(good, "wsregistry-snapshot 1\n")
+	body := strings.TrimPrefix(good, "wsregistry-snapshot 2\n")
 	tests := []struct {
 		name    string
 		data    string
@@ -114,7 +114,7 @@ func TestRestore_RefusesBadSnapshotsAndKeepsState(t *testing.T) {
 		{"garbage", "\x00\x01garbage\n{}", "not a wsregistry snapshot"},
 		{"no newline", "wsregistry-snapshot 1", "no header line"},
 		{"other magic", "rqlite-snapshot 1\n" + body, "not a wsregistry snapshot"},
-		{"unknown version", "wsregistry-snapshot 2\n" + body, "unsupported snapshot format version 2 (this build reads 1)"},
+		{"unknown version", "wsregistry-snapshot 3\n" + body, "unsupported snapshot format version 3 (this build reads 1 and 2)"},
 		{"bad version", "wsregistry-snapshot one\n" + body, "bad snapshot version"},
 		{"truncated", good[:len(good)-20], "decode snapshot"},
 		{"trailing data", good + "{}", "trailing data"},

@@ -156,7 +156,7 @@ type NodeMeta struct {
 const FeatureBinaryBatch uint64 = 1
 
 // Features is what this build can read.
-const Features = FeatureBinaryBatch | FeatureAdopt
+const Features = FeatureBinaryBatch | FeatureAdopt | FeatureBinarySnapshot
 
 // cmdError is the error a command returns as its Apply result. Class and
 // detail are kept apart so a result remembered for request-id dedup can be
