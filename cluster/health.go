@@ -197,15 +197,27 @@ func (p *healthProber) round() {
 }
 
 func (p *healthProber) probe(id string, m *memberState, addr string) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
-	defer cancel()
-	var reply HealthReply
-	status, err := p.n.client.call(ctx, http.MethodGet, addr, pathHealth, nil, &reply, false)
-	answered := time.Now()
+	reply, answered, ok := p.ask(id, addr, p.timeout())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m.inflight = false
-	if err != nil || status != http.StatusOK || reply.ID != id || !p.leading || len(p.samples) == 0 {
+	if ok {
+		p.credit(m, reply, answered)
+	}
+}
+
+// ask sends one probe; ok is false when the member did not answer as itself in time.
+func (p *healthProber) ask(id, addr string, timeout time.Duration) (reply HealthReply, answered time.Time, ok bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	status, err := p.n.client.call(ctx, http.MethodGet, addr, pathHealth, nil, &reply, false)
+	return reply, time.Now(), err == nil && status == http.StatusOK && reply.ID == id
+}
+
+// credit records an answer (p.mu held): the member's contact is the newest commit sample it
+// has applied.
+func (p *healthProber) credit(m *memberState, reply HealthReply, answered time.Time) {
+	if !p.leading || len(p.samples) == 0 {
 		return // no contact: LastContact stays where it was
 	}
 	m.LastAnswer = answered
@@ -233,6 +245,42 @@ func (p *healthProber) probe(id string, m *memberState, addr string) {
 	} else {
 		m.HealthySince = time.Time{}
 	}
+}
+
+// confirmTimeout bounds the probe of ConfirmSilent: a member that came back answers within
+// milliseconds, and one that is gone costs a purge no more than this.
+const confirmTimeout = 100 * time.Millisecond
+
+// ConfirmSilent asks a member that SilentMembers lists once more, now, before an action that
+// cannot be undone (a purge). The rounds credit a member up to a period and a probe timeout
+// late: a node whose partition healed could re-announce itself (a new incarnation, agents
+// accepted) in that time and have it purged at once. True when it is still silent for longer
+// than grace; leader only (false elsewhere).
+func (n *Node) ConfirmSilent(id string, grace time.Duration) bool {
+	p := n.health
+	if !n.IsLeader() {
+		return false
+	}
+	commit := n.raft.CommitIndex()
+	now := time.Now()
+	p.mu.Lock()
+	m := p.members[id]
+	if !p.leading || m == nil {
+		p.mu.Unlock()
+		return false
+	}
+	if len(p.samples) == 0 || p.samples[len(p.samples)-1].commit <= commit {
+		p.samples = append(p.samples, commitSample{at: now, commit: commit})
+	}
+	addr := m.addr
+	p.mu.Unlock()
+	reply, answered, ok := p.ask(id, addr, confirmTimeout)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ok {
+		p.credit(m, reply, answered)
+	}
+	return time.Since(m.LastContact) > grace
 }
 
 // health is every member's health now (leader only; nil elsewhere).

@@ -134,6 +134,11 @@ func (n *Node) purgeSilentMembers(ad *adopter, now time.Time) {
 		if !n.needsPurge(id) || ad.busy(id) {
 			continue
 		}
+		// Asked once more first: a member back from a partition may have announced a new
+		// incarnation since the last probe round, and purging that would fence it again.
+		if !n.raft.ConfirmSilent(id, n.cfg.NodeGrace) {
+			continue
+		}
 		if adopt && len(n.state.SessionsOf(id)) > 0 {
 			ad.startAdopt(id)
 			continue
