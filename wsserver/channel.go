@@ -37,7 +37,9 @@ type Channel struct {
 	key    string
 	remote string
 	cfg    *chanConfig
-	log    *slog.Logger
+	// logp is the channel's logger (peer and remote attached), made on first use: most
+	// idle connections never log, and each logger holds its formatted attributes.
+	logp atomic.Pointer[slog.Logger]
 
 	// ctx lives as long as the connection; cancelling it while a read or
 	// write is in progress force-closes the socket. Handler contexts derive
@@ -91,7 +93,6 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 		key:     key,
 		remote:  remote,
 		cfg:     cfg,
-		log:     cfg.log.With("peer", key, "remote", remote),
 		ctx:     ctx,
 		cancel:  cancel,
 		serving: serveState{inflight: make(map[int64]*inflight)},
@@ -117,6 +118,16 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 		}
 	})
 	return c
+}
+
+// logger is the channel's logger: the server's, with the peer and its address.
+func (c *Channel) logger() *slog.Logger {
+	if l := c.logp.Load(); l != nil {
+		return l
+	}
+	l := c.cfg.log.With("peer", c.key, "remote", c.remote)
+	c.logp.Store(l) // two first uses at once make two equal loggers: harmless
+	return l
 }
 
 // start launches the writer and the pinger. The caller then runs serve.
@@ -298,9 +309,9 @@ func (c *Channel) pingOnce() {
 		next = interval - time.Since(start)
 	default:
 		c.ping.misses++
-		c.log.Debug("ping missed", "misses", c.ping.misses, "err", err)
+		c.logger().Debug("ping missed", "misses", c.ping.misses, "err", err)
 		if c.ping.misses >= c.cfg.pingMisses {
-			c.log.Info("peer stopped answering pings, closing", "misses", c.ping.misses)
+			c.logger().Info("peer stopped answering pings, closing", "misses", c.ping.misses)
 			c.closeWith(websocket.StatusPolicyViolation, ReasonPingTimeout)
 			end = true
 		}
@@ -412,7 +423,7 @@ func (c *Channel) teardown(readErr error) {
 	if e.ce.Code != websocket.StatusNormalClosure && e.ce.Code != websocket.StatusGoingAway {
 		lvl = slog.LevelInfo
 	}
-	c.log.Log(context.Background(), lvl, "channel closed", "code", int(e.ce.Code), "reason", e.ce.Reason, "local", e.local)
+	c.logger().Log(context.Background(), lvl, "channel closed", "code", int(e.ce.Code), "reason", e.ce.Reason, "local", e.local)
 	c.serving.handlers.Wait()
 	c.err.Store(e)
 	if c.cfg.onClose != nil {

@@ -12,7 +12,7 @@ const (
 	DefaultPingInterval = 10 * time.Second // ChannelConfig.PingInterval
 	DefaultPingMisses   = 3                // ChannelConfig.PingMisses
 	DefaultWriteTimeout = 10 * time.Second // ChannelConfig.WriteTimeout
-	DefaultSendQueue    = 128              // ChannelConfig.SendQueue, frames
+	DefaultSendQueue    = 32               // ChannelConfig.SendQueue, frames
 	DefaultCloseTimeout = time.Second      // ChannelConfig.CloseTimeout
 	// DefaultMaxInflight bounds the requests one peer may have running at once; more are
 	// answered 429 at once, so a peer cannot make us hold unbounded goroutines.
@@ -35,7 +35,7 @@ type ChannelConfig struct {
 	PingInterval time.Duration // default DefaultPingInterval (10 s); 0 means default, negative disables
 	PingMisses   int           // default DefaultPingMisses (3): close after this many consecutive missed pongs
 	WriteTimeout time.Duration // default DefaultWriteTimeout (10 s) per write
-	// SendQueue is the writer's queue in frames (default DefaultSendQueue, 128); a reply
+	// SendQueue is the writer's queue in frames (default DefaultSendQueue, 32); a reply
 	// that finds it full waits up to WriteTimeout, then the channel closes (1008 "slow consumer").
 	SendQueue    int
 	CloseTimeout time.Duration // default DefaultCloseTimeout (1 s): a close handshake taking longer drops the connection

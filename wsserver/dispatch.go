@@ -58,7 +58,7 @@ func (c *Channel) serveMessage(text bool, msg []byte) {
 		return // draining until the close handshake ends
 	}
 	if text && !utf8.Valid(msg) {
-		c.log.Info("invalid UTF-8 in a text message, closing")
+		c.logger().Info("invalid UTF-8 in a text message, closing")
 		c.closeWith(websocket.StatusInvalidFramePayloadData, ReasonInvalidUTF8)
 		return
 	}
@@ -85,7 +85,7 @@ func readInto(r io.Reader, b []byte) ([]byte, error) {
 }
 
 func (c *Channel) ignored(reason string, msg []byte) {
-	c.log.Debug("ignored message", "reason", reason, "len", len(msg))
+	c.logger().Debug("ignored message", "reason", reason, "len", len(msg))
 	if c.cfg.onIgnored != nil {
 		c.cfg.onIgnored(c, reason)
 	}
@@ -150,7 +150,7 @@ func (c *Channel) dispatch(msg []byte) {
 		if in != nil {
 			in.cancel()
 		} else {
-			c.log.Debug("abort for a request not in progress", "id", target)
+			c.logger().Debug("abort for a request not in progress", "id", target)
 		}
 	}
 }
@@ -219,7 +219,7 @@ func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway
 // appendReply appends the frame that answers request id with a handler's result.
 func (c *Channel) appendReply(b []byte, id int64, res json.RawMessage, err error) []byte {
 	if err == nil && res != nil && !validJSON(res) {
-		c.log.Error("handler returned invalid JSON")
+		c.logger().Error("handler returned invalid JSON")
 		err = NewError(500, "handler returned invalid JSON")
 	}
 	if err != nil {
@@ -238,7 +238,7 @@ func (c *Channel) appendReply(b []byte, id int64, res json.RawMessage, err error
 func (c *Channel) callHandler(ctx context.Context, h HandlerFunc, props []byte) (res json.RawMessage, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			c.log.Error("handler panicked", "panic", p, "stack", string(debug.Stack()))
+			c.logger().Error("handler panicked", "panic", p, "stack", string(debug.Stack()))
 			res, err = nil, NewError(500, "internal error")
 		}
 	}()

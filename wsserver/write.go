@@ -60,7 +60,7 @@ func (c *Channel) enqueue(frame []byte) error {
 		return ErrClosed
 	case <-t.C:
 		if c.closeWith(websocket.StatusPolicyViolation, ReasonSlowConsumer) {
-			c.log.Warn("send queue full, closing", "queue", cap(c.writer.sendq))
+			c.logger().Warn("send queue full, closing", "queue", cap(c.writer.sendq))
 		}
 		return errSlowConsumer
 	}
@@ -218,7 +218,7 @@ func (c *Channel) writeCorked(cc *corkConn, batch [][]byte) bool {
 // remembers why, so Err blames the write rather than the peer.
 func (c *Channel) writeFailed(err error) {
 	if c.ctx.Err() == nil {
-		c.log.Debug("write failed, dropping connection", "err", err)
+		c.logger().Debug("write failed, dropping connection", "err", err)
 		c.writer.err.CompareAndSwap(nil, &err)
 	}
 	c.forceClose()
@@ -261,7 +261,7 @@ func (c *Channel) flushAndClose() {
 	code, reason := c.closing.code, c.closing.reason
 	c.closing.mu.Unlock()
 	if err := c.conn.Close(code, reason); err != nil {
-		c.log.Debug("close handshake", "err", err)
+		c.logger().Debug("close handshake", "err", err)
 	}
 	c.cancel()
 }
