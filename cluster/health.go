@@ -90,13 +90,20 @@ func newHealthProber(n *Node) *healthProber {
 	return p
 }
 
+// HealthIntervalFor is the probe period that keeps a purge acting on grace within a tenth
+// of the grace of its deadline (bounded): Config.HealthInterval for a node that knows its
+// grace from the start.
+func HealthIntervalFor(grace time.Duration) time.Duration {
+	return min(max(grace/10, minHealthInterval), maxHealthInterval)
+}
+
 // learnGrace sets the probe period to a tenth of the grace the caller acts on (bounded),
 // unless the configuration fixed one: the deadline then holds to within that tenth.
 func (p *healthProber) learnGrace(grace time.Duration) {
 	if p.fixed || grace <= 0 {
 		return
 	}
-	p.interval.Store(int64(min(max(grace/10, minHealthInterval), maxHealthInterval)))
+	p.interval.Store(int64(HealthIntervalFor(grace)))
 }
 
 func (p *healthProber) period() time.Duration { return time.Duration(p.interval.Load()) }
@@ -127,6 +134,9 @@ func (p *healthProber) loop() {
 		case <-p.done:
 			return
 		case <-t.C:
+		case <-p.n.watch.leaderChanged():
+			// A new leader starts every member's grace at its first round: run it now, not
+			// up to a period later.
 		}
 		p.round()
 		t.Reset(p.period())

@@ -210,6 +210,10 @@ func Start(cfg Config) (*Node, error) {
 	cc := cfg.Cluster
 	cc.NodeID, cc.DataDir, cc.Listener, cc.Advertise, cc.Join = cfg.NodeID, cfg.DataDir, cfg.RaftListener, cfg.RaftAdvertise, cfg.Join
 	cc.CommitWait = cfg.CommitWait
+	if cc.HealthInterval == 0 {
+		// The purges act on the node grace: probe at a tenth of it from the first round.
+		cc.HealthInterval = cluster.HealthIntervalFor(cfg.NodeGrace)
+	}
 	cc.OnCommit = n.metrics.observeWrite
 	if cc.Peer.Trusted == nil {
 		cc.Peer.Trusted = func(remote net.Addr) bool { return n.auth.Trusted(remote.String()) }
