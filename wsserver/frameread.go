@@ -29,6 +29,9 @@ type frameReader struct {
 	// raw, when the socket offers it (a plain TCP connection), lets a read take what has
 	// already arrived without blocking (readNow); nil otherwise.
 	raw syscall.RawConn
+	// busy: the last fresh read brought more than the library's small buffer holds, so the
+	// next one waits in a pooled buffer (see Read); an idle connection is not busy.
+	busy bool
 
 	carry      []byte // bytes read but not yet parsed or handed over (nil when none)
 	pass       int    // bytes of a handed-over frame the library has yet to get
@@ -100,7 +103,7 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 		switch {
 		case len(p) >= socketReadSize:
 			n, err = fr.read(p) // a pending error comes back here
-		case fr.raw != nil:
+		case fr.raw != nil && !fr.busy:
 			// Wait for data in the library's small buffer, so an idle connection holds
 			// nothing more; when it fills up, take what else has already arrived
 			// without blocking.
@@ -111,10 +114,15 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 				copy(buf, p[:n])
 				n += readNow(fr.raw, buf[n:])
 			}
+			fr.busy = n > len(p)
 		default:
+			// A busy connection (its last read brought more than the small buffer holds)
+			// reads into a pooled buffer with one system call, as it did before: the
+			// second read above would cost every burst of lookups a system call more.
 			pooled = readBufPool.Get().(*[]byte)
 			buf = *pooled
 			n, err = fr.read(buf)
+			fr.busy = n > len(p)
 		}
 		if n == 0 {
 			putReadBuf(pooled)
