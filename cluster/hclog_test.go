@@ -4,37 +4,18 @@ import (
 	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-
 	"github.com/wsregistry/wsregistry/internal/testutil"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // A real raft bootstrapping through the adapter: its lines carry node= once (ours), and
 // hclog.Fmt arguments and server lists come out formatted, not as Go syntax.
 func TestHclog_RaftLinesCarryNodeOnceAndFormattedArguments(t *testing.T) {
-	var buf lockedBuffer
+	var buf testutil.LogBuffer
 	cfg := testConfig(t, "solo")
 	cfg.BootstrapExpect = 1
 	cfg.RaftLogs = hclog.Info

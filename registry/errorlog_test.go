@@ -1,34 +1,16 @@
 package registry
 
 import (
-	"bytes"
 	"crypto/tls"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/wsregistry/wsregistry/internal/testcerts"
+	"github.com/wsregistry/wsregistry/internal/testutil"
 )
-
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // net/http's own errors (here a plain-text client on the TLS API port) are slog lines with
 // the node's attributes, not the standard logger's bare lines on stderr.
@@ -41,7 +23,7 @@ func TestErrorLog_TLSHandshakeErrorsGoThroughSlog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs logBuffer
+	var logs testutil.LogBuffer
 	n := startNode(t, t.TempDir(), func(c *Config) {
 		c.HTTPListener = tls.NewListener(c.HTTPListener, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))

@@ -1,7 +1,6 @@
 package wsserver
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,12 +10,12 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/wsregistry/wsregistry/internal/testutil"
 )
 
 func TestParseRegistryAddr(t *testing.T) {
@@ -213,24 +212,6 @@ func TestAgent_RoundRobinComesBackToFirstRegistry(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects log output written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestAgent_RegistersOverWSSWithToken(t *testing.T) {
 	srvTLS, cliTLS := testTLS(t)
 	seen := make(chan seenReq, 4)
@@ -238,7 +219,7 @@ func TestAgent_RegistersOverWSSWithToken(t *testing.T) {
 	// TLS only: a plain dial would be refused.
 	_, addr := startSniffServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: reg.mux()}}, recordTLS(seen), srvTLS, false, time.Second)
 	const token = "s3cret-token-value"
-	var logs lockedBuffer
+	var logs testutil.LogBuffer
 	a := newTestAgent(t, AgentConfig{
 		Registries: []string{deadAddr(t), addr}, // no scheme: wss, as TLS is set
 		TLS:        cliTLS,
