@@ -30,10 +30,10 @@ type batcher struct {
 // batcherHooks are a batcher's optional settings, fixed before its loop starts.
 type batcherHooks struct {
 	onBatch func(commands int)
-	// committed, when set, is called after each batch that committed, once its slot is
-	// free (so busy no longer counts it); forwarded says whether any proposal came from a
-	// follower, which is waiting to hear of the commit.
-	committed func(forwarded bool)
+	// committed, when set, is called after each batch that committed (at index), once its
+	// slot is free (so busy no longer counts it); forwarded says whether any proposal came
+	// from a follower, which is waiting to hear of the commit.
+	committed func(index uint64, forwarded bool)
 	// slotWait, when set, bounds the wait for the batch in flight: after it the next batch
 	// goes anyway. A follower's forward to a leader that vanished without a word hangs
 	// until the HTTP timeout; every other write must not wait behind it.
@@ -228,7 +228,7 @@ func (b *batcher) apply(batch []*proposal, count int, slotted bool, inflight *sy
 			for _, p := range batch {
 				forwarded = forwarded || p.forwarded
 			}
-			b.committed(forwarded)
+			b.committed(index, forwarded)
 		}
 		off := 0
 		for _, p := range batch {

@@ -42,6 +42,8 @@ func BenchmarkCommit_OneWriter(b *testing.B) {
 			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+			l := leaderOf(b, nodes)
+			b.ReportMetric(float64(l.nudge.early.Load())/float64(max(1, l.nudge.accepted.Load())), "early-notices/accepted")
 		})
 	}
 }

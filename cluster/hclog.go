@@ -41,9 +41,18 @@ func toSlogLevel(l hclog.Level) slog.Level {
 	}
 }
 
+// routineOnFollower is raft's warning on a follower that was sent an AppendEntries for an
+// entry it does not hold yet. Commit notices (notice.go) race the follower's own append now
+// and then and are retried; a follower that really lags shows on the leader, which warns
+// "appendEntries rejected, sending older logs". So on the follower it is debug.
+const routineOnFollower = "failed to get previous log"
+
 func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	if level == hclog.NoLevel {
 		level = hclog.Info
+	}
+	if level == hclog.Warn && msg == routineOnFollower {
+		level = hclog.Debug
 	}
 	if level < a.level {
 		return

@@ -67,3 +67,19 @@ func TestHclog_FmtArgumentsAreFormattedForJSON(t *testing.T) {
 		}
 	}
 }
+
+// A follower's "failed to get previous log" (a commit notice that raced its append) is not
+// a warning; raft's other warnings still are.
+func TestHclog_NoticeRaceIsDebugOnly(t *testing.T) {
+	var buf bytes.Buffer
+	l := newHclogAdapter(slog.New(slog.NewTextHandler(&buf, nil)), hclog.Info)
+	l.Warn("failed to get previous log", "previous-index", 9, "last-index", 8)
+	l.Warn("previous log term mis-match", "ours", 1, "remote", 2)
+	got := buf.String()
+	if strings.Contains(got, "failed to get previous log") {
+		t.Errorf("routine follower line logged at warn: %s", got)
+	}
+	if !strings.Contains(got, "previous log term mis-match") {
+		t.Errorf("other warnings must stay: %s", got)
+	}
+}

@@ -150,13 +150,20 @@ type Node struct {
 	joinMu  sync.Mutex
 	leaving bool
 
-	nudge struct {
-		mu      sync.Mutex
-		want    uint64 // the highest last index a commit asked to be carried to the followers
-		urgent  bool   // a follower waits for that news (its forwarded write): no pause first
-		running bool   // nudgeLoop is running
-		stopped bool   // Close began: no more barriers
-		loop    sync.WaitGroup
+	logs            raft.LogStore        // raft's log (through its cache), for commit notices
+	protocolVersion raft.ProtocolVersion // raft's, for the commit notices' RPC header
+
+	nudge struct { // commit notices to the followers (notice.go)
+		mu       sync.Mutex
+		want     uint64 // the highest last index a commit asked to be carried to the followers
+		notice   uint64 // the highest committed batch index to announce
+		urgent   bool   // a follower waits for that news (its forwarded write): no pause first
+		running  bool   // nudgeLoop is running
+		stopped  bool   // Close began: no more notices
+		loop     sync.WaitGroup
+		members  map[raft.ServerID]*noticeState
+		accepted atomic.Uint64 // notices members accepted
+		early    atomic.Uint64 // notices refused for an entry not stored yet, and retried
 	}
 
 	closeOnce sync.Once
@@ -255,10 +262,11 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, faults: faults, log: cfg.Logger}
+	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, faults: faults, log: cfg.Logger,
+		logs: logs, protocolVersion: rc.ProtocolVersion}
 	state.SetBinarySnapshots(n.BinarySnapshots)
 	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches), batcherHooks{
-		committed: func(forwarded bool) { n.nudgeFollowers(r.LastIndex(), forwarded) },
+		committed: func(index uint64, forwarded bool) { n.nudgeFollowers(index, r.LastIndex(), forwarded) },
 		onBatch:   cfg.OnBatch,
 	})
 	n.watch = newMemberWatch(r)
@@ -354,43 +362,6 @@ const readyApplyGrace = 100 * time.Millisecond
 // Barrier waits until every entry committed before it has been applied (leader only).
 func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
 
-// nudgeFollowers makes sure the followers hear soon that everything up to last is
-// committed. hashicorp/raft sends a follower the commit index only with the entries that
-// follow, or after CommitTimeout (20-40 ms) when none do. A follower answers its agent's
-// online only once the entry is applied there (read-your-write), so on a quiet cluster
-// every forwarded write would wait that long, and a registration on the leader would be
-// missing on the followers for as long. last is the leader's last index when the
-// entry was known committed: any entry appended after it carries the news. After a short
-// pause, if none was, the leader appends a barrier (an entry the FSM never sees). A busy
-// leader appends entries all the time and sends no barriers.
-func (n *Node) nudgeFollowers(last uint64, urgent bool) {
-	n.nudge.mu.Lock()
-	defer n.nudge.mu.Unlock()
-	n.nudge.want = max(n.nudge.want, last)
-	n.nudge.urgent = n.nudge.urgent || urgent
-	if n.nudge.running || n.nudge.stopped {
-		return
-	}
-	n.nudge.running = true
-	n.nudge.loop.Add(1)
-	go n.nudgeLoop()
-}
-
-// hasPeers reports whether the configuration has any server but this one (a one-node
-// cluster has nobody to nudge).
-func (n *Node) hasPeers() bool {
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return true
-	}
-	for _, srv := range f.Configuration().Servers {
-		if string(srv.ID) != n.cfg.NodeID {
-			return true
-		}
-	}
-	return false
-}
-
 // BinaryBatches reports whether every server of the configuration announced (fsm.NodeMeta
 // Features) that it reads fsm.TypeBinaryBatch entries. Until then entries and forwarded
 // writes are JSON batches, which every build reads: during a rolling upgrade a node of the
@@ -431,56 +402,6 @@ func (n *Node) allAnnounced(feature uint64, latch *atomic.Bool) bool {
 	}
 	latch.Store(true)
 	return true
-}
-
-// nudgeDelay is how long the leader waits for an entry that would carry the commit
-// index anyway before it appends a barrier.
-const nudgeDelay = time.Millisecond
-
-func (n *Node) nudgeLoop() {
-	defer n.nudge.loop.Done()
-	var done uint64
-	for {
-		n.nudge.mu.Lock()
-		want := n.nudge.want
-		if want <= done || n.nudge.stopped {
-			n.nudge.running = false
-			n.nudge.mu.Unlock()
-			return
-		}
-		urgent := n.nudge.urgent
-		n.nudge.urgent = false
-		n.nudge.mu.Unlock()
-		if !urgent {
-			time.Sleep(nudgeDelay)
-		}
-		// A batch being formed or committed, or proposals waiting for one, will append an
-		// entry that carries the news: a barrier would only add an fsync on every node.
-		if n.raft.LastIndex() <= want && !n.batcher.busy() && n.hasPeers() {
-			// While raft runs a barrier is answered (applied, or failed when leadership is
-			// lost); after Shutdown it may never be, so Close waits for this loop first.
-			_ = n.raft.Barrier(n.cfg.ApplyTimeout).Error()
-		}
-		done = want
-	}
-}
-
-// stopNudging ends nudgeLoop before raft shuts down, waiting at most a few seconds (a
-// barrier waits for its commit, or for the leader to lose its lease).
-func (n *Node) stopNudging() {
-	n.nudge.mu.Lock()
-	n.nudge.stopped = true
-	n.nudge.mu.Unlock()
-	finished := make(chan struct{})
-	go func() {
-		n.nudge.loop.Wait()
-		close(finished)
-	}()
-	select {
-	case <-finished:
-	case <-time.After(5 * time.Second):
-		n.log.Warn("closing while a commit notice to the followers is still pending")
-	}
 }
 
 // Close stops group commit and raft and releases the bolt file.
