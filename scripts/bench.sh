@@ -6,9 +6,10 @@
 #                              temp file and BENCHMARKS.md is left alone (CI runs this to prove it works)
 #   --only GROUPS              only these groups (comma-separated; BENCHMARKS.md is left alone):
 #                                matrix    the rows of the Results table (rounds 1-4)
-#                                patterns  register (c=1,256), where and the echo floor (c=256, and paced
+#                                patterns  one writer on the leader and on a follower, then
+#                                          register (c=1,256), where and the echo floor (c=256, and paced
 #                                          at $PACED_RATE/s) under both generator patterns,
-#                                          pipelined and agent (round 5; about 3 minutes)
+#                                          pipelined and agent (round 5; about 3.5 minutes)
 #                                anchor    only the etcd anchor (implies --anchor etcd)
 #                                scale     one node: memory per idle connection and per registration,
 #                                          snapshot, restart (also in matrix; SCALE_AGENTS and
@@ -240,6 +241,12 @@ if has patterns; then
   # CPU per op is the registry's own cost under that pattern. The floor runs twice: in one
   # process (the target's floor, as in the matrix) and spread over three, as many processes as
   # the cluster has (each process pays its own wake-ups; -echo-procs 3).
+  # One writer on the leader, then on a follower (issue 14: a follower's online within the
+  # leader's p50 + 0.5 ms), back to back, twice.
+  for _ in 1 2; do
+    bench -nodes 3 -on leader -workload register -c 1 -duration "$dur"
+    bench -nodes 3 -on follower -workload register -c 1 -duration "$dur"
+  done
   for p in pipelined agent; do
     pat=(-pattern "$p" -conns "$agent_conns" -duration "$dur")
     bench -nodes 3 "${pat[@]}" -workload register -c 1,256

@@ -28,8 +28,9 @@ type bench struct {
 	timeout  time.Duration
 	log      *slog.Logger
 	t0       time.Time
-	entry    int  // connect to nodes 0..entry-1 only (0: all); CPU is measured on every node
-	roles    bool // register, where: also the CPU per op of the leader, a voter, a non-voter
+	entry    int    // connect to nodes 0..entry-1 only (0: all); CPU is measured on every node
+	on       string // connect only to the node of this role (leader, follower); "" for all
+	roles    bool   // register, where: also the CPU per op of the leader, a voter, a non-voter
 }
 
 func (b *bench) now() int64 { return int64(time.Since(b.t0)) }
@@ -138,8 +139,12 @@ func closeAll(conns []*wsConn) {
 	}
 }
 
-// allNodes lists the nodes the generator connects to: every node, or the first -entry.
+// allNodes lists the nodes the generator connects to: every node, the first -entry, or
+// the one of the -on role.
 func (b *bench) allNodes() []int {
+	if b.on != "" {
+		return []int{b.roleNode(b.on)}
+	}
 	n := b.cl.n
 	if b.entry > 0 {
 		n = min(b.entry, n)
@@ -642,4 +647,22 @@ func (b *bench) fetch(c int, variant string, viaNode int, quiet *slog.Logger) (R
 		res.Note = "last error: " + (*e).Error()
 	}
 	return res, nil
+}
+
+// roleNode is the index of the leader, or of the first follower, by node 0's view of the
+// cluster; node 0 when it cannot be read (said on stderr).
+func (b *bench) roleNode(role string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	v, err := b.cl.View(ctx, b.cl.Nodes[0])
+	if err != nil || v.Leader == "" {
+		b.log.Warn("roles unknown: using node 0", "role", role, "err", err)
+		return 0
+	}
+	for i, nd := range b.cl.Nodes {
+		if (nd.ID == v.Leader) == (role == "leader") {
+			return i
+		}
+	}
+	return 0
 }

@@ -52,6 +52,7 @@ func run(args []string) error {
 	nodes := fs.Int("nodes", 3, "number of nodes in the cluster")
 	roles := fs.Bool("roles", false, "register, where: also each raft role's server CPU per op (leader, voter, nonvoter: per node of that role)")
 	entry := fs.Int("entry", 0, "register, where: connect to nodes 0..entry-1 only (0: every node; the server CPU is still that of every node)")
+	on := fs.String("on", "", "register, where: connect only to the node of this raft role: leader or follower (the first follower)")
 	dir := fs.String("cluster-dir", "", "local-cluster.sh state dir (default: the one remembered for -host)")
 	workload := fs.String("workload", "where", "register | where | where-paced | echo | echo-paced | fetch | failover | reregister | scale")
 	pattern := fs.String("pattern", patternPipelined, "register, where, where-paced, echo, echo-paced: pipelined (one goroutine per connection,\n"+
@@ -83,6 +84,9 @@ func run(args []string) error {
 		}
 		*dir = strings.TrimSpace(string(b))
 	}
+	if *on != "" && *on != "leader" && *on != "follower" {
+		return fmt.Errorf("unknown -on %q (leader or follower)", *on)
+	}
 	s := shape{pattern: *pattern, conns: *agentConns, inflight: *inflight}
 	switch {
 	case s.pattern != patternPipelined && s.pattern != patternAgent:
@@ -104,6 +108,7 @@ func run(args []string) error {
 		log:      log,
 		t0:       time.Now(),
 		entry:    *entry,
+		on:       *on,
 		roles:    *roles,
 	}
 	var cs []int
@@ -129,6 +134,9 @@ func run(args []string) error {
 		}
 		r.Time = time.Now().UTC().Format(time.RFC3339)
 		r.Run = *runID
+		if *on != "" {
+			r.Variant = strings.TrimSpace(r.Variant + " on " + *on)
+		}
 		if *label != "" {
 			r.Variant = strings.TrimSpace(r.Variant + " " + *label)
 		}

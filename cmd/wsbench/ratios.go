@@ -11,6 +11,7 @@ import (
 const (
 	targetRegisterVsEtcd = 3.0 // registrations/s at 256 writers, ours / etcd's: at least
 	targetWhereVsEcho    = 1.2 // server CPU per where under the agent pattern / its echo floor: at most
+	targetFollowerExtra  = 500 // µs a follower's one-writer online may add to the leader's p50: at most
 )
 
 // ratiosCmd prints, for one run, the ratios that only mean something within one run: our
@@ -117,6 +118,17 @@ func ratiosCmd(args []string) error {
 		fmt.Println("| where variant | pattern | c | conns | echo floor | where ops/s | echo ops/s | where server CPU µs/op | echo floor CPU µs/op | where/echo | target |")
 		fmt.Println("|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|")
 		fmt.Println(strings.Join(echoLines, "\n"))
+	}
+	if l, ok := last(func(r Result) bool { return r.Workload == "register" && r.Concurrency == 1 && r.Variant == "on leader" }); ok {
+		if f, ok := last(func(r Result) bool {
+			return r.Workload == "register" && r.Concurrency == 1 && r.Variant == "on follower"
+		}); ok {
+			fmt.Println()
+			fmt.Println("| one writer | leader p50 µs | follower p50 µs | follower - leader µs | leader/s | follower/s | target |")
+			fmt.Println("|---|--:|--:|--:|--:|--:|---|")
+			fmt.Printf("| register c=1 | %.0f | %.0f | %+.0f | %.0f | %.0f | ≤ +%d µs: %s |\n", l.P50us, f.P50us, f.P50us-l.P50us,
+				l.OpsPerS, f.OpsPerS, targetFollowerExtra, yesNo(f.P50us-l.P50us <= targetFollowerExtra))
+		}
 	}
 	if lines := votersLines(rows); len(lines) > 0 {
 		fmt.Println()
