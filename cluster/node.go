@@ -209,11 +209,19 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		store.Close()
 		return fail(fmt.Errorf("cluster: snapshot store: %w", err))
 	}
+	// MaxRPCsInFlight 1: no pipelined replication. hashicorp/raft's pipeline can deadlock a
+	// leader's replication to a member for good once that member refuses an entry (a stale
+	// term after a partition, a log gap): the decoder returns, one more send parks on the
+	// pipeline's unbuffered channel, and replicate() never returns, so heartbeats keep
+	// flowing and no election heals it (hashicorp/raft#612; our chaos run's goroutine dump
+	// of a leader that could not shut down showed exactly that). Group commit keeps one
+	// batch in flight anyway, so synchronous AppendEntries cost little (BENCHMARKS.md).
 	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  layer,
-		MaxPool: 3,
-		Timeout: 5 * time.Second,
-		Logger:  hlog,
+		Stream:          layer,
+		MaxPool:         3,
+		MaxRPCsInFlight: 1,
+		Timeout:         5 * time.Second,
+		Logger:          hlog,
 	})
 
 	rc := raft.DefaultConfig()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -94,4 +95,18 @@ func (n *Node) noticesIdle() bool {
 		}
 	}
 	return true
+}
+
+// Replication is synchronous: hashicorp/raft's pipeline can leave a leader's replication to a
+// member stuck for good after the member refuses an entry (see Open).
+func TestTransport_ReplicationIsNotPipelined(t *testing.T) {
+	nodes := startCluster(t, 3)
+	l, f := leaderOf(t, nodes), followerOf(t, nodes)
+	p, err := l.transport.AppendEntriesPipeline(raft.ServerID(f.ID()), raft.ServerAddress(f.Advertise()))
+	if err == nil {
+		p.Close()
+	}
+	if !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+		t.Fatalf("AppendEntriesPipeline: %v, want raft.ErrPipelineReplicationNotSupported", err)
+	}
 }
