@@ -303,6 +303,12 @@ func (b *bench) scale(agents, nsPerAgent int) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if file := os.Getenv("WSBENCH_HEAP_PROFILE"); file != "" {
+		// What the registrations hold, for `go tool pprof -sample_index=inuse_space`.
+		if err := b.cl.saveHeapProfile(ctx, 0, file); err != nil {
+			b.log.Warn("heap profile not saved", "file", file, "err", err)
+		}
+	}
 	total := agents * nsPerAgent
 	res := Result{Workload: "scale", Concurrency: 512, Conns: agents, Ops: int64(total), Seconds: took.Seconds()}
 	res.OpsPerS = float64(total) / took.Seconds()

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -125,4 +127,22 @@ func (c *cluster) heapStats(ctx context.Context, i int) (map[string]int64, error
 		}
 	}
 	return out, sc.Err()
+}
+
+// saveHeapProfile writes node i's heap profile, after a GC, to file.
+func (c *cluster) saveHeapProfile(ctx context.Context, i int, file string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.http(i)+"/debug/pprof/heap?gc=1", nil)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile of node%d: HTTP %d (is --pprof on?)", i, resp.StatusCode)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, body, 0o644)
 }
