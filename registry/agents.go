@@ -23,8 +23,9 @@ type agentSession struct {
 	limiter rateLimiter
 
 	// whereReply is the reply buffer of handleWhere, which runs inline on the channel's
-	// reader: only that goroutine touches it.
+	// reader: only that goroutine touches it, and its round robin (rotation.go).
 	whereReply []byte
+	rotation   whereRotation
 
 	mu         sync.Mutex
 	namespaces []string        // what this connection asked to register, in order
@@ -375,14 +376,14 @@ func (n *Node) handleWhere(_ context.Context, ch *wsserver.Channel, props json.R
 	var reg fsm.Registration
 	var ok bool
 	if ns, plain := plainNamespaceBytes(props); plain {
-		reg, ok = n.state.PickBytes(ns, n.roundRobin.Add(1)-1) // no copy of the namespace
+		reg, ok = n.state.PickBytes(ns, n.positionBytes(s, ns)) // no copy of the namespace
 	} else {
 		ns, err := namespaceArg("where", props)
 		if err != nil {
 			n.metrics.observeRequest("where", err)
 			return nil, err
 		}
-		reg, ok = n.state.Pick(ns, n.roundRobin.Add(1)-1)
+		reg, ok = n.state.Pick(ns, n.position(s, ns))
 	}
 	n.metrics.whereOK.Inc()
 	n.metrics.whereSeconds.Observe(time.Since(start).Seconds())
