@@ -58,6 +58,7 @@ func (c *Channel) Call(ctx context.Context, protocol, cmd string, props any, tim
 	// rather than treating a burst of calls as a slow consumer.
 	select {
 	case c.writer.sendq <- frame:
+		c.kick(false) // not inline: a blocked write would outlast the call's timeout
 	case <-c.dead:
 		forget()
 		return nil, fmt.Errorf("wsserver: call %s:/%s to %s: %w", protocol, cmd, c.key, ErrClosed)
@@ -93,7 +94,7 @@ func (c *Channel) Call(ctx context.Context, protocol, cmd string, props any, tim
 	default:
 	}
 	abortID := c.calls.nextID.Add(1) - 1
-	_ = c.enqueue(appendAbort(make([]byte, 0, 64), abortID, id))
+	_ = c.enqueue(appendAbort(make([]byte, 0, 64), abortID, id), false)
 	return nil, errAbort(cause)
 }
 

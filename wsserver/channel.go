@@ -59,7 +59,7 @@ type Channel struct {
 	closing closeState // whether and how a close was started
 	ping    pingState  // the keepalive timer
 
-	workers sync.WaitGroup             // writer and pinger
+	workers sync.WaitGroup             // writer (while it runs) and pinger
 	dead    chan struct{}              // closed when the connection is gone: calls fail
 	done    chan struct{}              // closed after OnClose returned
 	err     atomic.Pointer[closeError] // set before OnClose runs
@@ -81,6 +81,7 @@ type closeState struct {
 	code       websocket.StatusCode
 	reason     string
 	req        chan struct{} // asks the writer to flush and close
+	torndown   bool          // teardown began: no writer starts any more (startWriter)
 	forceTimer *time.Timer   // drops the connection if the close takes too long
 }
 
@@ -103,6 +104,8 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 		done:    make(chan struct{}),
 	}
 	c.ioCtx = context.WithoutCancel(ctx)
+	c.writer.pending.Store(1) // no writer before start (see start)
+	c.writer.loop = c.writeLoop
 	if cc, ok := nc.(*corkConn); ok {
 		c.cc = cc
 		cc.beforeRead = c.flushHeld
@@ -130,7 +133,8 @@ func (c *Channel) logger() *slog.Logger {
 	return l
 }
 
-// start launches the writer and the pinger. The caller then runs serve.
+// start launches the pinger, and the writer if something is to be written already. The
+// caller then runs serve.
 func (c *Channel) start() {
 	// Only now: a channel refused before it starts (a Shutdown under way) closes through
 	// the library alone, which drops the client's data frames instead of serving them.
@@ -145,8 +149,11 @@ func (c *Channel) start() {
 			}
 		}
 	}
-	c.workers.Add(1)
-	go c.writeLoop()
+	// The writer may run only from here on (it reads through cc.frames in a close
+	// handshake): a close started before start was counted but started no writer.
+	if c.writer.pending.Add(-1) > 0 {
+		c.startWriter()
+	}
 	if c.cfg.pingInterval > 0 {
 		c.startPinger()
 	}
@@ -220,6 +227,7 @@ func (c *Channel) closeWith(code websocket.StatusCode, reason string) bool {
 	case c.closing.req <- struct{}{}:
 	default:
 	}
+	c.kick(false) // the writer goroutine does the close: the caller may be the reader
 	// Bound the handshake.
 	t := time.AfterFunc(c.cfg.closeTimeout, c.forceClose)
 	c.closing.mu.Lock()
@@ -254,7 +262,7 @@ func (c *Channel) isDead() bool {
 }
 
 // pingState drives the keepalive from a timer rather than a goroutine per channel: an idle
-// connection then costs one goroutine (its reader) besides the writer, and a goroutine
+// connection then costs one goroutine (its reader; the writer runs only to write), and a goroutine
 // exists for a ping only while it waits for the pong. The pinger counts as one of the
 // channel's workers from startPinger until exactly one of pingOnce or stopPinger sees it
 // end (stopped).
@@ -398,6 +406,7 @@ func (c *Channel) teardown(readErr error) {
 	e, libraryClosed := c.classify(readErr)
 	c.closing.mu.Lock()
 	c.closing.started = true // no new close handshake from now on
+	c.closing.torndown = true
 	ft := c.closing.forceTimer
 	c.closing.mu.Unlock()
 	c.cancel() // aborts writes and pings, cancels handler contexts

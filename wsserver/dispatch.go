@@ -161,7 +161,7 @@ func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
 	if h == nil {
 		if twoway {
 			e := notFound(req.protocol, req.cmd)
-			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(e.Message)), id, e.Status, "", e.Message))
+			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(e.Message)), id, e.Status, "", e.Message), false)
 		}
 		return
 	}
@@ -177,7 +177,7 @@ func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
 		cancel()
 		if twoway {
 			msg := "too many requests in flight on this connection (limit " + strconv.Itoa(DefaultMaxInflight) + ")"
-			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(msg)), id, 429, "", msg))
+			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(msg)), id, 429, "", msg), false)
 		}
 		return
 	}
@@ -197,7 +197,7 @@ func (c *Channel) runInline(id int64, twoway bool, h HandlerFunc, props []byte) 
 		c.hold(id, res, err)
 		return
 	}
-	_ = c.enqueue(c.appendReply(nil, id, res, err))
+	_ = c.enqueue(c.appendReply(nil, id, res, err), false)
 }
 
 func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway bool, h HandlerFunc, props []byte) {
@@ -213,7 +213,7 @@ func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway
 	if aborted || !twoway {
 		return
 	}
-	_ = c.enqueue(c.appendReply(nil, id, res, err))
+	_ = c.enqueue(c.appendReply(nil, id, res, err), true) // the handler's goroutine may write it
 }
 
 // appendReply appends the frame that answers request id with a handler's result.

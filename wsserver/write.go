@@ -12,14 +12,26 @@ import (
 	"github.com/coder/websocket"
 )
 
-// writeState is the channel's writing side. The writer goroutine (writeLoop) is the only
-// writer of queued frames; on a corked socket (every accepted and dialed one) the replies
-// of inline handlers are held until the reader is about to read from the socket again,
-// then written in one batch (the corkConn calls flushHeld). mu orders those writes with
-// the writer's.
+// writeState is the channel's writing side. The writer is the only writer of queued frames:
+// a goroutine (writeLoop), or for one batch a handler's goroutine that has just queued its
+// reply (writeInline). There is at most one, and only while there is something to write
+// (an idle connection holds no writer, nor its stack): see kick. On a corked socket (every accepted
+// and dialed one) the replies of inline handlers are held until the reader is about to
+// read from the socket again, then written in one batch (the corkConn calls flushHeld).
+// mu orders those writes with the writer's.
 type writeState struct {
 	sendq chan []byte // frames for the writer; full means slow consumer
-	mu    sync.Mutex
+	// pending is what the writer has to do: the frames pushed to sendq and counted (each is
+	// pushed before it is counted, so every counted frame is in sendq), plus the close
+	// request once closeWith made it, plus 1 until start. A writer runs exactly while it is
+	// above zero: the one that raises it from zero starts one, the writer exits when it
+	// brings it back to zero, and one that stops for good (closed, failed, gone) leaves it
+	// above zero so that no other starts.
+	pending atomic.Int64
+	// loop is c.writeLoop, made once per channel: `go c.writeLoop()` would allocate a
+	// closure at every start.
+	loop func()
+	mu   sync.Mutex
 	// The held replies, encoded back to back in heldBuf (no allocation per
 	// reply): frame i ends at heldEnds[i]. Guarded by mu.
 	heldBuf    []byte
@@ -39,13 +51,15 @@ var errSlowConsumer = errors.New("send queue full (slow consumer)")
 
 // enqueue hands a reply or abort to the writer without blocking. A full
 // queue means the peer sends requests faster than it reads our answers: the
-// channel is closed (1008 "slow consumer").
-func (c *Channel) enqueue(frame []byte) error {
+// channel is closed (1008 "slow consumer"). inline: the caller may write it itself
+// (see writeInline).
+func (c *Channel) enqueue(frame []byte, inline bool) error {
 	if c.isDead() {
 		return ErrClosed
 	}
 	select {
 	case c.writer.sendq <- frame:
+		c.kick(inline)
 		return nil
 	default:
 	}
@@ -55,6 +69,7 @@ func (c *Channel) enqueue(frame []byte) error {
 	defer t.Stop()
 	select {
 	case c.writer.sendq <- frame:
+		c.kick(inline)
 		return nil
 	case <-c.dead:
 		return ErrClosed
@@ -66,70 +81,140 @@ func (c *Channel) enqueue(frame []byte) error {
 	}
 }
 
-// writeLoop is the only writer of data frames. It drains everything queued
-// before blocking again; on a corked socket the frames of one batch
-// leave in a single write (a system call costs more than encoding a reply).
+// kick counts one thing more for the writer (a frame the caller has just pushed to sendq,
+// or the close request) and makes a writer if none runs: the caller itself when inline
+// (writeInline), else a goroutine. Pushing before counting is the hand-off: a writer that
+// brings pending to zero has taken every frame counted so far, and the next count makes a
+// new writer, which writes after the old one's last write.
+func (c *Channel) kick(inline bool) {
+	if c.writer.pending.Add(1) != 1 {
+		return
+	}
+	if inline {
+		c.writeInline()
+	} else {
+		c.startWriter()
+	}
+}
+
+// joinWriter counts a writer among the channel's workers unless teardown began: teardown
+// waits for the workers, so none may join after (pending then stays above zero). It also
+// reports whether a close was started.
+func (c *Channel) joinWriter() (joined, closing bool) {
+	c.closing.mu.Lock()
+	defer c.closing.mu.Unlock()
+	if c.closing.torndown {
+		return false, true
+	}
+	c.workers.Add(1)
+	return true, c.closing.started
+}
+
+// startWriter starts a writer goroutine (writeLoop).
+func (c *Channel) startWriter() {
+	if joined, _ := c.joinWriter(); joined {
+		go c.writer.loop()
+	}
+}
+
+// writeInline makes the calling goroutine (a handler's, which has just queued its reply and
+// has nothing else to do) the writer for one batch: a reply on an idle connection then
+// leaves without a goroutine start and a switch to it. What is left after that batch, and
+// a close, go to a writer goroutine: the caller is not held longer. Not for callers that
+// must return on time (Call: a write blocked on a peer that does not read would outlast
+// the call's timeout) nor for the reader.
+func (c *Channel) writeInline() {
+	n := c.writer.pending.Load() // before the close check, as in writeLoop
+	joined, closing := c.joinWriter()
+	if !joined {
+		return
+	}
+	defer c.workers.Done()
+	if c.ctx.Err() != nil {
+		return // the connection is gone; pending stays above zero
+	}
+	if closing || c.writeSome(n) {
+		c.startWriter() // the writer stays one: it takes over what is counted
+	}
+}
+
+// writeLoop is the writer goroutine. It writes what is counted in pending, in batches,
+// and exits once it finds nothing more: a busy connection keeps one writer as long as
+// replies keep coming.
 func (c *Channel) writeLoop() {
 	defer c.workers.Done()
-	cc := c.cc
 	for {
-		var first []byte
+		// Load before looking for the close request: a counted close request is then seen
+		// below, so n counts frames only.
+		n := c.writer.pending.Load()
+		if c.ctx.Err() != nil {
+			return // the connection is gone; pending stays above zero
+		}
 		select {
-		case <-c.ctx.Done():
-			return
 		case <-c.closing.req:
 			c.flushAndClose()
+			return // no data frame after the close frame; pending stays above zero
+		default:
+		}
+		if !c.writeSome(n) {
 			return
-		case first = <-c.writer.sendq:
 		}
-		// The batch slice is borrowed while there is something to write: an idle
-		// connection holds none.
-		bp := batchPool.Get().(*[][]byte)
-		batch := append((*bp)[:0], first)
-		c.drain(&batch)
-		if cc != nil && len(batch) == 1 {
-			// Replies to requests that arrived together are usually still
-			// being computed by handler goroutines made runnable by the
-			// same read; letting them run first turns several writes into
-			// one.
-			runtime.Gosched()
-			c.drain(&batch)
-		}
-		if cc != nil {
-			c.writer.mu.Lock()
-			batch = c.appendHeld(batch) // replies of inline handlers ride along
-			ok := c.writeCorked(cc, batch)
-			c.resetHeld()
-			c.writer.mu.Unlock()
-			if !ok {
-				return
-			}
-			clear(batch)
-			*bp = batch[:0]
-			batchPool.Put(bp)
-			continue
-		}
-		for i, f := range batch {
-			if !c.write(f) {
-				return
-			}
-			batch[i] = nil
-		}
-		*bp = batch[:0]
-		batchPool.Put(bp)
 	}
+}
+
+// writeSome writes one batch of at most n queued frames (n counts frames only) and
+// reports whether more is counted. On a corked socket the frames of one batch leave in a
+// single write (a system call costs more than encoding a reply). After a failed write it
+// reports false and leaves pending above zero: the socket is dropped, no writer follows.
+func (c *Channel) writeSome(n int64) bool {
+	cc := c.cc
+	// The batch slice is borrowed while there is something to write: an idle
+	// connection holds none.
+	bp := batchPool.Get().(*[][]byte)
+	batch := (*bp)[:0]
+	c.take(&batch, n)
+	if cc != nil && len(batch) == 1 {
+		// Replies to requests that arrived together are usually still
+		// being computed by handler goroutines made runnable by the
+		// same read; letting them run first turns several writes into
+		// one.
+		runtime.Gosched()
+		c.take(&batch, c.writer.pending.Load())
+	}
+	taken := int64(len(batch))
+	ok := true
+	if cc != nil {
+		c.writer.mu.Lock()
+		batch = c.appendHeld(batch) // replies of inline handlers ride along
+		ok = c.writeCorked(cc, batch)
+		c.resetHeld()
+		c.writer.mu.Unlock()
+	} else {
+		for _, f := range batch {
+			if ok = c.write(f); !ok {
+				break
+			}
+		}
+	}
+	clear(batch)
+	*bp = batch[:0]
+	batchPool.Put(bp)
+	// Zero: every counted frame is written, the next kick makes a writer.
+	return ok && c.writer.pending.Add(-taken) != 0
 }
 
 var batchPool = sync.Pool{New: func() any { b := make([][]byte, 0, writeBatch); return &b }}
 
-// drain appends what is queued, without blocking, up to writeBatch frames.
-func (c *Channel) drain(batch *[][]byte) {
-	for len(*batch) < writeBatch {
+// take appends frames from sendq, without blocking, up to writeBatch and up to counted
+// (what pending said, including the frames already in batch): taking a frame not yet
+// counted would let pending drop below zero, which the hand-off (kick) cannot have.
+func (c *Channel) take(batch *[][]byte, counted int64) {
+	for int64(len(*batch)) < counted && len(*batch) < writeBatch {
 		select {
 		case f := <-c.writer.sendq:
 			*batch = append(*batch, f)
 		default:
-			return
+			return // the rest of counted is the close request
 		}
 	}
 }
