@@ -216,7 +216,9 @@ func (st *state) unregister(s SessionID, ns string) error {
 // pass per affected namespace so purging a big node stays linear.
 func (st *state) removeSessions(gone map[SessionID]struct{}) {
 	var affected []string
+	names := make(map[SessionID]string, len(gone)) // each session's name made once, not per change
 	for s := range gone {
+		names[s] = s.String()
 		affected = append(affected, st.sessions[s]...)
 		delete(st.sessions, s)
 		if set := st.byNode[s.Node]; set != nil {
@@ -226,16 +228,21 @@ func (st *state) removeSessions(gone map[SessionID]struct{}) {
 			}
 		}
 	}
+	// One change per registration removed, one per entry of affected so far: grown once, a
+	// node purging its old incarnation's million registrations spent half its purge copying
+	// the change list as append doubled it (BENCHMARKS.md, round 8).
+	st.changes = slices.Grow(st.changes, len(affected))
 	// Sorted so the change list does not depend on map order.
 	slices.Sort(affected)
 	affected = slices.Compact(affected)
 	for _, ns := range affected {
 		list := slices.DeleteFunc(st.namespaces[ns], func(r Registration) bool {
-			if _, ok := gone[r.Session]; !ok {
+			name, ok := names[r.Session]
+			if !ok {
 				return false
 			}
 			st.regCount--
-			st.changes = append(st.changes, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: r.Session.String(), Node: r.Session.Node})
+			st.changes = append(st.changes, Change{Kind: ChangeDeregister, Namespace: r.Namespace, Address: r.Address, Session: name, Node: r.Session.Node})
 			return true
 		})
 		switch {
