@@ -206,7 +206,9 @@ if has matrix || has scale; then
   scale_agents="${SCALE_AGENTS:-$scale_agents}"; per_agent="${SCALE_PER_AGENT:-$per_agent}"
   echo "== one node: $scale_agents agents x $per_agent registrations, snapshot, restart"
   start_single "--pprof --snapshot-threshold 16 --snapshot-interval 1s"
-  bench -nodes 1 -workload scale -agents "$scale_agents" -per-agent "$per_agent"
+  # 512 agents x per_agent onlines in flight at once: on a loaded machine the last replies of
+  # a million take longer than the default 10 s reply timeout.
+  bench -nodes 1 -workload scale -agents "$scale_agents" -per-agent "$per_agent" -timeout 120s
 fi
 
 if has voters; then
