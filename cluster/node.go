@@ -157,7 +157,6 @@ type Node struct {
 		mu       sync.Mutex
 		want     uint64 // the highest last index a commit asked to be carried to the followers
 		notice   uint64 // the highest committed batch index to announce
-		urgent   bool   // a follower waits for that news (its forwarded write): no pause first
 		running  bool   // nudgeLoop is running
 		stopped  bool   // Close began: no more notices
 		loop     sync.WaitGroup

@@ -30,14 +30,20 @@ const nudgeDelay = time.Millisecond
 // nudgeFollowers makes sure the followers hear soon that index (a batch's entry) is
 // committed; last is the leader's last index when that was known: any entry appended after
 // it carries the news with raft's own replication. urgent says a follower waits for the
-// news (a forwarded write): it goes out at once, busy or not. Otherwise the leader pauses
-// briefly and sends it only if nothing else was appended: a busy leader sends none.
+// news (a forwarded write): it goes out at once, busy or not, from the caller. Otherwise
+// nudgeLoop pauses briefly and sends it only if nothing else was appended: a busy leader
+// sends none.
 func (n *Node) nudgeFollowers(index, last uint64, urgent bool) {
+	if urgent {
+		// Straight from the commit: a hop through nudgeLoop's goroutine is latency a
+		// follower's agent waits for. Sending only hands the notice to each member's sender.
+		n.noticeCommit(index)
+		return
+	}
 	n.nudge.mu.Lock()
 	defer n.nudge.mu.Unlock()
 	n.nudge.want = max(n.nudge.want, last)
 	n.nudge.notice = max(n.nudge.notice, index)
-	n.nudge.urgent = n.nudge.urgent || urgent
 	if n.nudge.running || n.nudge.stopped {
 		return
 	}
@@ -57,15 +63,11 @@ func (n *Node) nudgeLoop() {
 			n.nudge.mu.Unlock()
 			return
 		}
-		urgent := n.nudge.urgent
-		n.nudge.urgent = false
 		n.nudge.mu.Unlock()
-		if !urgent {
-			time.Sleep(nudgeDelay)
-		}
+		time.Sleep(nudgeDelay)
 		// A batch being formed or committed, or proposals waiting for one, will append an
 		// entry that carries the news.
-		if urgent || (n.raft.LastIndex() <= want && !n.batcher.busy()) {
+		if n.raft.LastIndex() <= want && !n.batcher.busy() {
 			n.noticeCommit(notice)
 		}
 		done = notice
