@@ -76,9 +76,10 @@ type Config struct {
 	FaultInjection bool
 
 	// Observers for metrics; nil is fine.
-	OnBatch    func(commands int)                  // a group-committed raft entry was proposed
-	OnSnapshot func(took time.Duration, err error) // a snapshot was persisted
-	OnApply    func(binary bool)                   // a command entry was applied; binary: fsm.TypeBinaryBatch
+	OnBatch       func(commands int)                  // a group-committed raft entry was proposed
+	OnSnapshot    func(took time.Duration, err error) // a snapshot was persisted
+	AfterSnapshot func()                              // raft is done with a snapshot (log compacted too)
+	OnApply       func(binary bool)                   // a command entry was applied; binary: fsm.TypeBinaryBatch
 	// OnCommit observes every Commit: path is "local" (on the leader) or "forwarded".
 	OnCommit func(path string, took time.Duration, err error)
 }
@@ -247,6 +248,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 
 	nf := newNotifyingFSM(state)
 	nf.onSnapshot = cfg.OnSnapshot
+	nf.afterSnap = cfg.AfterSnapshot
 	nf.onApply = cfg.OnApply
 	// Replication reads back the entries just stored; an in-memory ring of the latest ones
 	// spares a bolt read transaction for each (Consul keeps 512). 64: entries hold up to

@@ -16,6 +16,7 @@ import (
 type notifyingFSM struct {
 	inner      *fsm.FSM
 	onSnapshot func(took time.Duration, err error)
+	afterSnap  func() // raft is done with a snapshot (written, log compacted)
 	onApply    func(binary bool)
 
 	mu    sync.Mutex
@@ -38,23 +39,35 @@ func (f *notifyingFSM) Apply(l *raft.Log) any {
 
 func (f *notifyingFSM) Snapshot() (raft.FSMSnapshot, error) {
 	snap, err := f.inner.Snapshot()
-	if err != nil || f.onSnapshot == nil {
+	if err != nil || (f.onSnapshot == nil && f.afterSnap == nil) {
 		return snap, err
 	}
-	return timedSnapshot{FSMSnapshot: snap, observe: f.onSnapshot}, nil
+	return timedSnapshot{FSMSnapshot: snap, observe: f.onSnapshot, released: f.afterSnap}, nil
 }
 
-// timedSnapshot measures Persist, the part of a snapshot that writes the state out.
+// timedSnapshot measures Persist, the part of a snapshot that writes the state out, and
+// says when raft releases it: raft does so once the snapshot is written and the log
+// compacted.
 type timedSnapshot struct {
 	raft.FSMSnapshot
-	observe func(time.Duration, error)
+	observe  func(time.Duration, error)
+	released func()
 }
 
 func (s timedSnapshot) Persist(sink raft.SnapshotSink) error {
 	start := time.Now()
 	err := s.FSMSnapshot.Persist(sink)
-	s.observe(time.Since(start), err)
+	if s.observe != nil {
+		s.observe(time.Since(start), err)
+	}
 	return err
+}
+
+func (s timedSnapshot) Release() {
+	s.FSMSnapshot.Release()
+	if s.released != nil {
+		s.released()
+	}
 }
 
 func (f *notifyingFSM) Restore(rc io.ReadCloser) error {

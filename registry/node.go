@@ -239,6 +239,7 @@ func Start(cfg Config) (*Node, error) {
 		}
 		n.metrics.snapshots.WithLabelValues(result).Observe(took.Seconds())
 	}
+	cc.AfterSnapshot = func() { go returnIdleMemory() } // off raft's snapshot goroutine (memory.go)
 	rn, err := cluster.Open(cc, n.state)
 	if err != nil {
 		cancel()
