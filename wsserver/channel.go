@@ -106,6 +106,7 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 	c.ioCtx = context.WithoutCancel(ctx)
 	c.writer.pending.Store(1) // no writer before start (see start)
 	c.writer.loop = c.writeLoop
+	c.writer.start = c.startWriter
 	if cc, ok := nc.(*corkConn); ok {
 		c.cc = cc
 		cc.beforeRead = c.flushHeld

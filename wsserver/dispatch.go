@@ -10,9 +10,12 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsregistry/wsregistry/internal/later"
 )
 
 // serveState is the channel's side of serving the peer's requests.
@@ -23,8 +26,8 @@ type serveState struct {
 }
 
 type inflight struct {
-	cancel  context.CancelFunc
-	aborted bool // guarded by serveState.mu
+	cancel  context.CancelFunc // nil for an asynchronous handler's request
+	aborted bool               // guarded by serveState.mu
 }
 
 // readLoop reads messages until the connection fails or closes.
@@ -148,7 +151,9 @@ func (c *Channel) dispatch(msg []byte) {
 		}
 		c.serving.mu.Unlock()
 		if in != nil {
-			in.cancel()
+			if in.cancel != nil {
+				in.cancel()
+			}
 		} else {
 			c.logger().Debug("abort for a request not in progress", "id", target)
 		}
@@ -169,22 +174,95 @@ func (c *Channel) startHandler(id int64, twoway bool, req rawRequest) {
 		c.runInline(id, twoway, h, req.props)
 		return
 	}
+	if r.async != nil {
+		c.startAsync(id, twoway, r.async, req.props)
+		return
+	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	in := &inflight{cancel: cancel}
+	if !c.admit(id, twoway, in) {
+		cancel()
+		return
+	}
+	go c.runHandler(ctx, in, id, twoway, h, bytes.Clone(req.props))
+}
+
+// admit counts a request as in flight (abortable, waited for by the close) unless the
+// peer already has DefaultMaxInflight of them, which it answers 429.
+func (c *Channel) admit(id int64, twoway bool, in *inflight) bool {
 	c.serving.mu.Lock()
 	if len(c.serving.inflight) >= DefaultMaxInflight {
 		c.serving.mu.Unlock()
-		cancel()
 		if twoway {
 			msg := "too many requests in flight on this connection (limit " + strconv.Itoa(DefaultMaxInflight) + ")"
 			_ = c.enqueue(appendFailure(make([]byte, 0, 96+len(msg)), id, 429, "", msg), false)
 		}
-		return
+		return false
 	}
 	c.serving.inflight[id] = in
 	c.serving.mu.Unlock()
 	c.serving.handlers.Add(1)
-	go c.runHandler(ctx, in, id, twoway, h, bytes.Clone(req.props))
+	return true
+}
+
+// finished forgets a finished request and reports whether its answer is still wanted.
+func (c *Channel) finished(id int64, in *inflight) (aborted bool) {
+	c.serving.mu.Lock()
+	aborted = in.aborted
+	if c.serving.inflight[id] == in {
+		delete(c.serving.inflight, id)
+	}
+	c.serving.mu.Unlock()
+	return aborted
+}
+
+// Reply answers one request of an asynchronous handler (Mux.HandleAsync).
+type Reply struct {
+	c        *Channel
+	in       inflight
+	id       int64
+	twoway   bool
+	answered atomic.Bool
+	local    func(json.RawMessage, error) // Lookup's blocking adapter: no channel
+}
+
+// startAsync starts an asynchronous handler on the reader (see Mux.HandleAsync).
+func (c *Channel) startAsync(id int64, twoway bool, h AsyncHandlerFunc, props []byte) {
+	r := &Reply{c: c, id: id, twoway: twoway}
+	if !c.admit(id, twoway, &r.in) {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			c.logger().Error("handler panicked", "panic", p, "stack", string(debug.Stack()))
+			r.Send(nil, NewError(500, "internal error"))
+		}
+	}()
+	h(c.ctx, c, props, r)
+}
+
+// Send answers the request, as a HandlerFunc's results do: (nil, nil) is an "undefined"
+// result, a *Error gives its status. Only the first answer counts. It never blocks nor
+// writes to the socket itself: the frame goes to the connection's writer.
+func (r *Reply) Send(res json.RawMessage, err error) { r.SendIn(nil, res, err) }
+
+// SendIn is Send for a goroutine answering a batch of requests at once: the connection's
+// writer, if it must be started, starts when b runs, so the batch's replies to one
+// connection leave together.
+func (r *Reply) SendIn(b *later.Batch, res json.RawMessage, err error) {
+	if r.answered.Swap(true) {
+		return
+	}
+	if r.local != nil {
+		r.local(res, err)
+		return
+	}
+	c := r.c
+	defer c.serving.handlers.Done()
+	if c.finished(r.id, &r.in) || !r.twoway {
+		return
+	}
+	c.enqueueNoWait(b, c.appendReply(nil, r.id, res, err))
 }
 
 // runInline serves a request on the reader (see Mux.HandleInline).
@@ -204,13 +282,7 @@ func (c *Channel) runHandler(ctx context.Context, in *inflight, id int64, twoway
 	defer c.serving.handlers.Done()
 	res, err := c.callHandler(ctx, h, props)
 	in.cancel()
-	c.serving.mu.Lock()
-	aborted := in.aborted
-	if c.serving.inflight[id] == in {
-		delete(c.serving.inflight, id)
-	}
-	c.serving.mu.Unlock()
-	if aborted || !twoway {
+	if c.finished(id, in) || !twoway {
 		return
 	}
 	_ = c.enqueue(c.appendReply(nil, id, res, err), true) // the handler's goroutine may write it

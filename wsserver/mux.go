@@ -21,9 +21,15 @@ type Mux struct {
 	unknown atomic.Pointer[func(protocol, cmd string)]
 }
 
+// AsyncHandlerFunc serves one request whose answer comes later, from another goroutine
+// (see Mux.HandleAsync). It must answer through reply exactly once; later answers are
+// ignored.
+type AsyncHandlerFunc func(ctx context.Context, ch *Channel, props json.RawMessage, reply *Reply)
+
 type route struct {
 	h      HandlerFunc
 	inline bool
+	async  AsyncHandlerFunc // when set, h is a blocking adapter of it (for Lookup)
 }
 
 // OnUnknown observes requests for pairs that have no handler (for metrics). They are
@@ -50,6 +56,38 @@ func (m *Mux) Handle(protocol, cmd string, h HandlerFunc) { m.set(protocol, cmd,
 // buffer the handler reuses for the channel's next request.
 func (m *Mux) HandleInline(protocol, cmd string, h HandlerFunc) {
 	m.set(protocol, cmd, route{h: h, inline: true})
+}
+
+// HandleAsync registers h like Handle, for a handler that waits on something that
+// will call back (a raft commit): it starts on the connection's reader, in arrival order,
+// like an inline handler (no goroutine or context of its own; props is only valid during
+// the call), and answers whenever it calls reply. Many requests can wait without a
+// goroutine each, and the replies that one goroutine hands over together leave in few
+// writes. ctx is the channel's; an abort of the request suppresses its reply. The
+// channel's close (and its OnClose) waits for every started request's reply.
+func (m *Mux) HandleAsync(protocol, cmd string, h AsyncHandlerFunc) {
+	if h == nil {
+		m.set(protocol, cmd, route{})
+		return
+	}
+	m.set(protocol, cmd, route{h: blocking(h), async: h})
+}
+
+// blocking adapts an asynchronous handler to a HandlerFunc (Lookup's callers).
+func blocking(h AsyncHandlerFunc) HandlerFunc {
+	return func(ctx context.Context, ch *Channel, props json.RawMessage) (json.RawMessage, error) {
+		type result struct {
+			res json.RawMessage
+			err error
+		}
+		done := make(chan result, 1)
+		var once sync.Once
+		h(ctx, ch, props, &Reply{local: func(res json.RawMessage, err error) {
+			once.Do(func() { done <- result{res, err} })
+		}})
+		r := <-done
+		return r.res, r.err
+	}
 }
 
 func (m *Mux) set(protocol, cmd string, r route) {

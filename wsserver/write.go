@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsregistry/wsregistry/internal/later"
 )
 
 // writeState is the channel's writing side. The writer is the only writer of queued frames:
@@ -30,8 +32,9 @@ type writeState struct {
 	pending atomic.Int64
 	// loop is c.writeLoop, made once per channel: `go c.writeLoop()` would allocate a
 	// closure at every start.
-	loop func()
-	mu   sync.Mutex
+	loop  func()
+	start func() // c.startWriter, made once: deferred to a batch's end without allocating
+	mu    sync.Mutex
 	// The held replies, encoded back to back in heldBuf (no allocation per
 	// reply): frame i ends at heldEnds[i]. Guarded by mu.
 	heldBuf    []byte
@@ -78,6 +81,27 @@ func (c *Channel) enqueue(frame []byte, inline bool) error {
 			c.logger().Warn("send queue full, closing", "queue", cap(c.writer.sendq))
 		}
 		return errSlowConsumer
+	}
+}
+
+// enqueueNoWait hands a reply to a writer goroutine and returns at once: the caller may be
+// answering many connections (an asynchronous handler's callback), so it neither writes to
+// the socket nor waits for room in a full queue (a goroutine of its own does that, rarely).
+// A writer it has to start starts when b runs (at once on a nil b): the replies queued in
+// between, for this connection, leave with it in one write.
+func (c *Channel) enqueueNoWait(b *later.Batch, frame []byte) {
+	if c.isDead() {
+		return
+	}
+	select {
+	case c.writer.sendq <- frame:
+		// kick, with the start deferred: while pending is above zero nobody else starts a
+		// writer, and this one takes every frame counted by then.
+		if c.writer.pending.Add(1) == 1 {
+			b.Do(c.writer.start)
+		}
+	default:
+		go func() { _ = c.enqueue(frame, true) }()
 	}
 }
 
