@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/later"
 )
 
 // batcher coalesces proposals queued together into one commit: on the leader one raft entry
@@ -25,6 +26,10 @@ type batcher struct {
 	slots   chan struct{} // one per batch in flight
 	stop    chan struct{}
 	stopped sync.WaitGroup
+	// closing orders proposeAsync with close: a proposal queued under the read lock is
+	// in the queue before close marks closed, so the loop's drain answers it.
+	closing sync.RWMutex
+	closed  bool
 }
 
 // batcherHooks are a batcher's optional settings, fixed before its loop starts.
@@ -44,6 +49,17 @@ type proposal struct {
 	cmds      []fsm.Command
 	forwarded bool // made by a follower's forward: it waits for its own apply
 	done      chan proposalResult
+	then      func(*later.Batch, proposalResult) // instead of done: proposeAsync's callback
+}
+
+// deliver hands the proposal its result, exactly once; b is the batch of callbacks it
+// is delivered with.
+func (p *proposal) deliver(b *later.Batch, r proposalResult) {
+	if p.then != nil {
+		p.then(b, r)
+		return
+	}
+	p.done <- r
 }
 
 type proposalResult struct {
@@ -110,6 +126,28 @@ func (b *batcher) proposeFrom(ctx context.Context, cmds []fsm.Command, forwarded
 		}
 	case <-ctx.Done():
 		return 0, nil, ctx.Err()
+	}
+}
+
+// proposeAsync queues cmds for the next batch without waiting and reports whether it did:
+// then is called once with the outcome, from the batch's goroutine (it must not block),
+// with the later.Batch that runs when the whole batch's callbacks are done.
+// A full queue or a closing batcher queues nothing and then is not called: the caller
+// takes the blocking path.
+func (b *batcher) proposeAsync(cmds []fsm.Command, then func(*later.Batch, proposalResult)) bool {
+	if len(cmds) == 0 {
+		return false
+	}
+	b.closing.RLock()
+	defer b.closing.RUnlock()
+	if b.closed {
+		return false
+	}
+	select {
+	case b.queue <- &proposal{cmds: cmds, then: then}:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -223,6 +261,8 @@ func (b *batcher) apply(batch []*proposal, count int, slotted bool, inflight *sy
 			finish(batch, proposalResult{err: err})
 			return
 		}
+		var callbacks later.Batch
+		defer callbacks.Run()
 		if b.committed != nil {
 			forwarded := false
 			for _, p := range batch {
@@ -240,7 +280,7 @@ func (b *batcher) apply(batch []*proposal, count int, slotted bool, inflight *sy
 				mine = make([]error, n)
 			}
 			off += n
-			p.done <- proposalResult{index: index, errs: mine}
+			p.deliver(&callbacks, proposalResult{index: index, errs: mine})
 		}
 	}()
 }
@@ -275,16 +315,20 @@ func encodeBatch(cmds []fsm.Command, binary bool) ([]byte, error) {
 }
 
 func finish(batch []*proposal, r proposalResult) {
+	var callbacks later.Batch
 	for _, p := range batch {
-		p.done <- r
+		p.deliver(&callbacks, r)
 	}
+	callbacks.Run()
 }
 
 func (b *batcher) drainClosed() {
+	var callbacks later.Batch
+	defer callbacks.Run()
 	for {
 		select {
 		case p := <-b.queue:
-			p.done <- proposalResult{err: ErrClosed}
+			p.deliver(&callbacks, proposalResult{err: ErrClosed})
 		default:
 			return
 		}
@@ -297,6 +341,9 @@ func (b *batcher) close() {
 		return
 	default:
 	}
+	b.closing.Lock()
+	b.closed = true
+	b.closing.Unlock()
 	close(b.stop)
 	b.stopped.Wait()
 }

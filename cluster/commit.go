@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/later"
 )
 
 // ErrNoLeader is what a write or a consistent read gets when no leader could serve it in time.
@@ -26,9 +27,14 @@ var ErrNotLeader = errors.New("not the leader")
 // have committed are retried with the same request ids (the FSM deduplicates them), across
 // elections, for up to Config.CommitWait. It returns one result per command.
 func (n *Node) Commit(ctx context.Context, cmds ...fsm.Command) ([]error, error) {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitWait)
+	return n.commit(ctx, time.Now(), cmds)
+}
+
+// commit is Commit for a write that started at start (CommitAsync's fallback).
+func (n *Node) commit(ctx context.Context, start time.Time, cmds []fsm.Command) ([]error, error) {
+	ctx, cancel := context.WithDeadline(ctx, start.Add(n.cfg.CommitWait))
 	defer cancel()
-	start, path := time.Now(), "local"
+	path := "local"
 	observe := func(err error) {
 		if n.cfg.OnCommit != nil {
 			n.cfg.OnCommit(path, time.Since(start), err)
@@ -78,6 +84,54 @@ func (n *Node) Commit(ctx context.Context, cmds ...fsm.Command) ([]error, error)
 		if backoff < 200*time.Millisecond {
 			backoff *= 2
 		}
+	}
+}
+
+// CommitAsync is Commit for a caller that must not hold a goroutine while the write
+// commits (an agent's online): done gets what Commit would return, exactly once, from
+// another goroutine, and must not block (it runs among the callbacks of a whole batch;
+// what it defers to b runs when they are done: nil b, at once).
+// The usual case costs no goroutine of its own: the commands join the next batch (here or
+// in the forward to the leader) and done runs when the batch's outcome arrives, once this
+// node has applied it. Anything else (no leader known, a failed or refused batch, a full
+// queue) takes Commit's path with its retries, on a goroutine, within the same CommitWait.
+func (n *Node) CommitAsync(cmds []fsm.Command, done func(b *later.Batch, errs []error, err error)) {
+	start := time.Now()
+	slow := func() {
+		go func() {
+			errs, err := n.commit(context.Background(), start, cmds)
+			done(nil, errs, err)
+		}()
+	}
+	b, path := n.batcher, "local"
+	if n.raft.State() != raft.Leader {
+		if _, addr := n.Leader(); addr == "" {
+			slow()
+			return
+		}
+		b, path = n.forwarder.b, "forwarded"
+	}
+	queued := b.proposeAsync(cmds, func(lb *later.Batch, r proposalResult) {
+		if r.err != nil {
+			slow() // retried as Commit would: the same request ids, so never applied twice
+			return
+		}
+		n.fsm.whenApplied(lb, r.index, start.Add(n.cfg.CommitWait), func(lb *later.Batch, err error) {
+			if err != nil {
+				err = fmt.Errorf("committed at index %d but not yet applied here: %w", r.index, err)
+			}
+			if n.cfg.OnCommit != nil {
+				n.cfg.OnCommit(path, time.Since(start), err)
+			}
+			if err != nil {
+				done(lb, nil, err)
+				return
+			}
+			done(lb, r.errs, nil)
+		})
+	})
+	if !queued {
+		slow()
 	}
 }
 

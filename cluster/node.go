@@ -428,6 +428,7 @@ func (n *Node) Close() error {
 		// raft closed the peer port's listener with its transport: nothing new arrives.
 		n.internal.Close()
 		n.client.close()
+		n.fsm.close() // nothing is applied any more: release who waits for an index
 		n.watch.close(n.raft)
 		if terr := n.transport.Close(); err == nil {
 			err = terr
