@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsregistry/wsregistry/auth"
 	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/later"
 	"github.com/wsregistry/wsregistry/wsserver"
 )
 
@@ -285,76 +286,102 @@ func errString(err error) string {
 	return err.Error()
 }
 
-func (n *Node) handleOnline(ctx context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
-	res, err := n.online(ctx, ch, props)
-	n.metrics.observeRequest("online", err)
-	return res, err
+// handleOnline registers a namespace for the connection's agent. It is an asynchronous
+// handler: the checks run on the connection's reader, the write joins the next batch, and
+// the reply leaves from the commit's callback, so thousands of onlines waiting on raft hold
+// no goroutine each.
+func (n *Node) handleOnline(ctx context.Context, ch *wsserver.Channel, props json.RawMessage, reply *wsserver.Reply) {
+	o, err := n.prepareOnline(ch, props)
+	if err != nil {
+		n.metrics.observeRequest("online", err)
+		reply.Send(nil, err)
+		return
+	}
+	// The write outlives an abort or a disconnect: the deregistration that follows a close
+	// must come after it (the close waits for this reply).
+	n.raft.CommitAsync([]fsm.Command{o.reg}, func(b *later.Batch, errs []error, err error) {
+		err = n.onlineCommitted(ctx, ch, o, errs, err)
+		n.metrics.observeRequest("online", err)
+		// "undefined" result: {"status":200}. The commit's replies to this connection
+		// leave together once the commit's callbacks are done (b).
+		reply.SendIn(b, nil, err)
+	})
 }
 
-func (n *Node) online(ctx context.Context, ch *wsserver.Channel, props json.RawMessage) (json.RawMessage, error) {
+// pendingOnline is an online between its checks and its commit.
+type pendingOnline struct {
+	s     *agentSession
+	reg   fsm.Register
+	added bool // the namespace is new on this connection
+}
+
+// prepareOnline checks an online and adds its namespace to the connection's session.
+func (n *Node) prepareOnline(ch *wsserver.Channel, props json.RawMessage) (pendingOnline, error) {
 	s := sessionOf(ch)
 	if s == nil {
-		return nil, wsserver.NewError(500, "online: connection has no session")
+		return pendingOnline{}, wsserver.NewError(500, "online: connection has no session")
 	}
 	if err := n.rateLimited(s, time.Now()); err != nil {
-		return nil, err
+		return pendingOnline{}, err
 	}
 	ns, err := namespaceArg("online", props)
 	if err != nil {
-		return nil, err
+		return pendingOnline{}, err
 	}
 	g, ok := n.auth.CurrentAgent(agentGrant(ch))
 	if !ok {
 		// The token file changed since this connection was accepted.
 		n.auth.RefuseFrom(ch.RemoteAddr(), agentGrant(ch), "online "+strconv.Quote(ns)+" as "+ch.Key(), auth.ReasonBadToken)
-		return nil, wsserver.NewError(401, "online: this connection's agent token is no longer accepted (the token file changed): reconnect with a valid token")
+		return pendingOnline{}, wsserver.NewError(401, "online: this connection's agent token is no longer accepted (the token file changed): reconnect with a valid token")
 	}
 	if !g.AllowsNamespace(ns) {
 		// The connection stays up: the agent may own other namespaces.
 		n.auth.RefuseFrom(ch.RemoteAddr(), g, "online "+strconv.Quote(ns)+" as "+ch.Key(), auth.ReasonNamespace)
-		return nil, wsserver.NewError(403, "online: the agent token %q may not register namespace %q", g.Name, ns)
+		return pendingOnline{}, wsserver.NewError(403, "online: the agent token %q may not register namespace %q", g.Name, ns)
 	}
 	added, ok := s.addUpTo(ns, n.cfg.Limits.MaxRegistrationsPerConn)
 	if !ok {
 		max := n.cfg.Limits.MaxRegistrationsPerConn
 		n.metrics.refused.WithLabelValues("registration_limit").Inc()
-		return nil, wsserver.NewError(429, "online: this connection already registered %d namespaces (the limit)", max)
+		return pendingOnline{}, wsserver.NewError(429, "online: this connection already registered %d namespaces (the limit)", max)
 	}
-	reg := fsm.Register{RequestID: n.newRequestID(), Reg: fsm.Registration{
+	return pendingOnline{s: s, added: added, reg: fsm.Register{RequestID: n.newRequestID(), Reg: fsm.Registration{
 		Namespace: ns, Address: ch.Key(), Session: s.id, Since: time.Now().UnixMilli(),
-	}}
-	// The write outlives an abort or a disconnect: the deregistration that follows a close
-	// must come after it (OnClose waits for this handler).
-	errs, err := n.submit(context.WithoutCancel(ctx), reg)
+	}}}, nil
+}
+
+// onlineCommitted finishes an online once its write's outcome is known.
+func (n *Node) onlineCommitted(ctx context.Context, ch *wsserver.Channel, o pendingOnline, errs []error, err error) error {
+	s, ns := o.s, o.reg.Reg.Namespace
 	if err != nil {
 		// Not committed within the commit wait (no leader): the namespace stays on the
 		// session, so the reconciler registers it once a leader is back.
 		n.log.Warn("register failed", "namespace", ns, "host", ch.Key(), "session", s.id.String(), "err", err)
 		s.failedOnce(ns)
-		return nil, wsserver.NewError(503, "online: registration of %q was not committed: %v", ns, err)
+		return wsserver.NewError(503, "online: registration of %q was not committed: %v", ns, err)
 	}
 	if err := firstError(errs); err != nil {
 		s.remove(ns) // refused for good: nobody should retry it behind the agent's back
 		switch {
 		case errors.Is(err, fsm.ErrInvalid):
-			return nil, wsserver.NewError(400, "online: %v", err)
+			return wsserver.NewError(400, "online: %v", err)
 		case errors.Is(err, fsm.ErrSessionClosed):
-			return nil, wsserver.NewError(410, "online: %v", err)
+			return wsserver.NewError(410, "online: %v", err)
 		}
-		return nil, wsserver.NewError(500, "online: %v", err)
+		return wsserver.NewError(500, "online: %v", err)
 	}
 	news := s.confirm(ns)
 	// One line per namespace a connection adds (or first confirms); an agent repeating online
 	// for a namespace it holds (a write all the same) would otherwise fill the log and
 	// put a formatted line on the write path of every repeat.
 	level := slog.LevelDebug
-	if added || news {
+	if o.added || news {
 		level = slog.LevelInfo
 	}
 	if n.log.Enabled(ctx, level) {
 		n.log.Log(ctx, level, "agent registered", "namespace", ns, "host", ch.Key(), "session", s.id.String())
 	}
-	return nil, nil // "undefined" result: {"status":200}
+	return nil
 }
 
 func firstError(errs []error) error {

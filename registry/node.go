@@ -248,7 +248,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.raft = rn
 	n.mux = wsserver.NewMux()
-	n.mux.Handle("ws", "online", n.handleOnline)
+	n.mux.HandleAsync("ws", "online", n.handleOnline)
 	n.mux.HandleInline("ws", "where", n.handleWhere) // a local lookup: no goroutine per request
 	n.mux.OnUnknown(func(protocol, _ string) {
 		n.metrics.wsRequests.WithLabelValues(protocolLabel(protocol), "other", "104").Inc()
