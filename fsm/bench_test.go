@@ -90,7 +90,7 @@ func BenchmarkMemoryPerRegistration(b *testing.B) {
 	const n = 100000
 	src := bigFSM(b, n)
 	src.mu.Lock()
-	src.st.requests = newRing[string, result](MaxRequestIDs, 0)
+	src.st.requests = newIDRing(MaxRequestIDs, 0)
 	src.mu.Unlock()
 	data := snapshotBytes(b, src)
 	src = nil

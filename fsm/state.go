@@ -30,7 +30,7 @@ type state struct {
 	nodes  map[string]NodeMeta
 	purged map[string]uint64 // node -> every incarnation <= this is purged, for good
 
-	requests   *ring[string, result]
+	requests   *idRing
 	tombstones *ring[SessionID, struct{}]
 
 	// changes collects what the Apply in progress changed, for the observer; Apply
@@ -54,7 +54,7 @@ func newStateSized(maxRequests, maxTombstones int, n sizes) *state {
 		byNode:     make(map[string]map[SessionID]struct{}),
 		nodes:      make(map[string]NodeMeta),
 		purged:     make(map[string]uint64),
-		requests:   newRing[string, result](maxRequests, n.requests),
+		requests:   newIDRing(maxRequests, n.requests),
 		tombstones: newRing[SessionID, struct{}](maxTombstones, n.tombstones),
 	}
 }
