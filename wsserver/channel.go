@@ -74,10 +74,13 @@ type Channel struct {
 	onGone func(*Channel)
 }
 
-// closeState is how the channel's close was started; mu guards all but req.
+// closeState is how the channel's close was started; mu guards all but req and started.
 type closeState struct {
-	mu         sync.Mutex
-	started    bool // a close was initiated locally (or the channel is being torn down)
+	mu sync.Mutex
+	// started: a close was initiated locally (or the channel is being torn down). Set
+	// under mu, with code and reason, so a close starts once; atomic so that the reader's
+	// check before every message (isClosing) takes no lock.
+	started    atomic.Bool
 	code       websocket.StatusCode
 	reason     string
 	req        chan struct{} // asks the writer to flush and close
@@ -217,11 +220,11 @@ func (c *Channel) Close(code websocket.StatusCode, reason string) {
 // closeWith starts the close; it reports false if one was already started.
 func (c *Channel) closeWith(code websocket.StatusCode, reason string) bool {
 	c.closing.mu.Lock()
-	if c.closing.started {
+	if c.closing.started.Load() {
 		c.closing.mu.Unlock()
 		return false
 	}
-	c.closing.started = true
+	c.closing.started.Store(true)
 	c.closing.code, c.closing.reason = code, reason
 	c.closing.mu.Unlock()
 	select {
@@ -247,11 +250,7 @@ func (c *Channel) forceClose() {
 	}
 }
 
-func (c *Channel) isClosing() bool {
-	c.closing.mu.Lock()
-	defer c.closing.mu.Unlock()
-	return c.closing.started
-}
+func (c *Channel) isClosing() bool { return c.closing.started.Load() }
 
 func (c *Channel) isDead() bool {
 	select {
@@ -367,7 +366,7 @@ func (e *closeError) Unwrap() []error {
 // says whether the library already sent a close frame for it.
 func (c *Channel) classify(readErr error) (e *closeError, librarySentClose bool) {
 	c.closing.mu.Lock()
-	closing, code, reason := c.closing.started, c.closing.code, c.closing.reason
+	closing, code, reason := c.closing.started.Load(), c.closing.code, c.closing.reason
 	c.closing.mu.Unlock()
 	switch {
 	case closing:
@@ -406,7 +405,7 @@ func (c *Channel) teardown(readErr error) {
 	c.readEnded.Store(true)
 	e, libraryClosed := c.classify(readErr)
 	c.closing.mu.Lock()
-	c.closing.started = true // no new close handshake from now on
+	c.closing.started.Store(true) // no new close handshake from now on
 	c.closing.torndown = true
 	ft := c.closing.forceTimer
 	c.closing.mu.Unlock()

@@ -98,6 +98,11 @@ func (c *Channel) ignored(reason string, msg []byte) {
 // message: what outlives the call (a handler goroutine's props, a response's data)
 // is copied.
 func (c *Channel) dispatch(msg []byte) {
+	// Nearly every message is a request of one shape (a where): read it in one pass.
+	if id, twoway, req, ok := parseRequest(msg); ok {
+		c.startHandler(id, twoway, req)
+		return
+	}
 	f, err := DecodeFrame(msg)
 	if err != nil {
 		c.ignored(err.Error(), msg)

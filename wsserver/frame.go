@@ -154,6 +154,181 @@ func decodeRequest(data []byte) (rawRequest, error) {
 	return r, nil
 }
 
+// parseRequest reads, in one pass, the message almost every request is: a request
+// frame (mode 0) with data, an object with string "cmd" and "protocol", written
+// without escapes in keys, cmd or protocol, with an integer id of at most 18 digits
+// and without repeated keys. ok is false for anything else, which the caller hands to
+// the general path (DecodeFrame, then decodeRequest): that path alone decides what
+// other messages mean, so declining is always safe. When ok, the result is the
+// general path's, and the message was valid JSON. FuzzParseRequest holds the two
+// together.
+func parseRequest(b []byte) (id int64, twoway bool, r rawRequest, ok bool) {
+	const (
+		seenID = 1 << iota
+		seenMode
+		seenTwoway
+		seenData
+	)
+	var seen uint8
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return 0, false, rawRequest{}, false
+	}
+	i = skipWS(b, i+1)
+	for {
+		k, v := objectMember(b, i)
+		if v < 0 {
+			return 0, false, rawRequest{}, false
+		}
+		var bit uint8
+		switch string(b[i+1 : k]) {
+		case "id":
+			bit = seenID
+			id, i = plainIntEnd(b, v)
+		case "mode":
+			bit = seenMode
+			i = -1
+			if b[v] == '0' && (v+1 == len(b) || !numberByte(b[v+1])) {
+				i = v + 1
+			}
+		case "twoway":
+			bit = seenTwoway
+			i = validValueEnd(b, v, 1)
+			twoway = i == v+4 && string(b[v:i]) == "true"
+		case "data":
+			bit = seenData
+			r, i = parseRequestData(b, v)
+		default:
+			i = validValueEnd(b, v, 1)
+		}
+		if i < 0 || seen&bit != 0 { // last-wins for repeated keys is the general path's
+			return 0, false, rawRequest{}, false
+		}
+		seen |= bit
+		if i = skipWS(b, i); i < len(b) && b[i] == ',' {
+			i = skipWS(b, i+1)
+			continue
+		}
+		if i >= len(b) || b[i] != '}' || skipWS(b, i+1) != len(b) || seen&(seenID|seenMode|seenData) != seenID|seenMode|seenData {
+			return 0, false, rawRequest{}, false
+		}
+		return id, twoway, r, true
+	}
+}
+
+// parseRequestData reads the data object of parseRequest's frame at b[i] (inside the
+// frame's object) and returns the index after it, or -1 to decline.
+func parseRequestData(b []byte, i int) (r rawRequest, end int) {
+	const (
+		seenCmd = 1 << iota
+		seenProtocol
+		seenProps
+	)
+	var seen uint8
+	if i >= len(b) || b[i] != '{' {
+		return rawRequest{}, -1
+	}
+	i = skipWS(b, i+1)
+	for {
+		k, v := objectMember(b, i)
+		if v < 0 {
+			return rawRequest{}, -1
+		}
+		var bit uint8
+		switch string(b[i+1 : k]) {
+		case "cmd":
+			bit = seenCmd
+			r.cmd, i = plainString(b, v)
+		case "protocol":
+			bit = seenProtocol
+			r.protocol, i = plainString(b, v)
+		case "props":
+			bit = seenProps
+			i = validValueEnd(b, v, 2)
+			if i >= 0 {
+				r.props = b[v:i]
+			}
+		default:
+			i = validValueEnd(b, v, 2)
+		}
+		if i < 0 || seen&bit != 0 {
+			return rawRequest{}, -1
+		}
+		seen |= bit
+		if i = skipWS(b, i); i < len(b) && b[i] == ',' {
+			i = skipWS(b, i+1)
+			continue
+		}
+		if i >= len(b) || b[i] != '}' || seen&(seenCmd|seenProtocol) != seenCmd|seenProtocol {
+			return rawRequest{}, -1
+		}
+		return r, i + 1
+	}
+}
+
+// objectMember reads `"key" :` at b[i], a key without escapes, and returns the index of
+// the key's closing quote and the index where the value starts (-1 to decline).
+func objectMember(b []byte, i int) (keyEnd, value int) {
+	if i >= len(b) || b[i] != '"' {
+		return 0, -1
+	}
+	k := plainStringEnd(b, i+1)
+	if k < 0 {
+		return 0, -1
+	}
+	v := skipWS(b, k+1)
+	if v >= len(b) || b[v] != ':' {
+		return 0, -1
+	}
+	v = skipWS(b, v+1)
+	if v >= len(b) {
+		return 0, -1
+	}
+	return k, v
+}
+
+// plainString returns the content of the string at b[i] when it has no escapes (it
+// aliases b), and the index after it; -1 otherwise.
+func plainString(b []byte, i int) ([]byte, int) {
+	if b[i] != '"' {
+		return nil, -1
+	}
+	e := plainStringEnd(b, i+1)
+	if e < 0 {
+		return nil, -1
+	}
+	return b[i+1 : e], e + 1
+}
+
+// plainIntEnd reads the integer -?(0|[1-9][0-9]*) of at most 18 digits (no overflow)
+// at b[i], which no fraction or exponent follows, and returns it with the index after
+// it; -1 for anything else.
+func plainIntEnd(b []byte, i int) (int64, int) {
+	neg := b[i] == '-'
+	if neg {
+		i++
+	}
+	start := i
+	var n int64
+	for i < len(b) && isDigit(b[i]) && i-start < 18 {
+		n = n*10 + int64(b[i]-'0')
+		i++
+	}
+	switch {
+	case i == start, i-start > 1 && b[start] == '0', i < len(b) && numberByte(b[i]):
+		return 0, -1
+	}
+	if neg {
+		n = -n
+	}
+	return n, i
+}
+
+// numberByte reports whether c can continue a JSON number.
+func numberByte(c byte) bool {
+	return isDigit(c) || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-'
+}
+
 // response is the data of a mode-1 frame.
 type response struct {
 	status  int

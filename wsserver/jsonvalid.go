@@ -6,18 +6,25 @@ package wsserver
 // frame scanner (which trusts valid JSON) reads it, so this is on the path of every
 // request; FuzzValidJSON holds it to json.Valid.
 func validJSON(b []byte) bool {
+	i := validValueEnd(b, skipWS(b, 0), 0)
+	return i >= 0 && skipWS(b, i) == len(b)
+}
+
+// validValueEnd checks the JSON value that starts at b[i], inside depth open containers
+// (they count toward the nesting limit), and returns the index after it, or -1. It lets
+// parseRequest check the values it skips with validJSON's own rules.
+func validValueEnd(b []byte, i, depth int) int {
 	var stackBuf [32]byte
 	stack := stackBuf[:0] // the open containers, '{' or '['
-	i := skipWS(b, 0)
 	for {
 		// A value starts at i.
 		if i >= len(b) {
-			return false
+			return -1
 		}
 		switch c := b[i]; {
 		case c == '{' || c == '[':
-			if len(stack) >= maxNesting {
-				return false
+			if depth+len(stack) >= maxNesting {
+				return -1
 			}
 			closer := byte('}')
 			if c == '[' {
@@ -31,7 +38,7 @@ func validJSON(b []byte) bool {
 			stack = append(stack, c)
 			if c == '{' {
 				if i = objectKey(b, i); i < 0 {
-					return false
+					return -1
 				}
 			}
 			continue
@@ -46,32 +53,32 @@ func validJSON(b []byte) bool {
 		case c == 'n':
 			i = literalEnd(b, i, "null")
 		default:
-			return false
+			return -1
 		}
 		if i < 0 {
-			return false
+			return -1
 		}
 		// A value ended at i: close containers until one wants another value.
 		for {
-			i = skipWS(b, i)
 			if len(stack) == 0 {
-				return i == len(b)
+				return i
 			}
+			i = skipWS(b, i)
 			if i >= len(b) {
-				return false
+				return -1
 			}
 			top := stack[len(stack)-1]
 			if b[i] == ',' {
 				i = skipWS(b, i+1)
 				if top == '{' {
 					if i = objectKey(b, i); i < 0 {
-						return false
+						return -1
 					}
 				}
 				break
 			}
 			if (top == '{' && b[i] != '}') || (top == '[' && b[i] != ']') {
-				return false
+				return -1
 			}
 			stack = stack[:len(stack)-1]
 			i++
@@ -98,18 +105,32 @@ func objectKey(b []byte, i int) int {
 	return skipWS(b, i+1)
 }
 
+// strPlain marks the bytes a JSON string holds as they are: all but control
+// characters, the quote and the backslash. Strings are most of a request's bytes, and
+// one table lookup per byte is the cheapest test that tells these apart.
+var strPlain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // checkedStringEnd checks the string at b[i] == '"' (no control characters, only the
 // escapes JSON has) and returns the index after its closing quote, or -1. Like
 // encoding/json it does not check UTF-8 (the channel does, for text messages).
 func checkedStringEnd(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		c := b[j]
-		switch {
-		case c == '"':
-			return j + 1
-		case c < 0x20:
+	j := i + 1
+	for {
+		for j < len(b) && strPlain[b[j]] {
+			j++
+		}
+		if j >= len(b) {
 			return -1
-		case c == '\\':
+		}
+		switch b[j] {
+		case '"':
+			return j + 1
+		case '\\':
 			j++
 			if j >= len(b) {
 				return -1
@@ -129,7 +150,22 @@ func checkedStringEnd(b []byte, i int) int {
 			default:
 				return -1
 			}
+			j++
+		default: // a control character
+			return -1
 		}
+	}
+}
+
+// plainStringEnd returns the index of the closing quote of the string whose content
+// starts at b[i], or -1 if the string has an escape or a control character (or no end):
+// parseRequest leaves those to the general path.
+func plainStringEnd(b []byte, i int) int {
+	for i < len(b) && strPlain[b[i]] {
+		i++
+	}
+	if i < len(b) && b[i] == '"' {
+		return i
 	}
 	return -1
 }

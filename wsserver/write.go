@@ -131,7 +131,7 @@ func (c *Channel) joinWriter() (joined, closing bool) {
 		return false, true
 	}
 	c.workers.Add(1)
-	return true, c.closing.started
+	return true, c.closing.started.Load()
 }
 
 // startWriter starts a writer goroutine (writeLoop).
