@@ -129,6 +129,7 @@ type Node struct {
 	conns      connCounter
 	bal        *balancer   // rebalancing, drain, pace (rebalance.go)
 	draining   atomic.Bool // drain.go: not ready, agents moved off
+	stopping   atomic.Bool // CloseAgents began: agents are closed with 1001, not moved
 
 	ctx    context.Context // the node's lifetime
 	cancel context.CancelFunc
@@ -434,6 +435,7 @@ func (n *Node) HTTPAddr() string { return n.cfg.HTTPListener.Addr().String() }
 // them while this node is still a member. Leaving the cluster comes after it.
 func (n *Node) CloseAgents(ctx context.Context) {
 	n.agentsOnce.Do(func() {
+		n.stopping.Store(true)
 		n.announceLeaving(ctx)
 		n.wsHTTP.Close()
 		if err := n.ws.Shutdown(ctx); err != nil {

@@ -325,6 +325,11 @@ func (n *Node) balanceOnce(now time.Time) {
 
 	if draining {
 		st.State = "draining"
+		if n.stopping.Load() {
+			// Stopping marks the node draining too (announceLeaving), but it closes every
+			// agent itself with 1001: a drain's 1012 racing it would tell them otherwise.
+			return
+		}
 		// Every agent a drain closes lands on another node (this one refuses them), so it
 		// may go faster than rebalancing; the bound protects the others from a burst.
 		drainRate := max(4*rate, drainMinRate)

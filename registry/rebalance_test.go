@@ -531,3 +531,30 @@ func TestRebalance_MovingAgentDroppedAfterGraceWhenItNeverReturns(t *testing.T) 
 	}
 	eventually(t, 5*time.Second, func() bool { return n.DrainStatus().Done }, "drain not done: %+v", n.DrainStatus())
 }
+
+// A stopping node is marked draining (so the others pause), but it closes its agents
+// itself with 1001: its balancer must not pick them for a drain's 1012 in between.
+func TestDrain_StoppingNodeLeavesItsAgentsToTheShutdown(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	a := dialRaw(t, n, "/10.3.0.9/9000")
+	a.call(online(1, "stays"), ok(1))
+	moving := func() int {
+		n.bal.mu.Lock()
+		defer n.bal.mu.Unlock()
+		return len(n.bal.moving)
+	}
+	n.draining.Store(true)
+	n.stopping.Store(true)
+	for range 3 {
+		n.balanceOnce(time.Now())
+	}
+	if m := moving(); m != 0 {
+		t.Fatalf("a stopping node picked %d agents to move", m)
+	}
+	// The same node, not stopping: the drain does pick the agent (the check above can fail).
+	n.stopping.Store(false)
+	eventually(t, 5*time.Second, func() bool { n.balanceOnce(time.Now()); return moving() == 1 }, "a draining node never picked its agent")
+	if code, _ := a.closeStatus(); code != websocket.StatusServiceRestart {
+		t.Fatalf("drained agent closed with %v, want 1012", code)
+	}
+}
