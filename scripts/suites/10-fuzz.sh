@@ -18,6 +18,7 @@ targets=(
   "./wsserver FuzzEncodeResponse"
   "./wsserver FuzzValidJSON"
   "./wsserver FuzzFrameReader"
+  "./wsserver FuzzParseRequest"
   "./fsm FuzzDecode"
   "./fsm FuzzRestore"
   "./httpapi FuzzParseProps"
