@@ -348,11 +348,6 @@ func newRing[K comparable, V any](limit, sizeHint int) *ring[K, V] {
 	return &ring[K, V]{limit: limit, m: make(map[K]V, n), keys: make([]K, 0, n)}
 }
 
-func (r *ring[K, V]) get(k K) (V, bool) {
-	v, ok := r.m[k]
-	return v, ok
-}
-
 func (r *ring[K, V]) has(k K) bool {
 	_, ok := r.m[k]
 	return ok
