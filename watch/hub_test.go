@@ -314,7 +314,19 @@ func TestWatch_SlowWatcherDoesNotBlockApplyAndIsResynced(t *testing.T) {
 		t.Fatal("2000 applies did not finish in 20s with a stuck watcher: the observer blocks")
 	}
 	t.Logf("2000 applies with a stuck watcher: %v total, worst single apply %v", time.Since(start), worst)
-	eventually(t, 5*time.Second, func() bool { return w.hub.Stats().Resyncs >= 1 }, "the slow watcher was never resynced")
+	// The worker drains whatever is queued at once, so on a busy machine the 2000 changes
+	// may have left in a frame or two, not overflowing the queue. Then feed it one change
+	// at a time, each its own frame, until the slow watcher's queue overflows.
+	queued := func() int { slow.mu.Lock(); defer slow.mu.Unlock(); return len(slow.q) }
+	for i := 0; w.hub.Stats().Resyncs == 0; i++ {
+		if i == 10 {
+			t.Fatalf("10 frames past the limit of 4: the slow watcher was never resynced")
+		}
+		before := queued()
+		w.register(ns(i), fmt.Sprintf("10.9.0.%d:9001", i))
+		eventually(t, 5*time.Second, func() bool { return w.hub.Stats().Resyncs >= 1 || queued() != before },
+			"change %d never reached the slow watcher", i)
+	}
 	// What it is handed once it reads again: the full state, then changes, up to the end.
 	eventually(t, 5*time.Second, func() bool {
 		slow.mu.Lock()
