@@ -32,7 +32,7 @@ func TestHealth_AMemberWithABlockedDiskGoesSilent(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, func() bool { return !slices.Contains(l.SilentMembers(0), f.ID()) }, "%s still silent after its disk came back", f.ID())
 }
 
-// Without Config.FaultInjection the switch is refused and the log store is raft-boltdb's own.
+// Without Config.FaultInjection the switch is refused and the log store is the plain one.
 func TestHealth_DiskFaultNeedsFaultInjection(t *testing.T) {
 	n := open(t, testConfig(t, "plain"))
 	if err := n.SetDiskBlocked(true); err != ErrNoFaultInjection {

@@ -10,7 +10,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// raft (and raft-boltdb) report their timings through go-metrics, into one process-global
+// raft (and the log store's wrapper, logstore.go) report their timings through go-metrics, into one process-global
 // sink. The compat packages follow whichever backend raft itself was built with (armon's
 // unless the hashicorpmetrics build tag is set), so the sink below is the one raft writes to.
 //
@@ -38,8 +38,8 @@ var raftMetrics = []raftMetric{
 		help: "Time to apply one committed command entry to the state (raft's raft.fsm.apply)."},
 	{key: []string{"raft", "replication", "appendEntries", "rpc"}, name: "wsregistry_raft_append_entries_rpc_seconds",
 		help: "Leader only: round trip of an AppendEntries call to a follower, label peer_id (raft's raft.replication.appendEntries.rpc)."},
-	{key: []string{"raft", "boltdb", "storeLogs"}, name: "wsregistry_raft_store_logs_seconds",
-		help: "Time to write a batch of log entries to raft.db, fsync included (raft-boltdb's raft.boltdb.storeLogs)."},
+	{key: storeLogsKey, name: "wsregistry_raft_store_logs_seconds",
+		help: "Time to write a batch of log entries to the raft log (raft/wal, or raft.db with --raft-log-store bolt), its sync to disk included."},
 	{key: []string{"raft", "snapshot", "create"}, name: "wsregistry_raft_snapshot_create_seconds",
 		help: "Time to take a raft snapshot, from asking the state for it to having it persisted (raft's raft.snapshot.create)."},
 	{key: []string{"raft", "snapshot", "persist"}, name: "wsregistry_raft_snapshot_persist_seconds",

@@ -45,7 +45,10 @@ type Config struct {
 	// CommitWait bounds how long Commit and ConsistentRead wait, across leader elections.
 	CommitWait time.Duration
 
-	NoSync            bool // skip fsync of the log: only for tests and throwaway benchmarks
+	NoSync bool // skip fsync of the log: only for tests and throwaway benchmarks
+	// LogStore is where raft's log lives: LogStoreWAL (the default) or LogStoreBolt
+	// (logstore.go). A node finding its log in the other one moves it at start.
+	LogStore          string
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	SnapshotRetain    int
@@ -100,6 +103,9 @@ func (c *Config) setDefaults() {
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		c.LeaderLeaseTimeout = c.HeartbeatTimeout
 	}
+	if c.LogStore == "" {
+		c.LogStore = LogStoreWAL
+	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = DefaultSnapshotThreshold
 	}
@@ -132,7 +138,8 @@ type Node struct {
 	fsm       *notifyingFSM
 	layer     *streamLayer
 	transport *raft.NetworkTransport
-	store     *raftboltdb.BoltStore
+	store     *raftboltdb.BoltStore // raft.db: the stable store, and the log with LogStoreBolt
+	closeLogs func() error          // releases the write-ahead log (nil with LogStoreBolt)
 	batcher   *batcher
 	client    *peerClient
 	forwarder *forwarder   // a follower's writes, coalesced per call to the leader
@@ -194,9 +201,9 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return nil, err
 	}
 
-	// NoFreelistSync: bolt no longer writes its freelist on every commit, one commit per
-	// log append on every node (etcd does the same); opening rebuilds it by a scan. The
-	// map freelist keeps that cheap as the file grows.
+	// NoFreelistSync: bolt no longer writes its freelist on every commit (one commit per
+	// log append on every node with LogStoreBolt; etcd does the same); opening rebuilds it
+	// by a scan. The map freelist keeps that cheap as the file grows.
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path: filepath.Join(raftDir, "raft.db"), NoSync: cfg.NoSync,
 		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
@@ -204,9 +211,20 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("cluster: open raft.db: %w", err))
 	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, cfg.SnapshotRetain, hlog)
+	rawLogs, closeLogs, err := openLogStore(cfg.LogStore, raftDir, store, cfg.NoSync, hlog, cfg.Logger)
 	if err != nil {
 		store.Close()
+		return fail(fmt.Errorf("cluster: raft log: %w", err))
+	}
+	closeStores := func() {
+		if closeLogs != nil {
+			closeLogs()
+		}
+		store.Close()
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, cfg.SnapshotRetain, hlog)
+	if err != nil {
+		closeStores()
 		return fail(fmt.Errorf("cluster: snapshot store: %w", err))
 	}
 	// MaxRPCsInFlight 1: no pipelined replication. hashicorp/raft's pipeline can deadlock a
@@ -235,14 +253,14 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	rc.Logger = hlog
 	if err := raft.ValidateConfig(rc); err != nil {
 		transport.Close()
-		store.Close()
+		closeStores()
 		return nil, fmt.Errorf("cluster: raft config: %w", err)
 	}
 
-	hasState, err := raft.HasExistingState(store, store, snaps)
+	hasState, err := raft.HasExistingState(rawLogs, store, snaps)
 	if err != nil {
 		transport.Close()
-		store.Close()
+		closeStores()
 		return nil, fmt.Errorf("cluster: read raft state: %w", err)
 	}
 
@@ -251,27 +269,27 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	nf.afterSnap = cfg.AfterSnapshot
 	nf.onApply = cfg.OnApply
 	// Replication reads back the entries just stored; an in-memory ring of the latest ones
-	// spares a bolt read transaction for each (Consul keeps 512). 64: entries hold up to
+	// spares a read of the log store for each (Consul keeps 512). 64: entries hold up to
 	// GroupCommitMax commands (~100 KiB), and the pipeline only reads the newest few.
-	var logStore raft.LogStore = store
+	logStore := rawLogs
 	var faults *faultyLogStore
 	if cfg.FaultInjection {
-		faults = newFaultyLogStore(store)
+		faults = newFaultyLogStore(logStore)
 		logStore = faults
 	}
-	logs, err := raft.NewLogCache(64, logStore)
+	logs, err := raft.NewLogCache(64, timedLogStore{LogStore: logStore, monotonic: cfg.LogStore == LogStoreWAL})
 	if err != nil {
 		transport.Close()
-		store.Close()
+		closeStores()
 		return nil, fmt.Errorf("cluster: log cache: %w", err)
 	}
 	r, err := raft.NewRaft(rc, nf, logs, store, snaps, transport)
 	if err != nil {
 		transport.Close()
-		store.Close()
+		closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, faults: faults, log: cfg.Logger,
+	n := &Node{cfg: cfg, raft: r, fsm: nf, layer: layer, transport: transport, store: store, closeLogs: closeLogs, faults: faults, log: cfg.Logger,
 		logs: logs, protocolVersion: rc.ProtocolVersion}
 	state.SetBinarySnapshots(n.BinarySnapshots)
 	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches), batcherHooks{
@@ -413,7 +431,7 @@ func (n *Node) allAnnounced(feature uint64, latch *atomic.Bool) bool {
 	return true
 }
 
-// Close stops group commit and raft and releases the bolt file.
+// Close stops group commit and raft and releases the log and raft.db.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.forwarder.close()
@@ -432,6 +450,11 @@ func (n *Node) Close() error {
 		n.watch.close(n.raft)
 		if terr := n.transport.Close(); err == nil {
 			err = terr
+		}
+		if n.closeLogs != nil {
+			if lerr := n.closeLogs(); err == nil {
+				err = lerr
+			}
 		}
 		if serr := n.store.Close(); err == nil {
 			err = serr

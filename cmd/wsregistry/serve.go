@@ -60,6 +60,7 @@ type serveConfig struct {
 
 	heartbeat, election, leaderLease, commitTimeout time.Duration
 	noSync                                          bool
+	logStore                                        string
 	snapshotThreshold                               uint64
 	snapshotInterval                                time.Duration
 	groupCommitMax                                  int
@@ -102,6 +103,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.leaderLease, "raft-leader-lease-timeout", cluster.DefaultLeaderLeaseTimeout, "raft leader lease timeout")
 	fs.DurationVar(&c.commitTimeout, "raft-commit-timeout", cluster.DefaultCommitTimeout, "raft commit timeout")
 	fs.BoolVar(&c.noSync, "raft-no-sync", false, "skip fsync of the raft log (unsafe: tests and throwaway benchmarks only)")
+	fs.StringVar(&c.logStore, "raft-log-store", cluster.LogStoreWAL, "where the raft log lives: wal (<data-dir>/raft/wal) or bolt (<data-dir>/raft/raft.db, where builds before the write-ahead log kept it: start once with bolt before going back to one); a node moves its log there at start")
 	fs.Uint64Var(&c.snapshotThreshold, "snapshot-threshold", cluster.DefaultSnapshotThreshold, "log entries between snapshots")
 	fs.DurationVar(&c.snapshotInterval, "snapshot-interval", cluster.DefaultSnapshotInterval, "how often to check whether to snapshot")
 	fs.IntVar(&c.groupCommitMax, "group-commit-max", cluster.DefaultGroupCommitMax, "most commands coalesced into one raft entry")
@@ -186,6 +188,9 @@ func (c *serveConfig) validate() error {
 		} else if _, err := strconv.Atoi(p); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: port is not a number", name, addr))
 		}
+	}
+	if c.logStore != cluster.LogStoreWAL && c.logStore != cluster.LogStoreBolt {
+		errs = append(errs, fmt.Errorf("--raft-log-store %q: want %s or %s", c.logStore, cluster.LogStoreWAL, cluster.LogStoreBolt))
 	}
 	if c.bootstrapExpect < 1 {
 		errs = append(errs, errors.New("--bootstrap-expect must be at least 1"))
@@ -355,6 +360,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			LeaderLeaseTimeout: c.leaderLease,
 			CommitTimeout:      c.commitTimeout,
 			NoSync:             c.noSync,
+			LogStore:           c.logStore,
 			SnapshotThreshold:  c.snapshotThreshold,
 			SnapshotInterval:   c.snapshotInterval,
 			GroupCommitMax:     c.groupCommitMax,
