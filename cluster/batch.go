@@ -135,6 +135,11 @@ func (b *batcher) proposeFrom(ctx context.Context, cmds []fsm.Command, forwarded
 // A full queue or a closing batcher queues nothing and then is not called: the caller
 // takes the blocking path.
 func (b *batcher) proposeAsync(cmds []fsm.Command, then func(*later.Batch, proposalResult)) bool {
+	return b.proposeAsyncFrom(cmds, false, then)
+}
+
+// proposeAsyncFrom is proposeAsync for a proposal a follower forwarded (forwarded true).
+func (b *batcher) proposeAsyncFrom(cmds []fsm.Command, forwarded bool, then func(*later.Batch, proposalResult)) bool {
 	if len(cmds) == 0 {
 		return false
 	}
@@ -144,7 +149,7 @@ func (b *batcher) proposeAsync(cmds []fsm.Command, then func(*later.Batch, propo
 		return false
 	}
 	select {
-	case b.queue <- &proposal{cmds: cmds, then: then}:
+	case b.queue <- &proposal{cmds: cmds, forwarded: forwarded, then: then}:
 		return true
 	default:
 		return false

@@ -35,7 +35,8 @@ const forwardedHeader = "X-Wsregistry-Forwarded"
 // peerClient makes internal calls to other nodes' peer ports: HTTP over connections that
 // passed the peer handshake (and the fault switch, through the stream layer).
 type peerClient struct {
-	http *http.Client
+	http    *http.Client
+	streams *fwdClient // forwarded writes (fwdstream.go); HTTP for leaders that refuse it
 }
 
 // peerCallTimeout bounds one internal call: a leader that does not answer within it is
@@ -43,7 +44,7 @@ type peerClient struct {
 const peerCallTimeout = 10 * time.Second
 
 func newPeerClient(layer *streamLayer) *peerClient {
-	return &peerClient{http: &http.Client{Timeout: peerCallTimeout, Transport: &http.Transport{
+	return &peerClient{streams: newFwdClient(layer), http: &http.Client{Timeout: peerCallTimeout, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return layer.dial(ctx, addr, kindInternal)
 		},
@@ -52,7 +53,10 @@ func newPeerClient(layer *streamLayer) *peerClient {
 	}}}
 }
 
-func (c *peerClient) close() { c.http.CloseIdleConnections() }
+func (c *peerClient) close() {
+	c.streams.close()
+	c.http.CloseIdleConnections()
+}
 
 // call posts body (bytes as they are, anything else as JSON) to addr's peer port and decodes
 // a JSON answer into out.
@@ -156,14 +160,24 @@ func decodeResults(in []*resultError) []error {
 	return out
 }
 
-// forward sends a proposal to the leader's peer port and returns its index and results.
+// forward sends a proposal to the leader's peer port, over the forward stream unless the
+// leader refuses it, and returns its index and results.
 // binary picks the encoding of the body (see Node.BinaryBatches); the leader reads both.
 func (c *peerClient) forward(ctx context.Context, leader string, cmds []fsm.Command, binary bool) (uint64, []error, error) {
 	body, err := encodeBatch(cmds, binary)
 	if err != nil {
 		return 0, nil, err
 	}
-	var reply proposeReply
+	reply, ok, err := c.streams.call(ctx, leader, body)
+	if ok {
+		if err != nil {
+			return 0, nil, fmt.Errorf("%w: %v", ErrForward, err)
+		}
+		if reply.Error != "" {
+			return 0, nil, fmt.Errorf("%w: leader %s answered: %s", ErrForward, leader, reply.Error)
+		}
+		return reply.Index, decodeResults(reply.Results), nil
+	}
 	status, err := c.call(ctx, http.MethodPost, leader, pathPropose, body, &reply, false)
 	if err != nil {
 		return 0, nil, fmt.Errorf("%w: %v", ErrForward, err)

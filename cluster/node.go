@@ -144,6 +144,7 @@ type Node struct {
 	client    *peerClient
 	forwarder *forwarder   // a follower's writes, coalesced per call to the leader
 	internal  *http.Server // internal calls from peers, on the peer port
+	fwdServer *fwdServer   // followers' forward streams, on the peer port
 	watch     *memberWatch
 	health    *healthProber
 	pilot     *autopilot
@@ -305,6 +306,7 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		return "", ErrNoLeader
 	}, n.BinaryBatches, cfg.GroupCommitMax, cfg.GroupCommitWait)
 	n.startInternal()
+	n.startForwardServer()
 	n.health = newHealthProber(n)
 	n.pilot = newAutopilot(n)
 
@@ -445,6 +447,7 @@ func (n *Node) Close() error {
 		err := n.raft.Shutdown().Error()
 		// raft closed the peer port's listener with its transport: nothing new arrives.
 		n.internal.Close()
+		n.fwdServer.close()
 		n.client.close()
 		n.fsm.close() // nothing is applied any more: release who waits for an index
 		n.watch.close(n.raft)

@@ -21,7 +21,7 @@ import (
 // remove, read index, restore), so nothing node-to-node listens on the public HTTP port.
 // Every connection opens with a handshake, after the TLS handshake when mutual TLS is on:
 //
-//	client -> server  "WSR1", kind ('R' raft, 'I' internal), "\r\n"
+//	client -> server  "WSR1", kind ('R' raft, 'I' internal, 'F' forward stream), "\r\n"
 //	server -> client  nonce (32 random bytes)
 //	client -> server  HMAC-SHA256(key, context|kind|nonce)
 //	server -> client  0x00, or 0x01 and a one-line reason before it closes
@@ -36,6 +36,7 @@ const (
 	peerMACContext = "wsregistry peer v1"
 	kindRaft       = 'R'
 	kindInternal   = 'I'
+	kindForward    = 'F' // fwdstream.go; builds before it refuse the kind ("bad handshake")
 	nonceLen       = 32
 	peerHelloLen   = len(peerMagic) + 3
 	peerAccepted   = 0x00
@@ -70,6 +71,8 @@ type PeerAuth struct {
 	OnRefused func(remote net.Addr, reason string)
 	// HandshakeTimeout bounds the whole handshake (default 5 s).
 	HandshakeTimeout time.Duration
+	// noForwardStream refuses forward streams as builds from before them do (tests).
+	noForwardStream bool
 	// localIP, when set, is the source address of dialed connections: the node's own
 	// peer-port IP, so peers see (and --trusted-networks judges) that address rather than
 	// whichever the routing table picks.
@@ -207,7 +210,7 @@ func (a *PeerAuth) serverHandshake(conn net.Conn) (net.Conn, byte, error) {
 		return nil, 0, refuse(conn, "not a wsregistry peer (no handshake)")
 	}
 	kind := hello[len(peerMagic)]
-	if string(hello) != string(peerHello(kind)) || (kind != kindRaft && kind != kindInternal) {
+	if string(hello) != string(peerHello(kind)) || (kind != kindRaft && kind != kindInternal && (kind != kindForward || a.noForwardStream)) {
 		return nil, 0, refuse(conn, "not a wsregistry peer (bad handshake)")
 	}
 	nonce := make([]byte, nonceLen)
@@ -266,13 +269,15 @@ const maxPendingHandshakes = 256
 
 // peerListener accepts on the peer port, authenticates each connection in a goroutine of
 // its own (a slow or hostile client never holds up the others), and hands raft
-// connections to raft and internal ones to the internal HTTP server.
+// connections to raft, internal ones to the internal HTTP server and forward streams to the
+// leader's forward server (fwdstream.go).
 type peerListener struct {
 	inner    net.Listener
 	auth     *PeerAuth
 	blocked  func() bool
 	raft     *chanListener
 	internal *chanListener
+	forward  *chanListener
 
 	mu      sync.Mutex
 	pending map[net.Conn]struct{}
@@ -287,6 +292,7 @@ func newPeerListener(ln net.Listener, auth *PeerAuth, blocked func() bool) *peer
 		inner: ln, auth: auth, blocked: blocked, pending: map[net.Conn]struct{}{}, done: done,
 		raft:     newChanListener(ln.Addr(), done),
 		internal: newChanListener(ln.Addr(), done),
+		forward:  newChanListener(ln.Addr(), done),
 	}
 	p.wg.Add(1)
 	go p.acceptLoop()
@@ -353,8 +359,11 @@ func (p *peerListener) handshake(raw net.Conn) {
 		return
 	}
 	target := p.raft
-	if kind == kindInternal {
+	switch kind {
+	case kindInternal:
 		target = p.internal
+	case kindForward:
+		target = p.forward
 	}
 	if !target.deliver(conn) {
 		conn.Close()
@@ -384,6 +393,7 @@ func (p *peerListener) Close() error {
 	err := p.inner.Close()
 	p.raft.drain()
 	p.internal.drain()
+	p.forward.drain()
 	return err
 }
 

@@ -1,0 +1,126 @@
+package cluster
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/testutil"
+)
+
+// A follower's writes reach the leader over the forward stream, many in flight on one
+// connection, each answered with its own index and results.
+func TestForwardStream_CarriesAFollowersWrites(t *testing.T) {
+	nodes := startCluster(t, 3)
+	f := followerOf(t, nodes)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			commit(t, f, meta(fmt.Sprintf("streamed-%d", i)))
+		}()
+	}
+	// A batch with a bad command: the others commit, the bad one's result says why.
+	errs, err := f.Commit(context.Background(), meta("streamed-ok"), fsm.Register{RequestID: "bad"})
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs[0] != nil || errs[1] == nil {
+		t.Fatalf("results %v, want nil and an error for the invalid register", errs)
+	}
+	if _, ok := f.state.Node("streamed-39"); !ok {
+		t.Fatal("a forwarded write is not applied on the follower on return")
+	}
+	if f.client.streams.viaStream.Load() == 0 || f.client.streams.viaHTTP.Load() != 0 {
+		t.Fatalf("forwards: %d over the stream, %d over HTTP; want all over the stream",
+			f.client.streams.viaStream.Load(), f.client.streams.viaHTTP.Load())
+	}
+}
+
+// A leader that refuses the stream (a build from before it) is asked over HTTP, and the
+// follower's writes commit as before.
+func TestForwardStream_ALeaderWithoutItIsAskedOverHTTP(t *testing.T) {
+	nodes := startCluster(t, 3, func(c *Config) { c.Peer.noForwardStream = true })
+	f := followerOf(t, nodes)
+	for i := range 5 {
+		commit(t, f, meta(fmt.Sprintf("over-http-%d", i)))
+	}
+	if f.client.streams.viaHTTP.Load() == 0 || f.client.streams.viaStream.Load() != 0 {
+		t.Fatalf("forwards: %d over the stream, %d over HTTP; want all over HTTP",
+			f.client.streams.viaStream.Load(), f.client.streams.viaHTTP.Load())
+	}
+}
+
+// A stream that breaks (the leader's side closed, as when it stops) fails the calls in
+// flight with a forward error, which Commit retries; the next call dials again.
+func TestForwardStream_ABrokenStreamIsRedialed(t *testing.T) {
+	nodes := startCluster(t, 3)
+	l, f := leaderOf(t, nodes), followerOf(t, nodes)
+	commit(t, f, meta("before-break"))
+	l.fwdServer.mu.Lock()
+	for c := range l.fwdServer.conns {
+		c.Close()
+	}
+	l.fwdServer.mu.Unlock()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		f.client.streams.mu.Lock()
+		defer f.client.streams.mu.Unlock()
+		return len(f.client.streams.streams) == 0
+	}, "the follower kept a stream whose connection the leader closed")
+	commit(t, f, meta("after-break"))
+	if _, ok := f.state.Node("after-break"); !ok {
+		t.Fatal("the write after the break is not applied on the follower")
+	}
+}
+
+// Garbage on a forward stream costs that connection only: the leader closes it, and
+// other followers' writes go on.
+func TestForwardStream_ABadFrameClosesOnlyThatStream(t *testing.T) {
+	nodes := startCluster(t, 3)
+	l, f := leaderOf(t, nodes), followerOf(t, nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := f.layer.dial(ctx, l.Advertise(), kindForward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var head [fwdHeaderLen]byte
+	binary.BigEndian.PutUint32(head[:], maxForwardFrame+1)
+	if _, err := conn.Write(head[:]); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the leader kept a stream that sent an oversized frame (read: %v)", err)
+	}
+	commit(t, f, meta("after-bad-frame"))
+
+	// A frame whose body is not a batch is answered with an error, and the stream stays.
+	conn2, err := f.layer.dial(ctx, l.Advertise(), kindForward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	s := &fwdStream{conn: conn2, pending: map[uint64]chan fwdAnswer{}}
+	go s.readLoop()
+	reply, err := s.call(ctx, []byte("not a batch"))
+	if err != nil || reply.Error == "" {
+		t.Fatalf("a body that is not a batch: reply %+v, err %v; want an error in the reply", reply, err)
+	}
+	body, err := encodeBatch([]fsm.Command{meta("raw-stream")}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err = s.call(ctx, body)
+	if err != nil || reply.Error != "" || reply.Index == 0 {
+		t.Fatalf("a good batch after a bad one: reply %+v, err %v", reply, err)
+	}
+}
