@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -40,5 +41,66 @@ func TestIDRing_HashCollisionRemembersOnlyTheFirst(t *testing.T) {
 	}
 	if res, ok := r.getHashed(42, "first"); !ok || res.Class != classInvalid {
 		t.Errorf("first id: %v, %v; want its result", res, ok)
+	}
+}
+
+// The table against a plain model, with hashes from a small range so that home slots
+// collide, probes wrap around the table's end, and removals shift slots back.
+func TestIDRing_MatchesAModel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		limit := 1 + rng.IntN(40)
+		r := newIDRing(limit, rng.IntN(limit+1))
+		type entry struct {
+			hash uint64
+			id   string
+		}
+		var model []entry // oldest first
+		hashes := uint64(1 + rng.IntN(3*limit))
+		for op := range 300 {
+			h := rng.Uint64N(hashes)
+			if rng.IntN(4) == 0 {
+				h |= 1 << 40 // same home slot as h, another hash
+			}
+			id := fmt.Sprintf("id-%d-%d", h, op)
+			r.addHashed(h, id, result{Detail: id})
+			present := false
+			for _, e := range model {
+				present = present || e.hash == h
+			}
+			if !present {
+				model = append(model, entry{h, id})
+				if len(model) > limit {
+					model = model[1:]
+				}
+			}
+			for _, e := range model {
+				if res, ok := r.getHashed(e.hash, e.id); !ok || res.Detail != e.id {
+					t.Fatalf("round %d op %d: %s (hash %d) lost: %v %v", round, op, e.id, e.hash, res, ok)
+				}
+			}
+			var got []string
+			r.each(func(id string, _ result) { got = append(got, id) })
+			if len(got) != len(model) {
+				t.Fatalf("round %d op %d: ring holds %d ids, model %d", round, op, len(got), len(model))
+			}
+			for i := range got {
+				if got[i] != model[i].id {
+					t.Fatalf("round %d op %d: order %v differs from the model", round, op, got)
+				}
+			}
+		}
+		for h := range hashes {
+			for _, hh := range []uint64{h, h | 1<<40} {
+				inModel := false
+				for _, e := range model {
+					inModel = inModel || e.hash == hh
+				}
+				pos, found := r.find(hh)
+				if found != inModel {
+					t.Fatalf("round %d: hash %d found=%v, in model=%v (slot %d)", round, hh, found, inModel, pos)
+				}
+			}
+		}
 	}
 }
