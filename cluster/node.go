@@ -294,8 +294,14 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 		logs: logs, protocolVersion: rc.ProtocolVersion}
 	state.SetBinarySnapshots(n.BinarySnapshots)
 	n.batcher = newBatcher(cfg.GroupCommitMax, cfg.GroupCommitWait, raftCommit(r, cfg.ApplyTimeout, n.BinaryBatches), batcherHooks{
-		committed: func(index uint64, forwarded bool) { n.nudgeFollowers(index, r.LastIndex(), forwarded) },
-		onBatch:   cfg.OnBatch,
+		// A forwarded write's follower waits for the news, unless the next batch is already
+		// on its way: its entry carries the commit index one log append later, and under
+		// load a notice per batch (an RPC and its answer to every member) was a third of
+		// raft's traffic (BENCHMARKS.md, round 10). At one writer nothing is on its way.
+		committed: func(index uint64, forwarded bool) {
+			n.nudgeFollowers(index, r.LastIndex(), forwarded && !n.batcher.busy())
+		},
+		onBatch: cfg.OnBatch,
 	})
 	n.watch = newMemberWatch(r)
 	n.client = newPeerClient(layer)

@@ -30,7 +30,8 @@ const nudgeDelay = time.Millisecond
 // nudgeFollowers makes sure the followers hear soon that index (a batch's entry) is
 // committed; last is the leader's last index when that was known: any entry appended after
 // it carries the news with raft's own replication. urgent says a follower waits for the
-// news (a forwarded write): it goes out at once, busy or not, from the caller. Otherwise
+// news (a forwarded write) and no next batch is on its way: it goes out at once, from the
+// caller. Otherwise
 // nudgeLoop pauses briefly and sends it only if nothing else was appended: a busy leader
 // sends none.
 func (n *Node) nudgeFollowers(index, last uint64, urgent bool) {
