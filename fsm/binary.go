@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"reflect"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -199,6 +200,26 @@ func (r *binReader) bytes() []byte {
 // restored from a snapshot holds exactly what nodes that replayed the log hold.
 func (r *binReader) string() string {
 	return utf8String(r.bytes())
+}
+
+// strings3 reads three consecutive strings into one allocation, for fields that live and
+// die together (a registration's namespace, address and node): a third of the allocations
+// and of their headers, on every node for every registration.
+func (r *binReader) strings3() (a, b, c string) {
+	x, y, z := r.bytes(), r.bytes(), r.bytes()
+	if r.err != nil {
+		return "", "", ""
+	}
+	if !utf8.Valid(x) || !utf8.Valid(y) || !utf8.Valid(z) {
+		return utf8String(x), utf8String(y), utf8String(z)
+	}
+	var sb strings.Builder // its String() is the bytes it grew: no second copy
+	sb.Grow(len(x) + len(y) + len(z))
+	sb.Write(x)
+	sb.Write(y)
+	sb.Write(z)
+	all := sb.String()
+	return all[:len(x)], all[len(x) : len(x)+len(y)], all[len(x)+len(y):]
 }
 
 // utf8String copies b into a string, each invalid byte replaced by U+FFFD as encoding/json

@@ -36,3 +36,22 @@ func TestBinary_InvalidUTF8LikeJSON(t *testing.T) {
 		t.Fatalf("restored state differs from the replayed one:\n got %+v\nwant %+v", dump(y), dump(x.f))
 	}
 }
+
+// strings3 reads what three string() calls read, valid or not, and fails alike when short.
+func TestBinary_Strings3LikeThreeStrings(t *testing.T) {
+	cases := [][3]string{{"svc", "10.0.0.1:80", "node1"}, {"", "", ""}, {"a\xffb", "ok", "n"}, {"s", "h:1", "n\xff"}}
+	for _, c := range cases {
+		in := appendString(appendString(appendString(nil, c[0]), c[1]), c[2])
+		one, three := binReader{b: in}, binReader{b: in}
+		want := [3]string{one.string(), one.string(), one.string()}
+		var got [3]string
+		got[0], got[1], got[2] = three.strings3()
+		if got != want || three.err != nil || len(three.b) != 0 {
+			t.Errorf("%q: strings3 gives %q (%v, %d left), string() gives %q", c, got, three.err, len(three.b), want)
+		}
+		short := binReader{b: in[:len(in)-1]}
+		if a, b, c := short.strings3(); short.err == nil || a != "" || b != "" || c != "" {
+			t.Errorf("%q cut short: %q %q %q, err %v; want an error", in, a, b, c, short.err)
+		}
+	}
+}

@@ -33,9 +33,8 @@ var kinds = [256]*kind{
 		readBinary: func(r binReader) (Register, error) {
 			var c Register
 			c.RequestID = r.string()
-			c.Reg.Namespace = r.string()
-			c.Reg.Address = r.string()
-			c.Reg.Session = r.session()
+			c.Reg.Namespace, c.Reg.Address, c.Reg.Session.Node = r.strings3()
+			c.Reg.Session.Incarnation, c.Reg.Session.Seq = r.uvarint(), r.uvarint()
 			c.Reg.Since = r.varint()
 			return c, r.err
 		},
