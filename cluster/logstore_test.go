@@ -130,17 +130,23 @@ func entries(from, to uint64) []*raft.Log {
 	return logs
 }
 
+// bounds returns s's first and last index.
+func bounds(t *testing.T, s raft.LogStore) (first, last uint64) {
+	t.Helper()
+	first, err := s.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err = s.LastIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return first, last
+}
+
 func assertLog(t *testing.T, s raft.LogStore, first, last uint64) {
 	t.Helper()
-	f, err := s.FirstIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := s.LastIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f != first || l != last {
+	if f, l := bounds(t, s); f != first || l != last {
 		t.Fatalf("log holds %d-%d, want %d-%d", f, l, first, last)
 	}
 	for i := first; i <= last; i++ {
@@ -162,14 +168,7 @@ func boltEntries(t *testing.T, raftDir string) uint64 {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	first, err := s.FirstIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	last, err := s.LastIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
+	first, last := bounds(t, s)
 	if last == 0 {
 		return 0
 	}
