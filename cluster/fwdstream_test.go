@@ -2,14 +2,17 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/wsregistry/wsregistry/fsm"
+	"github.com/wsregistry/wsregistry/internal/testcerts"
 	"github.com/wsregistry/wsregistry/internal/testutil"
 )
 
@@ -122,5 +125,25 @@ func TestForwardStream_ABadFrameClosesOnlyThatStream(t *testing.T) {
 	reply, err = s.call(ctx, body)
 	if err != nil || reply.Error != "" || reply.Index == 0 {
 		t.Fatalf("a good batch after a bad one: reply %+v, err %v", reply, err)
+	}
+}
+
+// On a mutual-TLS peer port the stream runs inside TLS like raft and the internal calls.
+func TestForwardStream_OverMutualTLS(t *testing.T) {
+	files, err := testcerts.Write(t.TempDir(), net.ParseIP("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := startCluster(t, 3, func(c *Config) {
+		c.Peer = PeerAuth{
+			ServerTLS: &tls.Config{Certificates: []tls.Certificate{files.Pair}, ClientCAs: files.Pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
+			ClientTLS: &tls.Config{Certificates: []tls.Certificate{files.Pair}, RootCAs: files.Pool, MinVersion: tls.VersionTLS12},
+		}
+	})
+	f := followerOf(t, nodes)
+	commit(t, f, meta("over-tls"))
+	if f.client.streams.viaStream.Load() == 0 || f.client.streams.viaHTTP.Load() != 0 {
+		t.Fatalf("forwards: %d over the stream, %d over HTTP; want all over the stream",
+			f.client.streams.viaStream.Load(), f.client.streams.viaHTTP.Load())
 	}
 }
