@@ -73,24 +73,31 @@ func (c *fwdClient) call(ctx context.Context, addr string, body []byte) (reply p
 
 func (c *fwdClient) stream(ctx context.Context, addr string) (*fwdStream, bool, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil, true, ErrClosed
 	}
 	if s := c.streams[addr]; s != nil {
+		c.mu.Unlock()
 		return s, true, nil
 	}
 	if until, ok := c.refused[addr]; ok {
 		if time.Now().Before(until) {
+			c.mu.Unlock()
 			return nil, false, nil
 		}
 		delete(c.refused, addr)
 	}
-	// Dialing under the lock: the forwarder has one call in flight, and the others would
-	// only dial the same leader again.
+	c.mu.Unlock()
+
+	// Dialed outside the lock, so that closing never waits for a dial to a leader that
+	// vanished; two callers dialing at once is rare (the forwarder has one call in flight)
+	// and the second connection is closed below.
 	dctx, cancel := context.WithTimeout(ctx, peerCallTimeout)
 	defer cancel()
 	conn, err := c.layer.dial(dctx, addr, kindForward)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if errors.Is(err, errPeerRefused) {
 		// A wrong key is refused on every kind and the HTTP call will say so; an older
 		// build refuses only this kind.
@@ -99,6 +106,14 @@ func (c *fwdClient) stream(ctx context.Context, addr string) (*fwdStream, bool, 
 	}
 	if err != nil {
 		return nil, true, err
+	}
+	if c.closed {
+		conn.Close()
+		return nil, true, ErrClosed
+	}
+	if s := c.streams[addr]; s != nil {
+		conn.Close()
+		return s, true, nil
 	}
 	s := &fwdStream{conn: conn, pending: map[uint64]chan fwdAnswer{}}
 	s.onBroken = func() {

@@ -147,3 +147,37 @@ func TestForwardStream_OverMutualTLS(t *testing.T) {
 			f.client.streams.viaStream.Load(), f.client.streams.viaHTTP.Load())
 	}
 }
+
+// Closing a follower's client does not wait for a dial in progress to a leader that does
+// not answer (a vanished host holds a dial until its timeout).
+func TestForwardStream_CloseDoesNotWaitForADial(t *testing.T) {
+	own := listen(t)
+	layer, err := newStreamLayer(own, own.Addr().String(), &PeerAuth{Keys: []string{"test-key"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer layer.Close()
+	silent := listen(t) // completes TCP handshakes, never the peer handshake
+	defer silent.Close()
+	c := newFwdClient(layer)
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Scaled(2*time.Second))
+		defer cancel()
+		_, _, err := c.call(ctx, silent.Addr().String(), []byte("x"))
+		done <- err
+	}()
+	conn, err := silent.Accept() // the dial is under way
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	c.close()
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("close waited %v for a dial in progress", took)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("a call to a leader that never answered succeeded")
+	}
+}

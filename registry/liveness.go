@@ -22,6 +22,7 @@ func (n *Node) watchLiveness() {
 	reconcileEvery := max(n.cfg.NodeGrace/2, time.Second)
 	lastReconcile := time.Now()
 	ad := newAdopter(n)
+	lives := silentLives{}
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -36,7 +37,7 @@ func (n *Node) watchLiveness() {
 		} else if lc := n.raft.LastContact(); lc.After(lastLeaderContact) {
 			lastLeaderContact = lc
 		}
-		n.purgeSilentMembers(ad, now)
+		n.purgeSilentMembers(ad, lives, now)
 		n.checkFence(now.Sub(lastLeaderContact))
 		if now.Sub(lastReconcile) >= reconcileEvery {
 			lastReconcile = now
@@ -121,8 +122,9 @@ func (n *Node) reconcileOwnSessions() {
 // server reads fsm.Adopt, a silent member's agents are checked first, in the background
 // (adopt.go): those that answer stay registered, held by the cluster, which checks them
 // again every adoptRecheckEvery.
-func (n *Node) purgeSilentMembers(ad *adopter, now time.Time) {
+func (n *Node) purgeSilentMembers(ad *adopter, lives silentLives, now time.Time) {
 	if !n.raft.IsLeader() {
+		clear(lives)
 		return
 	}
 	adopt := n.adoptSupported()
@@ -130,8 +132,28 @@ func (n *Node) purgeSilentMembers(ad *adopter, now time.Time) {
 		ad.startRecheck(now)
 	}
 	var cmds []fsm.Command
-	for _, id := range n.raft.SilentMembers(n.cfg.NodeGrace) {
-		if !n.needsPurge(id) || ad.busy(id) {
+	silent := n.raft.SilentMembers(n.cfg.NodeGrace)
+	for id := range lives {
+		if !slices.Contains(silent, id) {
+			delete(lives, id)
+		}
+	}
+	for _, id := range silent {
+		// A member back from a partition announces a new incarnation through this leader
+		// before the probes see it keeping up again: that life starts its own grace, and
+		// the purge only ever covers the lives seen silent for a whole grace (a purge
+		// resolved at apply time would take the new life and fence the member again).
+		upTo := n.incarnationOf(id)
+		life, seen := lives[id]
+		switch {
+		case !seen: // silent for longer than the grace already
+			life = silentLife{upTo: upTo, due: now}
+			lives[id] = life
+		case upTo > life.upTo:
+			life = silentLife{upTo: upTo, due: now.Add(n.cfg.NodeGrace)}
+			lives[id] = life
+		}
+		if now.Before(life.due) || life.upTo == 0 || !n.needsPurgeUpTo(id, life.upTo) || ad.busy(id) {
 			continue
 		}
 		// Asked once more first: a member back from a partition may have announced a new
@@ -144,7 +166,7 @@ func (n *Node) purgeSilentMembers(ad *adopter, now time.Time) {
 			continue
 		}
 		n.log.Warn("purging the sessions of a silent member", "member", id, "sessions", len(n.state.SessionsOf(id)), "grace", n.cfg.NodeGrace)
-		cmds = append(cmds, fsm.PurgeNode{RequestID: n.newRequestID(), Node: id})
+		cmds = append(cmds, fsm.PurgeNode{RequestID: n.newRequestID(), Node: id, UpToIncarnation: life.upTo})
 		n.metrics.purges.WithLabelValues("silent_member").Inc()
 	}
 	members := map[string]bool{}
@@ -176,15 +198,38 @@ func (n *Node) purgeSilentMembers(ad *adopter, now time.Time) {
 	}
 }
 
-// needsPurge is true while a member still owns sessions or its current incarnation is not
-// yet marked purged (so its late writes will be refused).
-func (n *Node) needsPurge(id string) bool {
-	if len(n.state.SessionsOf(id)) > 0 {
-		return true
+// silentLives is what the leader's purge remembers of each silent member: the newest
+// incarnation it had when the leader found it silent, and when it may be purged.
+type silentLives map[string]silentLife
+
+type silentLife struct {
+	upTo uint64
+	due  time.Time
+}
+
+// incarnationOf is the newest incarnation of id the state knows: its metadata's, or a
+// session's (0: none).
+func (n *Node) incarnationOf(id string) uint64 {
+	var inc uint64
+	if meta, ok := n.state.Node(id); ok {
+		inc = meta.Incarnation
 	}
-	meta, ok := n.state.Node(id)
+	for _, s := range n.state.SessionsOf(id) {
+		inc = max(inc, s.Incarnation)
+	}
+	return inc
+}
+
+// needsPurgeUpTo is true while a member still owns sessions of the lives up to upTo, or
+// those lives are not yet marked purged (so their late writes will be refused).
+func (n *Node) needsPurgeUpTo(id string, upTo uint64) bool {
+	for _, s := range n.state.SessionsOf(id) {
+		if s.Incarnation <= upTo {
+			return true
+		}
+	}
 	mark, _ := n.state.PurgeMark(id)
-	return ok && mark < meta.Incarnation
+	return mark < upTo
 }
 
 func (n *Node) checkFence(sinceLeader time.Duration) {
