@@ -49,8 +49,9 @@ const (
 // openLogStore returns raft's log store of the given kind under raftDir, moving the log
 // into it when the other kind holds it (a node upgraded from raft.db keeps its log; one
 // started with --raft-log-store bolt moves it back, the way to run an older build again).
-// closeFn releases it; for bolt it is nil, raft.db being closed by the caller.
-func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, noSync bool, hlog hclog.Logger, log *slog.Logger) (raft.LogStore, func() error, error) {
+// closeFn releases it; for bolt it is nil, raft.db being closed by the caller. snapIndex
+// is the index of the node's newest snapshot (0: none).
+func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, snapIndex uint64, noSync bool, hlog hclog.Logger, log *slog.Logger) (raft.LogStore, func() error, error) {
 	walDir := filepath.Join(raftDir, walDirName)
 	for _, leftover := range []string{walMovingName, walGoneName} {
 		if err := os.RemoveAll(filepath.Join(raftDir, leftover)); err != nil {
@@ -66,7 +67,7 @@ func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, noSync bool,
 	switch kind {
 	case LogStoreWAL:
 		if !haveWAL {
-			if err := moveIntoWAL(raftDir, bolt, noSync, hlog, log); err != nil {
+			if err := moveIntoWAL(raftDir, bolt, snapIndex, noSync, hlog, log); err != nil {
 				return nil, nil, fmt.Errorf("move the raft log from raft.db to %s: %w", walDirName, err)
 			}
 		}
@@ -74,8 +75,26 @@ func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, noSync bool,
 		if err != nil {
 			return nil, nil, fmt.Errorf("open %s: %w", walDirName, err)
 		}
-		// A crash after the rename but before raft.db's copy was cleared leaves both:
-		// the write-ahead log is the whole log, raft.db's is an older prefix of it.
+		// Both hold a log after a crash between the move's rename and raft.db's clearing
+		// (raft.db's is then a prefix of the write-ahead log), or when an older build,
+		// which knows only raft.db, ran on this data dir without --raft-log-store bolt
+		// first: its log goes on past the stale write-ahead log's, and is the one to keep.
+		boltLast, err := bolt.LastIndex()
+		if err == nil {
+			var walLast uint64
+			if walLast, err = w.LastIndex(); err == nil && boltLast > walLast {
+				log.Warn("raft.db holds a newer raft log than the write-ahead log (an older build ran on this data dir): replacing the write-ahead log with it",
+					"raft_db_last_index", boltLast, "wal_last_index", walLast)
+				w.Close()
+				if w, err = replaceWAL(raftDir, bolt, snapIndex, noSync, hlog, log); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+		if err != nil {
+			w.Close()
+			return nil, nil, fmt.Errorf("compare the logs of raft.db and %s: %w", walDirName, err)
+		}
 		if err := clearLog(bolt); err != nil {
 			w.Close()
 			return nil, nil, fmt.Errorf("clear the moved log from raft.db: %w", err)
@@ -91,6 +110,28 @@ func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, noSync bool,
 	default:
 		return nil, nil, fmt.Errorf("raft log store %q: want %s or %s", kind, LogStoreWAL, LogStoreBolt)
 	}
+}
+
+// replaceWAL gives up the write-ahead log and moves raft.db's log into a new one.
+func replaceWAL(raftDir string, bolt *raftboltdb.BoltStore, snapIndex uint64, noSync bool, hlog hclog.Logger, log *slog.Logger) (walStore, error) {
+	gone := filepath.Join(raftDir, walGoneName)
+	if err := os.Rename(filepath.Join(raftDir, walDirName), gone); err != nil {
+		return walStore{}, fmt.Errorf("give up the stale %s: %w", walDirName, err)
+	}
+	if err := syncDir(raftDir); err != nil {
+		return walStore{}, err
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		return walStore{}, err
+	}
+	if err := moveIntoWAL(raftDir, bolt, snapIndex, noSync, hlog, log); err != nil {
+		return walStore{}, fmt.Errorf("move the raft log from raft.db to %s: %w", walDirName, err)
+	}
+	w, err := openWAL(filepath.Join(raftDir, walDirName), noSync, hlog)
+	if err != nil {
+		return walStore{}, fmt.Errorf("open %s: %w", walDirName, err)
+	}
+	return w, nil
 }
 
 // walStore is raft-wal's log with its metadata file, which WAL.Close leaves open (v0.4.0):
@@ -127,15 +168,32 @@ func openWAL(dir string, noSync bool, hlog hclog.Logger) (walStore, error) {
 
 // moveIntoWAL copies raft.db's log, if it holds one, into a new write-ahead log, made
 // under wal.moving and renamed to wal once it is complete and on disk.
-func moveIntoWAL(raftDir string, bolt *raftboltdb.BoltStore, noSync bool, hlog hclog.Logger, log *slog.Logger) error {
+//
+// A member running on raft.db that installed a snapshot from the leader keeps the old
+// entries below it (raft compacts such a log but does not clear it); if nothing was
+// written since, raft.db's whole log lies below the snapshot. Copied, those entries would
+// be the write-ahead log's tail and raft's next entry (the snapshot's index + 1) would
+// not follow it: the write-ahead log refuses it, and the leader walks back entry by entry
+// (up to 10,240 refused round trips) or sends the snapshot again. The snapshot covers
+// them, so such a log is left behind.
+func moveIntoWAL(raftDir string, bolt *raftboltdb.BoltStore, snapIndex uint64, noSync bool, hlog hclog.Logger, log *slog.Logger) error {
 	moving := filepath.Join(raftDir, walMovingName)
 	w, err := openWAL(moving, noSync, hlog)
 	if err != nil {
 		return err
 	}
-	n, err := copyLog(w, bolt)
+	var n int
+	last, err := bolt.LastIndex()
+	if err == nil && last >= snapIndex {
+		n, err = copyLog(w, bolt)
+	} else if err == nil && last > 0 {
+		log.Info("raft.db's log lies below the newest snapshot: the write-ahead log starts after it", "log_last_index", last, "snapshot_index", snapIndex)
+	}
 	if cerr := w.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		err = syncDir(moving) // the segment files' names are on disk before the rename
 	}
 	if err != nil {
 		return err

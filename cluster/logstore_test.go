@@ -3,8 +3,10 @@ package cluster
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,7 +89,7 @@ func TestLogStore_ACrashedMoveLeavesNoHalfLog(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	logs, closeLogs, err := openLogStore(LogStoreWAL, raftDir, bolt, true, hclog.NewNullLogger(), slog.New(slog.DiscardHandler))
+	logs, closeLogs, err := openLogStore(LogStoreWAL, raftDir, bolt, 0, true, hclog.NewNullLogger(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +100,49 @@ func TestLogStore_ACrashedMoveLeavesNoHalfLog(t *testing.T) {
 		}
 	}
 	assertLog(t, logs, 1, 5)
+}
+
+// Both stores hold a log after a crash in the middle of a move (raft.db's is a prefix of
+// the write-ahead log: the write-ahead log is kept), or after an older build, which knows
+// only raft.db, ran on the data dir and wrote there (its log goes further: it is kept, and
+// the stale write-ahead log given up).
+func TestLogStore_TheLongerOfTwoLogsIsKept(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		walLast, boltLast uint64
+	}{
+		{"crash after the rename", 9, 5},
+		{"an older build wrote to raft.db", 5, 9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raftDir := t.TempDir()
+			w, err := openWAL(filepath.Join(raftDir, walDirName), true, hclog.NewNullLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.StoreLogs(entries(1, tc.walLast)); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bolt.Close()
+			if err := bolt.StoreLogs(entries(1, tc.boltLast)); err != nil {
+				t.Fatal(err)
+			}
+			logs, closeLogs, err := openLogStore(LogStoreWAL, raftDir, bolt, 0, true, hclog.NewNullLogger(), slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer closeLogs()
+			assertLog(t, logs, 1, 9)
+			if _, last := bounds(t, bolt); last != 0 {
+				t.Fatalf("raft.db still holds a log up to %d", last)
+			}
+		})
+	}
 }
 
 // raft.db's log may have a gap a snapshot from the leader left; the write-ahead log takes
@@ -120,6 +165,88 @@ func TestLogStore_CopyTakesTheTailAfterAGap(t *testing.T) {
 		t.Fatalf("copied %d entries, want 3 (10-12)", n)
 	}
 	assertLog(t, w, 10, 12)
+}
+
+// A member on raft.db that caught up by a snapshot from the leader and was stopped before
+// anything else was written holds only entries below that snapshot. Moved to the
+// write-ahead log at its next start, it must go on following the leader with a log that
+// starts after the snapshot (copied, the old entries made the write-ahead log refuse the
+// next append, and the member followed only after the leader had walked back to them).
+func TestLogStore_AMemberCaughtUpByASnapshotMovesAndFollows(t *testing.T) {
+	nodes := startCluster(t, 3, func(c *Config) {
+		c.LogStore = LogStoreBolt
+		c.SnapshotThreshold = 1 << 20 // only the snapshot taken below, at the leader's last entry
+		c.trailingLogs = 4
+	})
+	l := leaderOf(t, nodes)
+	f := followerOf(t, nodes)
+	has := func(n *testNode, id string) func() bool {
+		return func() bool { _, ok := n.state.Node(id); return ok }
+	}
+	commit(t, l, meta("before"))
+	testutil.Eventually(t, 5*time.Second, has(f, "before"), "the follower never applied the first write")
+	_, fLast := bounds(t, f.logs)
+	logs := &testutil.LogBuffer{}
+	reopen := func(kind string) *testNode {
+		t.Helper()
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		c := f.cfg
+		c.LogStore = kind
+		ln, err := net.Listen("tcp", c.Advertise)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Listener = ln
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+		return open(t, c)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		commit(t, l, meta(fmt.Sprintf("while-down-%d", i)))
+	}
+	if err := l.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	if first, _ := bounds(t, l.logs); first <= fLast+1 {
+		t.Fatalf("setup: the leader's log starts at %d, the stopped follower's ends at %d: no snapshot needed", first, fLast)
+	}
+
+	f = reopen(LogStoreBolt)
+	testutil.Eventually(t, 10*time.Second, has(f, "while-down-39"), "the follower never caught up by the leader's snapshot")
+	raftDir := filepath.Join(f.cfg.DataDir, "raft")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	metas, err := snaps.List()
+	if err != nil || len(metas) == 0 {
+		t.Fatalf("the follower holds no snapshot after catching up (%v)", err)
+	}
+	if last := boltLastIndex(t, raftDir); last >= metas[0].Index {
+		t.Fatalf("setup: raft.db's log reaches %d, not below the snapshot's %d", last, metas[0].Index)
+	}
+
+	logs = &testutil.LogBuffer{}
+	f = reopen(LogStoreWAL)
+	if _, last := bounds(t, f.logs); last != 0 {
+		t.Fatalf("the write-ahead log starts with entries up to %d, below the snapshot's %d", last, metas[0].Index)
+	}
+	testutil.Eventually(t, 10*time.Second, f.Ready, "the follower is not ready on the write-ahead log")
+	commit(t, l, meta("after"))
+	testutil.Eventually(t, 10*time.Second, has(f, "after"), "the follower on the write-ahead log never applied a new write")
+	// Copied, the old entries made raft's next append fail ("non-monotonic") and the
+	// leader walk back entry by entry, or send the snapshot again, before the member
+	// followed; at 10,240 trailing entries that is thousands of refused round trips.
+	if strings.Contains(logs.String(), "failed to append") {
+		t.Fatalf("the follower on the write-ahead log refused an append:\n%s", logs)
+	}
 }
 
 func entries(from, to uint64) []*raft.Log {
@@ -163,14 +290,26 @@ func assertLog(t *testing.T, s raft.LogStore, first, last uint64) {
 // boltEntries counts the log entries in a closed node's raft.db.
 func boltEntries(t *testing.T, raftDir string) uint64 {
 	t.Helper()
+	first, last := boltBounds(t, raftDir)
+	if last == 0 {
+		return 0
+	}
+	return last - first + 1
+}
+
+func boltLastIndex(t *testing.T, raftDir string) uint64 {
+	t.Helper()
+	_, last := boltBounds(t, raftDir)
+	return last
+}
+
+// boltBounds returns the first and last index of the log in a closed node's raft.db.
+func boltBounds(t *testing.T, raftDir string) (first, last uint64) {
+	t.Helper()
 	s, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	first, last := bounds(t, s)
-	if last == 0 {
-		return 0
-	}
-	return last - first + 1
+	return bounds(t, s)
 }

@@ -77,6 +77,9 @@ type Config struct {
 	// FaultInjection wraps the raft log in a store whose writes a switch can block
 	// (SetDiskBlocked): tests and the chaos harness only.
 	FaultInjection bool
+	// trailingLogs overrides how many entries raft keeps after a snapshot (tests: a
+	// lagging member then needs a snapshot after a few writes, not 10,240).
+	trailingLogs uint64
 
 	// Observers for metrics; nil is fine.
 	OnBatch       func(commands int)                  // a group-committed raft entry was proposed
@@ -212,7 +215,17 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("cluster: open raft.db: %w", err))
 	}
-	rawLogs, closeLogs, err := openLogStore(cfg.LogStore, raftDir, store, cfg.NoSync, hlog, cfg.Logger)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, cfg.SnapshotRetain, hlog)
+	if err != nil {
+		store.Close()
+		return fail(fmt.Errorf("cluster: snapshot store: %w", err))
+	}
+	// A log moved into the write-ahead log must continue from the newest snapshot.
+	var snapIndex uint64
+	if metas, err := snaps.List(); err == nil && len(metas) > 0 {
+		snapIndex = metas[0].Index
+	}
+	rawLogs, closeLogs, err := openLogStore(cfg.LogStore, raftDir, store, snapIndex, cfg.NoSync, hlog, cfg.Logger)
 	if err != nil {
 		store.Close()
 		return fail(fmt.Errorf("cluster: raft log: %w", err))
@@ -222,11 +235,6 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 			closeLogs()
 		}
 		store.Close()
-	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, cfg.SnapshotRetain, hlog)
-	if err != nil {
-		closeStores()
-		return fail(fmt.Errorf("cluster: snapshot store: %w", err))
 	}
 	// MaxRPCsInFlight 1: no pipelined replication. hashicorp/raft's pipeline can deadlock a
 	// leader's replication to a member for good once that member refuses an entry (a stale
@@ -251,6 +259,9 @@ func Open(cfg Config, state *fsm.FSM) (*Node, error) {
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
+	if cfg.trailingLogs > 0 {
+		rc.TrailingLogs = cfg.trailingLogs
+	}
 	rc.Logger = hlog
 	if err := raft.ValidateConfig(rc); err != nil {
 		transport.Close()
