@@ -96,6 +96,12 @@ func (c *fwdClient) stream(ctx context.Context, addr string) (*fwdStream, bool, 
 	dctx, cancel := context.WithTimeout(ctx, peerCallTimeout)
 	defer cancel()
 	conn, err := c.layer.dial(dctx, addr, kindForward)
+	var retired []*fwdStream
+	defer func() { // after the unlock below: closing a stream takes c.mu
+		for _, s := range retired {
+			s.retire()
+		}
+	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if errors.Is(err, errPeerRefused) {
@@ -115,7 +121,13 @@ func (c *fwdClient) stream(ctx context.Context, addr string) (*fwdStream, bool, 
 		conn.Close()
 		return s, true, nil
 	}
+	// A new leader: streams to former ones close once their calls are answered, rather
+	// than idle until this node stops.
+	for _, old := range c.streams {
+		retired = append(retired, old)
+	}
 	s := &fwdStream{conn: conn, pending: map[uint64]chan fwdAnswer{}}
+	s.lastRead.Store(time.Now().UnixNano())
 	s.onBroken = func() {
 		c.mu.Lock()
 		if c.streams[addr] == s {
@@ -146,10 +158,38 @@ type fwdStream struct {
 
 	wmu sync.Mutex // one frame written at a time
 
+	lastRead atomic.Int64 // unix nanoseconds of the last answer read (or of the dial)
+	// answerTimeout is how long a call waits for its answer (0: peerCallTimeout; tests).
+	answerTimeout time.Duration
+
 	mu      sync.Mutex
 	next    uint64
 	pending map[uint64]chan fwdAnswer
 	err     error // why the stream broke; nothing is sent after
+	retired bool  // the leader changed: close once nothing is pending
+}
+
+// errFwdRetired closes a stream to a former leader; no call is in flight on it then.
+var errFwdRetired = errors.New("the leader changed")
+
+func (s *fwdStream) retire() {
+	s.mu.Lock()
+	s.retired = true
+	idle := len(s.pending) == 0
+	s.mu.Unlock()
+	if idle {
+		s.fail(errFwdRetired)
+	}
+}
+
+// closeIfRetired closes a retired stream whose last call has ended.
+func (s *fwdStream) closeIfRetired() {
+	s.mu.Lock()
+	idle := s.retired && s.err == nil && len(s.pending) == 0
+	s.mu.Unlock()
+	if idle {
+		s.fail(errFwdRetired)
+	}
 }
 
 type fwdAnswer struct {
@@ -158,6 +198,11 @@ type fwdAnswer struct {
 }
 
 func (s *fwdStream) call(ctx context.Context, body []byte) (proposeReply, error) {
+	if len(body) > maxForwardFrame-8 {
+		// Sent, it would break the stream for every call in flight: the leader drops a
+		// connection whose frame is too long.
+		return proposeReply{}, fmt.Errorf("batch of %d bytes is more than a forward carries (%d)", len(body), maxForwardFrame-8)
+	}
 	ch := make(chan fwdAnswer, 1)
 	s.mu.Lock()
 	if s.err != nil {
@@ -182,7 +227,11 @@ func (s *fwdStream) call(ctx context.Context, body []byte) (proposeReply, error)
 		s.fail(err)
 	}
 
-	timer := time.NewTimer(peerCallTimeout)
+	wait := s.answerTimeout
+	if wait == 0 {
+		wait = peerCallTimeout
+	}
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case a := <-ch:
@@ -191,17 +240,26 @@ func (s *fwdStream) call(ctx context.Context, body []byte) (proposeReply, error)
 		s.forget(id)
 		return proposeReply{}, ctx.Err()
 	case <-timer.C:
-		// A leader silent for this long is gone: the next call dials whoever leads.
-		s.fail(fmt.Errorf("no answer in %v", peerCallTimeout))
-		a := <-ch
-		return a.reply, a.err
+		// A leader that answered nothing at all for this long is gone: the stream breaks
+		// and the next call dials whoever leads. One that answers other calls is alive,
+		// and only this call gives up (it is retried; the request ids make that safe).
+		if time.Since(time.Unix(0, s.lastRead.Load())) >= wait {
+			s.fail(fmt.Errorf("no answer in %v", wait))
+			a := <-ch
+			return a.reply, a.err
+		}
+		s.forget(id)
+		return proposeReply{}, fmt.Errorf("no answer to this call in %v", wait)
 	}
 }
 
 func (s *fwdStream) forget(id uint64) {
 	s.mu.Lock()
-	delete(s.pending, id)
+	if s.pending != nil {
+		delete(s.pending, id)
+	}
 	s.mu.Unlock()
+	s.closeIfRetired()
 }
 
 // fail breaks the stream once: the connection closes and every call in flight ends.
@@ -232,6 +290,7 @@ func (s *fwdStream) readLoop() {
 			s.fail(err)
 			return
 		}
+		s.lastRead.Store(time.Now().UnixNano())
 		var a fwdAnswer
 		if err := json.Unmarshal(body, &a.reply); err != nil {
 			s.fail(fmt.Errorf("answer is not JSON: %w", err))
@@ -244,6 +303,7 @@ func (s *fwdStream) readLoop() {
 		if ch != nil {
 			ch <- a
 		}
+		s.closeIfRetired()
 	}
 }
 

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -180,4 +181,142 @@ func TestForwardStream_CloseDoesNotWaitForADial(t *testing.T) {
 	if err := <-done; err == nil {
 		t.Fatal("a call to a leader that never answered succeeded")
 	}
+}
+
+// fakeLeader serves one forward stream on a local port: it answers every call with index
+// 1, except those whose body is "hang", and stays silent entirely once silent is set.
+type fakeLeader struct {
+	ln     net.Listener
+	silent chan struct{}
+}
+
+func newFakeLeader(t *testing.T) *fakeLeader {
+	f := &fakeLeader{ln: listen(t), silent: make(chan struct{})}
+	t.Cleanup(func() { f.ln.Close() })
+	go func() {
+		conn, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		r := bufio.NewReader(conn)
+		for {
+			id, body, err := readFwdFrame(r)
+			if err != nil {
+				return
+			}
+			select {
+			case <-f.silent:
+				continue
+			default:
+			}
+			if string(body) == "hang" {
+				continue
+			}
+			w := &fwdWriter{conn: conn}
+			w.answer(id, proposeReply{Index: 1})
+			if _, err := conn.Write(w.buf); err != nil {
+				return
+			}
+		}
+	}()
+	return f
+}
+
+func (f *fakeLeader) stream(t *testing.T, timeout time.Duration) *fwdStream {
+	conn, err := net.Dial("tcp", f.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &fwdStream{conn: conn, pending: map[uint64]chan fwdAnswer{}, answerTimeout: timeout}
+	s.lastRead.Store(time.Now().UnixNano())
+	t.Cleanup(func() { s.fail(ErrClosed) })
+	go s.readLoop()
+	return s
+}
+
+// One unanswered call gives up alone while the leader answers others on the same stream;
+// a leader that answers nothing at all breaks the stream, and every call on it ends.
+func TestForwardStream_AnUnansweredCallFailsAloneUnlessTheLeaderIsSilent(t *testing.T) {
+	leader := newFakeLeader(t)
+	timeout := testutil.Scaled(time.Second)
+	s := leader.stream(t, timeout)
+	ctx := context.Background()
+
+	hung := make(chan error, 1)
+	go func() { _, err := s.call(ctx, []byte("hang")); hung <- err }()
+	deadline := time.After(testutil.Scaled(10 * time.Second))
+	for answered := false; !answered; {
+		select {
+		case err := <-hung:
+			if err == nil || errors.Is(err, errFwdBroken) {
+				t.Fatalf("the unanswered call ended with %v, want its own timeout", err)
+			}
+			answered = true
+		case <-deadline:
+			t.Fatal("the unanswered call never gave up")
+		default:
+			if r, err := s.call(ctx, []byte("ok")); err != nil || r.Index != 1 {
+				t.Fatalf("a call beside the unanswered one: %+v, %v", r, err)
+			}
+			time.Sleep(timeout / 10) // the leader keeps answering while the other call waits
+		}
+	}
+	if r, err := s.call(ctx, []byte("ok")); err != nil || r.Index != 1 {
+		t.Fatalf("the stream after one call gave up: %+v, %v", r, err)
+	}
+
+	close(leader.silent)
+	if _, err := s.call(ctx, []byte("ok")); !errors.Is(err, errFwdBroken) {
+		t.Fatalf("a call to a silent leader: %v, want the stream broken", err)
+	}
+}
+
+// A batch too long for a frame is refused before it is sent: the stream and the calls in
+// flight on it are unaffected.
+func TestForwardStream_AnOversizedBatchFailsOnlyItself(t *testing.T) {
+	leader := newFakeLeader(t)
+	s := leader.stream(t, 0)
+	ctx := context.Background()
+	if _, err := s.call(ctx, make([]byte, maxForwardFrame)); err == nil || errors.Is(err, errFwdBroken) {
+		t.Fatalf("an oversized batch: %v, want a refusal of that call alone", err)
+	}
+	if r, err := s.call(ctx, []byte("ok")); err != nil || r.Index != 1 {
+		t.Fatalf("the stream after an oversized batch: %+v, %v", r, err)
+	}
+}
+
+// After a leader change a follower's stream to the former leader is closed once its
+// calls are answered, instead of staying open until the follower stops.
+func TestForwardStream_TheStreamToAFormerLeaderCloses(t *testing.T) {
+	nodes := startCluster(t, 3)
+	old := leaderOf(t, nodes)
+	var followers []*testNode
+	for _, n := range nodes {
+		if n != old {
+			followers = append(followers, n)
+			commit(t, n, meta("before-change-"+n.ID()))
+		}
+	}
+	if err := old.TransferLeadership(); err != nil {
+		t.Fatal(err)
+	}
+	var f, now *testNode
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, n := range followers {
+			if n.IsLeader() {
+				now = n
+			} else {
+				f = n
+			}
+		}
+		return now != nil && f != nil
+	}, "no new leader among the former followers")
+	commit(t, f, meta("after-change"))
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		f.client.streams.mu.Lock()
+		defer f.client.streams.mu.Unlock()
+		_, toNew := f.client.streams.streams[now.Advertise()]
+		return len(f.client.streams.streams) == 1 && toNew
+	}, "the follower keeps streams to %d leaders, want only the new one's", len(f.client.streams.streams))
 }
