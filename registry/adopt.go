@@ -81,7 +81,8 @@ func (a *adopter) busy(id string) bool {
 
 // startAdopt checks the agents of silent member id in the background, then commits one
 // Adopt: those that answered move to the cluster, the rest are purged with the member.
-func (a *adopter) startAdopt(id string) {
+// upTo is the newest of its lives the purge covers (0: every life the state knows).
+func (a *adopter) startAdopt(id string, upTo uint64) {
 	a.mu.Lock()
 	if a.checking[id] {
 		a.mu.Unlock()
@@ -99,16 +100,17 @@ func (a *adopter) startAdopt(id string) {
 			a.mu.Unlock()
 		}()
 		start := time.Now()
-		sessions := n.state.SessionsOf(id)
-		// The purge covers the lives seen silent, fixed now: the member may come back, start a
-		// new incarnation and register through it while we check, and that life is not ours
-		// to purge (PurgeNode's 0 would resolve to it when applied).
-		var upTo uint64
-		if meta, ok := n.state.Node(id); ok {
-			upTo = meta.Incarnation
+		// The purge covers the lives seen silent, fixed before the check: the member may come
+		// back, start a new incarnation and register through it meanwhile, and that life is
+		// not ours to purge (PurgeNode's 0 would resolve to it when applied).
+		if upTo == 0 {
+			upTo = n.incarnationOf(id)
 		}
-		for _, s := range sessions {
-			upTo = max(upTo, s.Incarnation)
+		var sessions []fsm.SessionID
+		for _, s := range n.state.SessionsOf(id) {
+			if s.Incarnation <= upTo {
+				sessions = append(sessions, s)
+			}
 		}
 		answered := n.checkAgents(sessions)
 		var keep []fsm.SessionID

@@ -162,7 +162,7 @@ func (n *Node) purgeSilentMembers(ad *adopter, lives silentLives, now time.Time)
 			continue
 		}
 		if adopt && len(n.state.SessionsOf(id)) > 0 {
-			ad.startAdopt(id)
+			ad.startAdopt(id, life.upTo)
 			continue
 		}
 		n.log.Warn("purging the sessions of a silent member", "member", id, "sessions", len(n.state.SessionsOf(id)), "grace", n.cfg.NodeGrace)
@@ -182,7 +182,7 @@ func (n *Node) purgeSilentMembers(ad *adopter, lives silentLives, now time.Time)
 			// node) may hold agents that are alive and cannot know: they are checked, as a
 			// silent member's are, before it is forgotten (RemoveNode purges every session).
 			if adopt && len(n.state.SessionsOf(meta.ID)) > 0 {
-				ad.startAdopt(meta.ID)
+				ad.startAdopt(meta.ID, 0) // every life: the node left
 				continue
 			}
 			n.log.Info("forgetting a node that left the cluster", "member", meta.ID)
