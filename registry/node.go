@@ -386,8 +386,16 @@ func (n *Node) join() {
 	}
 }
 
+// newRequestID is this node's next request id, "<node>/<incarnation>/<seq>": one
+// allocation (every write makes one, on the path of every online).
 func (n *Node) newRequestID() string {
-	return n.cfg.NodeID + "/" + strconv.FormatUint(n.incarnation.Load(), 10) + "/" + strconv.FormatUint(n.requestSeq.Add(1), 10)
+	var buf [96]byte
+	b := append(buf[:0], n.cfg.NodeID...)
+	b = append(b, '/')
+	b = strconv.AppendUint(b, n.incarnation.Load(), 10)
+	b = append(b, '/')
+	b = strconv.AppendUint(b, n.requestSeq.Add(1), 10)
+	return string(b)
 }
 
 // submit commits cmds as one unit through the cluster (see cluster.Node.Commit): the
