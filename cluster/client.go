@@ -169,6 +169,9 @@ func (c *peerClient) forward(ctx context.Context, leader string, cmds []fsm.Comm
 		return 0, nil, err
 	}
 	reply, ok, err := c.streams.call(ctx, leader, body)
+	if errors.Is(err, errBatchTooLarge) {
+		return 0, nil, err
+	}
 	if ok {
 		if err != nil {
 			return 0, nil, fmt.Errorf("%w: %v", ErrForward, err)

@@ -66,7 +66,7 @@ func (n *Node) commit(ctx context.Context, start time.Time, cmds []fsm.Command) 
 			observe(nil)
 			return errs, nil
 		}
-		if errors.Is(err, ErrClosed) {
+		if errors.Is(err, ErrClosed) || errors.Is(err, errBatchTooLarge) {
 			observe(err)
 			return nil, err
 		}

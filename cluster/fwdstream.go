@@ -40,6 +40,13 @@ const fwdRefusedFor = time.Minute
 // errFwdBroken ends the calls in flight on a stream that failed; they are retried.
 var errFwdBroken = errors.New("forward stream to the leader broke")
 
+// errBatchTooLarge refuses a batch no forward can carry; retrying cannot help.
+var errBatchTooLarge = errors.New("batch too large to forward")
+
+// monoStart anchors the streams' clock readings: durations since it are monotonic, where
+// a stored wall-clock time would make a clock step break a live stream or keep a dead one.
+var monoStart = time.Now()
+
 // fwdClient holds a follower's forward streams, one per leader address.
 type fwdClient struct {
 	layer *streamLayer
@@ -127,7 +134,7 @@ func (c *fwdClient) stream(ctx context.Context, addr string) (*fwdStream, bool, 
 		retired = append(retired, old)
 	}
 	s := &fwdStream{conn: conn, pending: map[uint64]chan fwdAnswer{}}
-	s.lastRead.Store(time.Now().UnixNano())
+	s.lastRead.Store(int64(time.Since(monoStart)))
 	s.onBroken = func() {
 		c.mu.Lock()
 		if c.streams[addr] == s {
@@ -158,7 +165,7 @@ type fwdStream struct {
 
 	wmu sync.Mutex // one frame written at a time
 
-	lastRead atomic.Int64 // unix nanoseconds of the last answer read (or of the dial)
+	lastRead atomic.Int64 // time.Since(monoStart) at the last answer read (or at the dial)
 	// answerTimeout is how long a call waits for its answer (0: peerCallTimeout; tests).
 	answerTimeout time.Duration
 
@@ -169,7 +176,8 @@ type fwdStream struct {
 	retired bool  // the leader changed: close once nothing is pending
 }
 
-// errFwdRetired closes a stream to a former leader; no call is in flight on it then.
+// errFwdRetired closes a stream to a former leader once no call is pending on it; a call
+// that took the stream just before ends with it and is retried.
 var errFwdRetired = errors.New("the leader changed")
 
 func (s *fwdStream) retire() {
@@ -201,7 +209,7 @@ func (s *fwdStream) call(ctx context.Context, body []byte) (proposeReply, error)
 	if len(body) > maxForwardFrame-8 {
 		// Sent, it would break the stream for every call in flight: the leader drops a
 		// connection whose frame is too long.
-		return proposeReply{}, fmt.Errorf("batch of %d bytes is more than a forward carries (%d)", len(body), maxForwardFrame-8)
+		return proposeReply{}, fmt.Errorf("%w: %d bytes, a forward carries %d", errBatchTooLarge, len(body), maxForwardFrame-8)
 	}
 	ch := make(chan fwdAnswer, 1)
 	s.mu.Lock()
@@ -243,7 +251,7 @@ func (s *fwdStream) call(ctx context.Context, body []byte) (proposeReply, error)
 		// A leader that answered nothing at all for this long is gone: the stream breaks
 		// and the next call dials whoever leads. One that answers other calls is alive,
 		// and only this call gives up (it is retried; the request ids make that safe).
-		if time.Since(time.Unix(0, s.lastRead.Load())) >= wait {
+		if time.Since(monoStart)-time.Duration(s.lastRead.Load()) >= wait {
 			s.fail(fmt.Errorf("no answer in %v", wait))
 			a := <-ch
 			return a.reply, a.err
@@ -290,7 +298,7 @@ func (s *fwdStream) readLoop() {
 			s.fail(err)
 			return
 		}
-		s.lastRead.Store(time.Now().UnixNano())
+		s.lastRead.Store(int64(time.Since(monoStart)))
 		var a fwdAnswer
 		if err := json.Unmarshal(body, &a.reply); err != nil {
 			s.fail(fmt.Errorf("answer is not JSON: %w", err))

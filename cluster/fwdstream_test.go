@@ -229,7 +229,7 @@ func (f *fakeLeader) stream(t *testing.T, timeout time.Duration) *fwdStream {
 		t.Fatal(err)
 	}
 	s := &fwdStream{conn: conn, pending: map[uint64]chan fwdAnswer{}, answerTimeout: timeout}
-	s.lastRead.Store(time.Now().UnixNano())
+	s.lastRead.Store(int64(time.Since(monoStart)))
 	t.Cleanup(func() { s.fail(ErrClosed) })
 	go s.readLoop()
 	return s
@@ -278,7 +278,7 @@ func TestForwardStream_AnOversizedBatchFailsOnlyItself(t *testing.T) {
 	leader := newFakeLeader(t)
 	s := leader.stream(t, 0)
 	ctx := context.Background()
-	if _, err := s.call(ctx, make([]byte, maxForwardFrame)); err == nil || errors.Is(err, errFwdBroken) {
+	if _, err := s.call(ctx, make([]byte, maxForwardFrame)); !errors.Is(err, errBatchTooLarge) {
 		t.Fatalf("an oversized batch: %v, want a refusal of that call alone", err)
 	}
 	if r, err := s.call(ctx, []byte("ok")); err != nil || r.Index != 1 {
@@ -313,10 +313,14 @@ func TestForwardStream_TheStreamToAFormerLeaderCloses(t *testing.T) {
 		return now != nil && f != nil
 	}, "no new leader among the former followers")
 	commit(t, f, meta("after-change"))
+	var open []string
 	testutil.Eventually(t, 5*time.Second, func() bool {
 		f.client.streams.mu.Lock()
 		defer f.client.streams.mu.Unlock()
-		_, toNew := f.client.streams.streams[now.Advertise()]
-		return len(f.client.streams.streams) == 1 && toNew
-	}, "the follower keeps streams to %d leaders, want only the new one's", len(f.client.streams.streams))
+		open = open[:0]
+		for addr := range f.client.streams.streams {
+			open = append(open, addr)
+		}
+		return len(open) == 1 && open[0] == now.Advertise()
+	}, "the follower keeps streams to %v, want only the new leader's (%s)", &open, now.Advertise())
 }

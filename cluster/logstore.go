@@ -75,21 +75,16 @@ func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, snapIndex ui
 		if err != nil {
 			return nil, nil, fmt.Errorf("open %s: %w", walDirName, err)
 		}
-		// Both hold a log after a crash between the move's rename and raft.db's clearing
-		// (raft.db's is then a prefix of the write-ahead log), or when an older build,
-		// which knows only raft.db, ran on this data dir without --raft-log-store bolt
-		// first: its log goes on past the stale write-ahead log's, and is the one to keep.
-		boltLast, err := bolt.LastIndex()
-		if err == nil {
-			var walLast uint64
-			if walLast, err = w.LastIndex(); err == nil && boltLast > walLast {
-				log.Warn("raft.db holds a newer raft log than the write-ahead log (an older build ran on this data dir): replacing the write-ahead log with it",
-					"raft_db_last_index", boltLast, "wal_last_index", walLast)
-				w.Close()
-				if w, err = replaceWAL(raftDir, bolt, snapIndex, noSync, hlog, log); err != nil {
-					return nil, nil, err
-				}
+		stale, err := staleWAL(w, bolt, snapIndex, log)
+		if err == nil && stale {
+			w.Close()
+			w, err = replaceWAL(raftDir, bolt, snapIndex, noSync, hlog, log)
+			if err != nil {
+				return nil, nil, err
 			}
+		}
+		if err == nil {
+			err = dropBelowSnapshot(w, snapIndex, log)
 		}
 		if err != nil {
 			w.Close()
@@ -102,7 +97,7 @@ func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, snapIndex ui
 		return w, w.Close, nil
 	case LogStoreBolt:
 		if haveWAL {
-			if err := moveOutOfWAL(raftDir, bolt, noSync, hlog, log); err != nil {
+			if err := moveOutOfWAL(raftDir, bolt, snapIndex, noSync, hlog, log); err != nil {
 				return nil, nil, fmt.Errorf("move the raft log from %s to raft.db: %w", walDirName, err)
 			}
 		}
@@ -110,6 +105,49 @@ func openLogStore(kind, raftDir string, bolt *raftboltdb.BoltStore, snapIndex ui
 	default:
 		return nil, nil, fmt.Errorf("raft log store %q: want %s or %s", kind, LogStoreWAL, LogStoreBolt)
 	}
+}
+
+// staleWAL reports whether raft.db holds a log the write-ahead log w does not contain, so
+// that raft.db's is the one to keep. Both hold one after a crash in the middle of a move,
+// when raft.db's is a copy of part of w, or after an older build (which knows only
+// raft.db) ran on this data dir without --raft-log-store bolt first and wrote its own.
+// Raft's log matching decides: if w holds raft.db's last entry with the same term, it
+// holds everything before it too. A raft.db log that ends at or below the newest
+// snapshot (snapIndex) is covered by it and never wins.
+func staleWAL(w raft.LogStore, bolt raft.LogStore, snapIndex uint64, log *slog.Logger) (bool, error) {
+	boltLast, err := bolt.LastIndex()
+	if err != nil || boltLast == 0 || boltLast <= snapIndex {
+		return false, err
+	}
+	var inBolt, inWAL raft.Log
+	if err := bolt.GetLog(boltLast, &inBolt); err != nil {
+		return false, fmt.Errorf("read raft.db's last entry %d: %w", boltLast, err)
+	}
+	switch err := w.GetLog(boltLast, &inWAL); {
+	case err == nil && inWAL.Term == inBolt.Term:
+		return false, nil
+	case err != nil && !errors.Is(err, raft.ErrLogNotFound):
+		return false, err
+	}
+	walLast, err := w.LastIndex()
+	if err != nil {
+		return false, err
+	}
+	log.Warn("raft.db holds raft log entries the write-ahead log lacks (an older build ran on this data dir): keeping raft.db's log, giving up the write-ahead log",
+		"raft_db_last_index", boltLast, "raft_db_last_term", inBolt.Term, "wal_last_index", walLast)
+	return true, nil
+}
+
+// dropBelowSnapshot empties a write-ahead log that ends below the newest snapshot (an
+// older build installed a snapshot while the write-ahead log sat unused): raft's next
+// entry would not follow it. The snapshot covers what it held.
+func dropBelowSnapshot(w raft.LogStore, snapIndex uint64, log *slog.Logger) error {
+	walLast, err := w.LastIndex()
+	if err != nil || walLast == 0 || walLast >= snapIndex {
+		return err
+	}
+	log.Info("the write-ahead log ends below the newest snapshot: starting it after the snapshot", "wal_last_index", walLast, "snapshot_index", snapIndex)
+	return clearLog(w)
 }
 
 // replaceWAL gives up the write-ahead log and moves raft.db's log into a new one.
@@ -212,16 +250,19 @@ func moveIntoWAL(raftDir string, bolt *raftboltdb.BoltStore, snapIndex uint64, n
 
 // moveOutOfWAL copies the write-ahead log into raft.db (replacing whatever partial copy an
 // interrupted move left there) and then gives the write-ahead log up.
-func moveOutOfWAL(raftDir string, bolt *raftboltdb.BoltStore, noSync bool, hlog hclog.Logger, log *slog.Logger) error {
+func moveOutOfWAL(raftDir string, bolt *raftboltdb.BoltStore, snapIndex uint64, noSync bool, hlog hclog.Logger, log *slog.Logger) error {
 	walDir := filepath.Join(raftDir, walDirName)
 	w, err := openWAL(walDir, noSync, hlog)
 	if err != nil {
 		return err
 	}
-	err = clearLog(bolt)
-	var n int
-	if err == nil {
-		n, err = copyLog(bolt, w)
+	stale, err := staleWAL(w, bolt, snapIndex, log)
+	n := 0
+	if err == nil && !stale {
+		err = clearLog(bolt)
+		if err == nil {
+			n, err = copyLog(bolt, w)
+		}
 	}
 	if cerr := w.Close(); err == nil {
 		err = cerr
@@ -236,7 +277,9 @@ func moveOutOfWAL(raftDir string, bolt *raftboltdb.BoltStore, noSync bool, hlog 
 	if err := syncDir(raftDir); err != nil {
 		return err
 	}
-	log.Info("moved the raft log from the write-ahead log to raft.db", "entries", n)
+	if !stale {
+		log.Info("moved the raft log from the write-ahead log to raft.db", "entries", n)
+	}
 	return os.RemoveAll(gone)
 }
 

@@ -102,46 +102,95 @@ func TestLogStore_ACrashedMoveLeavesNoHalfLog(t *testing.T) {
 	assertLog(t, logs, 1, 5)
 }
 
-// Both stores hold a log after a crash in the middle of a move (raft.db's is a prefix of
-// the write-ahead log: the write-ahead log is kept), or after an older build, which knows
-// only raft.db, ran on the data dir and wrote there (its log goes further: it is kept, and
-// the stale write-ahead log given up).
-func TestLogStore_TheLongerOfTwoLogsIsKept(t *testing.T) {
+// Both stores hold a log after a crash in the middle of a move (raft.db's is part of the
+// write-ahead log: the write-ahead log is kept), or after an older build, which knows only
+// raft.db, ran on the data dir and wrote there (raft.db's log holds entries the
+// write-ahead log lacks: it is kept, whether it ends after the write-ahead log or below it
+// on a newer term). Either way the log kept is where the chosen store wants it, and a
+// write-ahead log that ends below the newest snapshot starts after it.
+func TestLogStore_TheCurrentOfTwoLogsIsKept(t *testing.T) {
+	term2 := func(logs []*raft.Log) []*raft.Log {
+		for _, l := range logs {
+			l.Term = 2
+		}
+		return logs
+	}
 	for _, tc := range []struct {
-		name              string
-		walLast, boltLast uint64
+		name       string
+		wal, bolt  []*raft.Log
+		snapIndex  uint64
+		first      uint64 // the log kept: first..last, term 2 from term2From on (0: none)
+		last       uint64
+		term2From  uint64
+		emptyAfter bool // nothing kept: the snapshot covers it
 	}{
-		{"crash after the rename", 9, 5},
-		{"an older build wrote to raft.db", 5, 9},
+		{name: "a crash after the rename", wal: entries(1, 9), bolt: entries(1, 5), first: 1, last: 9},
+		{name: "a crash while copying back", wal: entries(1, 9), bolt: entries(1, 3), first: 1, last: 9},
+		{name: "an older build wrote further", wal: entries(1, 5), bolt: entries(1, 9), first: 1, last: 9},
+		{name: "an older build wrote on a newer term", wal: entries(1, 9), bolt: append(entries(1, 4), term2(entries(5, 6))...), first: 1, last: 6, term2From: 5},
+		{name: "raft.db's log lies below the snapshot", wal: entries(1, 9), bolt: entries(1, 5), snapIndex: 7, first: 1, last: 9},
+		{name: "the write-ahead log lies below the snapshot", wal: entries(50, 100), snapIndex: 500, emptyAfter: true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			raftDir := t.TempDir()
-			w, err := openWAL(filepath.Join(raftDir, walDirName), true, hclog.NewNullLogger())
-			if err != nil {
-				t.Fatal(err)
+		for _, kind := range []string{LogStoreWAL, LogStoreBolt} {
+			if tc.emptyAfter && kind == LogStoreBolt {
+				continue // raft.db may keep a log below a snapshot: raft compacts it
 			}
-			if err := w.StoreLogs(entries(1, tc.walLast)); err != nil {
-				t.Fatal(err)
-			}
-			w.Close()
-			bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), NoSync: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bolt.Close()
-			if err := bolt.StoreLogs(entries(1, tc.boltLast)); err != nil {
-				t.Fatal(err)
-			}
-			logs, closeLogs, err := openLogStore(LogStoreWAL, raftDir, bolt, 0, true, hclog.NewNullLogger(), slog.New(slog.DiscardHandler))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer closeLogs()
-			assertLog(t, logs, 1, 9)
-			if _, last := bounds(t, bolt); last != 0 {
-				t.Fatalf("raft.db still holds a log up to %d", last)
-			}
-		})
+			t.Run(tc.name+"/"+kind, func(t *testing.T) {
+				raftDir := t.TempDir()
+				w, err := openWAL(filepath.Join(raftDir, walDirName), true, hclog.NewNullLogger())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := w.StoreLogs(tc.wal); err != nil {
+					t.Fatal(err)
+				}
+				w.Close()
+				bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), NoSync: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer bolt.Close()
+				if len(tc.bolt) > 0 {
+					if err := bolt.StoreLogs(tc.bolt); err != nil {
+						t.Fatal(err)
+					}
+				}
+				logs, closeLogs, err := openLogStore(kind, raftDir, bolt, tc.snapIndex, true, hclog.NewNullLogger(), slog.New(slog.DiscardHandler))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if closeLogs != nil {
+					defer closeLogs()
+				}
+				if tc.emptyAfter {
+					if _, last := bounds(t, logs); last != 0 {
+						t.Fatalf("the log still ends at %d, below the snapshot's %d", last, tc.snapIndex)
+					}
+					return
+				}
+				assertLog(t, logs, tc.first, tc.last)
+				for i := tc.first; i <= tc.last; i++ {
+					var e raft.Log
+					if err := logs.GetLog(i, &e); err != nil {
+						t.Fatal(err)
+					}
+					want := uint64(1)
+					if tc.term2From > 0 && i >= tc.term2From {
+						want = 2
+					}
+					if e.Term != want {
+						t.Fatalf("entry %d has term %d, want %d: the wrong log was kept", i, e.Term, want)
+					}
+				}
+				if kind == LogStoreWAL {
+					if _, last := bounds(t, bolt); last != 0 {
+						t.Fatalf("raft.db still holds a log up to %d", last)
+					}
+				} else if _, err := os.Stat(filepath.Join(raftDir, walDirName)); !os.IsNotExist(err) {
+					t.Fatalf("the write-ahead log is still there (%v)", err)
+				}
+			})
+		}
 	}
 }
 
@@ -175,23 +224,24 @@ func TestLogStore_CopyTakesTheTailAfterAGap(t *testing.T) {
 func TestLogStore_AMemberCaughtUpByASnapshotMovesAndFollows(t *testing.T) {
 	nodes := startCluster(t, 3, func(c *Config) {
 		c.LogStore = LogStoreBolt
-		c.SnapshotThreshold = 1 << 20 // only the snapshot taken below, at the leader's last entry
+		c.SnapshotThreshold = 1 << 20 // only the snapshots taken below, at the last entry
 		c.trailingLogs = 4
 	})
-	l := leaderOf(t, nodes)
 	f := followerOf(t, nodes)
+	var running []*testNode
+	for _, n := range nodes {
+		if n != f {
+			running = append(running, n)
+		}
+	}
 	has := func(n *testNode, id string) func() bool {
 		return func() bool { _, ok := n.state.Node(id); return ok }
 	}
-	commit(t, l, meta("before"))
+	commit(t, running[0], meta("before"))
 	testutil.Eventually(t, 5*time.Second, has(f, "before"), "the follower never applied the first write")
-	_, fLast := bounds(t, f.logs)
 	logs := &testutil.LogBuffer{}
 	reopen := func(kind string) *testNode {
 		t.Helper()
-		if err := f.Close(); err != nil {
-			t.Fatal(err)
-		}
 		c := f.cfg
 		c.LogStore = kind
 		ln, err := net.Listen("tcp", c.Advertise)
@@ -202,44 +252,59 @@ func TestLogStore_AMemberCaughtUpByASnapshotMovesAndFollows(t *testing.T) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
 		return open(t, c)
 	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 40 {
-		commit(t, l, meta(fmt.Sprintf("while-down-%d", i)))
-	}
-	if err := l.raft.Snapshot().Error(); err != nil {
-		t.Fatal(err)
-	}
-	if first, _ := bounds(t, l.logs); first <= fLast+1 {
-		t.Fatalf("setup: the leader's log starts at %d, the stopped follower's ends at %d: no snapshot needed", first, fLast)
-	}
-
-	f = reopen(LogStoreBolt)
-	testutil.Eventually(t, 10*time.Second, has(f, "while-down-39"), "the follower never caught up by the leader's snapshot")
 	raftDir := filepath.Join(f.cfg.DataDir, "raft")
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	metas, err := snaps.List()
-	if err != nil || len(metas) == 0 {
-		t.Fatalf("the follower holds no snapshot after catching up (%v)", err)
-	}
-	if last := boltLastIndex(t, raftDir); last >= metas[0].Index {
-		t.Fatalf("setup: raft.db's log reaches %d, not below the snapshot's %d", last, metas[0].Index)
+
+	// The follower, stopped, misses writes; both running members snapshot at their last
+	// entry and keep 4 after it, so whichever leads can only send the snapshot. Restarted
+	// on raft.db, the follower installs it and is stopped again. An election meanwhile
+	// (the new term's first entry reaches the follower after the snapshot) spoils the
+	// setup, and it is done again.
+	var snapIndex uint64
+	for attempt := 1; snapIndex == 0; attempt++ {
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		last := fmt.Sprintf("while-down-%d-39", attempt)
+		for i := range 40 {
+			commit(t, running[i%2], meta(fmt.Sprintf("while-down-%d-%d", attempt, i)))
+		}
+		for _, n := range running {
+			testutil.Eventually(t, 5*time.Second, has(n, last), "%s never applied the writes", n.ID())
+			if err := n.raft.Snapshot().Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f = reopen(LogStoreBolt)
+		testutil.Eventually(t, 10*time.Second, has(f, last), "the follower never caught up by the leader's snapshot")
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hclog.NewNullLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		metas, err := snaps.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		boltLast := boltLastIndex(t, raftDir)
+		switch {
+		case len(metas) > 0 && boltLast < metas[0].Index:
+			snapIndex = metas[0].Index
+		case attempt == 3:
+			t.Fatalf("setup: three times the follower did not end with raft.db's log below a snapshot (log to %d, snapshots %v)", boltLast, metas)
+		default:
+			t.Logf("setup, attempt %d: raft.db's log reaches %d, snapshots %v: again", attempt, boltLast, metas)
+		}
 	}
 
 	logs = &testutil.LogBuffer{}
 	f = reopen(LogStoreWAL)
 	if _, last := bounds(t, f.logs); last != 0 {
-		t.Fatalf("the write-ahead log starts with entries up to %d, below the snapshot's %d", last, metas[0].Index)
+		t.Fatalf("the write-ahead log starts with entries up to %d, below the snapshot's %d", last, snapIndex)
 	}
 	testutil.Eventually(t, 10*time.Second, f.Ready, "the follower is not ready on the write-ahead log")
-	commit(t, l, meta("after"))
+	commit(t, running[0], meta("after"))
 	testutil.Eventually(t, 10*time.Second, has(f, "after"), "the follower on the write-ahead log never applied a new write")
 	// Copied, the old entries made raft's next append fail ("non-monotonic") and the
 	// leader walk back entry by entry, or send the snapshot again, before the member
