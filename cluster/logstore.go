@@ -196,7 +196,7 @@ func openWAL(dir string, noSync bool, hlog hclog.Logger) (walStore, error) {
 		wal.WithMetaStore(meta),
 		wal.WithSegmentSize(walSegmentSize),
 		wal.WithLogger(hlog.Named("wal")),
-		wal.WithSegmentFiler(segment.NewFiler(dir, dataSyncFS{VFS: walfs.New(), noSync: noSync})))
+		wal.WithSegmentFiler(indexlessSealFiler{segment.NewFiler(dir, dataSyncFS{VFS: walfs.New(), noSync: noSync})}))
 	if err != nil {
 		meta.Close()
 		return walStore{}, err
@@ -352,6 +352,25 @@ func syncDir(dir string) error {
 		err = cerr
 	}
 	return err
+}
+
+// indexlessSealFiler opens raft-wal's segments, also those its metadata calls sealed
+// without an index block. raft-wal v0.4.0 seals the tail that way when raft deletes a
+// suffix of the log (a follower dropping entries that conflict with a new leader's:
+// hashicorp/raft-wal#31). The process goes on reading it through its writer, but after a
+// restart every read from it failed ("sealed segment has no index block") and raft
+// panicked at start. Such a segment is read the way raft-wal reads the tail after a
+// restart: its entries are found by scanning the file's committed frames. Entries it holds
+// past its end (the deleted suffix) are never asked for: the next segment starts there.
+type indexlessSealFiler struct {
+	*segment.Filer
+}
+
+func (f indexlessSealFiler) Open(info waltypes.SegmentInfo) (waltypes.SegmentReader, error) {
+	if info.IndexStart == 0 && !info.SealTime.IsZero() {
+		return f.Filer.RecoverTail(info) // only read: nothing is appended to a sealed segment
+	}
+	return f.Filer.Open(info)
 }
 
 // dataSyncFS is raft-wal's file system with fdatasync in place of fsync for segment

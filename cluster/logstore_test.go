@@ -314,6 +314,54 @@ func TestLogStore_AMemberCaughtUpByASnapshotMovesAndFollows(t *testing.T) {
 	}
 }
 
+// Raft clears a conflicting suffix of a follower's log (after a partition, say) with
+// DeleteRange. raft-wal v0.4.0 then marks the segment sealed without writing its index
+// block (hashicorp/raft-wal#31), and after a restart every read from that segment failed
+// ("sealed segment has no index block"): raft panicked at start. Our filer reads such a
+// segment as raft-wal reads a tail, by scanning it.
+func TestLogStore_ASegmentCutByASuffixDeleteIsReadAfterARestart(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		after []*raft.Log // appended after the delete, before the restart
+		last  uint64
+	}{
+		{"new entries after the cut", entries(8, 12), 12},
+		{"a restart right after the cut", nil, 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			w, err := openWAL(dir, true, hclog.NewNullLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.StoreLogs(entries(1, 10)); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.DeleteRange(8, 10); err != nil { // raft's "clearing log suffix"
+				t.Fatal(err)
+			}
+			if len(tc.after) > 0 {
+				if err := w.StoreLogs(tc.after); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			w, err = openWAL(dir, true, hclog.NewNullLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			assertLog(t, w, 1, tc.last)
+			if err := w.StoreLogs(entries(tc.last+1, tc.last+1)); err != nil {
+				t.Fatal(err)
+			}
+			assertLog(t, w, 1, tc.last+1)
+		})
+	}
+}
+
 func entries(from, to uint64) []*raft.Log {
 	var logs []*raft.Log
 	for i := from; i <= to; i++ {
