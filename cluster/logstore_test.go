@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
+	"github.com/wsregistry/wsregistry/fsm"
 	"github.com/wsregistry/wsregistry/internal/testutil"
 )
 
@@ -359,6 +360,56 @@ func TestLogStore_ASegmentCutByASuffixDeleteIsReadAfterARestart(t *testing.T) {
 			}
 			assertLog(t, w, 1, tc.last+1)
 		})
+	}
+}
+
+// The same through raft on a real cluster: a leader cut off from the others appends an
+// entry nobody else gets; the others elect a new leader, which writes at that index; once
+// healed, the old leader, now a follower, clears the conflicting suffix. It must then
+// restart on its write-ahead log and follow (raft panicked at start before).
+func TestLogStore_AFollowerThatClearedASuffixRestarts(t *testing.T) {
+	logs := &testutil.LogBuffer{}
+	nodes := startCluster(t, 3, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil)) // raft's warnings reach it
+	})
+	old := leaderOf(t, nodes)
+	var others []*testNode
+	for _, n := range nodes {
+		if n != old {
+			others = append(others, n)
+		}
+	}
+	old.SetPartitioned(true)
+	body, err := encodeBatch([]fsm.Command{meta("never-committed")}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.raft.Apply(body, 0) // appended to the cut-off leader's log only
+	now := leaderOf(t, others)
+	commit(t, now, meta("new-leader-write"))
+	old.SetPartitioned(false)
+	testutil.Eventually(t, 10*time.Second, func() bool { _, ok := old.state.Node("new-leader-write"); return ok },
+		"the healed old leader never applied the new leader's write")
+	if !strings.Contains(logs.String(), "clearing log suffix") {
+		t.Fatalf("setup: no member cleared a log suffix:\n%s", logs)
+	}
+
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c := old.cfg
+	ln, err := net.Listen("tcp", c.Advertise)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Listener = ln
+	back := open(t, c)
+	testutil.Eventually(t, 10*time.Second, back.Ready, "the restarted member is not ready")
+	commit(t, now, meta("after-restart"))
+	testutil.Eventually(t, 10*time.Second, func() bool { _, ok := back.state.Node("after-restart"); return ok },
+		"the restarted member never applied a new write")
+	if _, ok := back.state.Node("never-committed"); ok {
+		t.Fatal("the entry the cut-off leader alone held was applied")
 	}
 }
 
