@@ -167,6 +167,11 @@ func TestLogStore_TheCurrentOfTwoLogsIsKept(t *testing.T) {
 					if _, last := bounds(t, logs); last != 0 {
 						t.Fatalf("the log still ends at %d, below the snapshot's %d", last, tc.snapIndex)
 					}
+					// raft's next entry follows the snapshot
+					if err := logs.StoreLogs(entries(tc.snapIndex+1, tc.snapIndex+2)); err != nil {
+						t.Fatalf("append after the snapshot: %v", err)
+					}
+					assertLog(t, logs, tc.snapIndex+1, tc.snapIndex+2)
 					return
 				}
 				assertLog(t, logs, tc.first, tc.last)
