@@ -263,9 +263,7 @@ func (s *fwdStream) call(ctx context.Context, body []byte) (proposeReply, error)
 
 func (s *fwdStream) forget(id uint64) {
 	s.mu.Lock()
-	if s.pending != nil {
-		delete(s.pending, id)
-	}
+	delete(s.pending, id) // nil once the stream failed: a no-op then
 	s.mu.Unlock()
 	s.closeIfRetired()
 }

@@ -152,15 +152,8 @@ func dropBelowSnapshot(w raft.LogStore, snapIndex uint64, log *slog.Logger) erro
 
 // replaceWAL gives up the write-ahead log and moves raft.db's log into a new one.
 func replaceWAL(raftDir string, bolt *raftboltdb.BoltStore, snapIndex uint64, noSync bool, hlog hclog.Logger, log *slog.Logger) (walStore, error) {
-	gone := filepath.Join(raftDir, walGoneName)
-	if err := os.Rename(filepath.Join(raftDir, walDirName), gone); err != nil {
+	if err := removeWAL(raftDir); err != nil {
 		return walStore{}, fmt.Errorf("give up the stale %s: %w", walDirName, err)
-	}
-	if err := syncDir(raftDir); err != nil {
-		return walStore{}, err
-	}
-	if err := os.RemoveAll(gone); err != nil {
-		return walStore{}, err
 	}
 	if err := moveIntoWAL(raftDir, bolt, snapIndex, noSync, hlog, log); err != nil {
 		return walStore{}, fmt.Errorf("move the raft log from raft.db to %s: %w", walDirName, err)
@@ -270,15 +263,24 @@ func moveOutOfWAL(raftDir string, bolt *raftboltdb.BoltStore, snapIndex uint64, 
 	if err != nil {
 		return err
 	}
-	gone := filepath.Join(raftDir, walGoneName)
-	if err := os.Rename(walDir, gone); err != nil {
-		return err
-	}
-	if err := syncDir(raftDir); err != nil {
+	if err := removeWAL(raftDir); err != nil {
 		return err
 	}
 	if !stale {
 		log.Info("moved the raft log from the write-ahead log to raft.db", "entries", n)
+	}
+	return nil
+}
+
+// removeWAL gives the write-ahead log up: renamed to wal.gone first (the rename on disk),
+// so that a crash while removing it never leaves a partial log under wal.
+func removeWAL(raftDir string) error {
+	gone := filepath.Join(raftDir, walGoneName)
+	if err := os.Rename(filepath.Join(raftDir, walDirName), gone); err != nil {
+		return err
+	}
+	if err := syncDir(raftDir); err != nil {
+		return err
 	}
 	return os.RemoveAll(gone)
 }
