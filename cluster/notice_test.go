@@ -61,7 +61,14 @@ func TestCommitNotice_IsRefusedByAMemberWithoutTheEntry(t *testing.T) {
 	nodes := startCluster(t, 3, func(c *Config) { c.CommitTimeout = 10 * time.Minute })
 	l := leaderOf(t, nodes)
 	commit(t, l, meta("known"))
+	known := l.AppliedIndex()
 	testutil.Eventually(t, 5*time.Second, l.noticesIdle, "the notice of the first write still pending")
+	// A follower applies what an accepted notice committed a moment after answering it:
+	// the baseline is taken once every member has applied the first write.
+	for _, n := range nodes {
+		testutil.Eventually(t, 5*time.Second, func() bool { return n.AppliedIndex() >= known },
+			"%s never applied the first write (index %d)", n.ID(), known)
+	}
 	accepted := l.commitNoticesAccepted()
 	applied := make([]uint64, len(nodes))
 	for i, n := range nodes {
