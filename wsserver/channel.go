@@ -64,8 +64,9 @@ type Channel struct {
 	done    chan struct{}              // closed after OnClose returned
 	err     atomic.Pointer[closeError] // set before OnClose runs
 
-	valMu sync.Mutex
-	val   any
+	// val is the embedding code's slot (the registry's session), read by every request's
+	// handler on the reader's and the handlers' goroutines: an atomic load, not a lock.
+	val atomic.Pointer[any]
 
 	auth any // what WithAuth put on the accepted request; set before start, then read-only
 
@@ -142,14 +143,16 @@ func (c *Channel) logger() *slog.Logger {
 func (c *Channel) start() {
 	// Only now: a channel refused before it starts (a Shutdown under way) closes through
 	// the library alone, which drops the client's data frames instead of serving them.
-	if cc := c.cc; cc != nil && cc.server && !cc.handshakeLeftovers && !c.cfg.libraryReads {
-		// The frameReader must see the stream from a frame boundary: bytes the
-		// client sent behind its handshake are already in the library's buffer.
+	if cc := c.cc; cc != nil && cc.server && !c.cfg.libraryReads {
+		// The frameReader sees the stream from the first frame: what the client sent
+		// behind its handshake is its carry.
 		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, maxText: int(min(c.cfg.readLimit, maxServedText)),
-			onText: func(msg []byte) { c.serveMessage(true, msg) }}
+			onText: func(msg []byte) { c.serveMessage(true, msg) }, carry: cc.leftover}
+		cc.leftover = nil
 		if sc, ok := cc.Conn.(syscall.Conn); ok {
 			if raw, err := sc.SyscallConn(); err == nil {
 				cc.frames.raw = raw
+				cc.asyncClose.Store(true)
 			}
 		}
 	}
@@ -197,16 +200,15 @@ func (c *Channel) Auth() any { return c.auth }
 
 // Value returns what SetValue stored.
 func (c *Channel) Value() any {
-	c.valMu.Lock()
-	defer c.valMu.Unlock()
-	return c.val
+	if v := c.val.Load(); v != nil {
+		return *v
+	}
+	return nil
 }
 
 // SetValue stores v in the channel's slot for the embedding code.
 func (c *Channel) SetValue(v any) {
-	c.valMu.Lock()
-	c.val = v
-	c.valMu.Unlock()
+	c.val.Store(&v)
 }
 
 // Close starts closing the channel with the given status: frames already

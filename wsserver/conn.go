@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,18 +27,20 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err := brw.Writer.Flush(); err != nil {
 		return nc, brw, err
 	}
-	cc := &corkConn{Conn: nc, server: true, handshakeLeftovers: brw.Reader.Buffered() > 0}
+	cc := &corkConn{Conn: nc, server: true}
+	// Bytes the client sent right behind its handshake (an agent says online at once) may
+	// already sit in net/http's reader: they are the first frames, read before the socket.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		cc.leftover = append([]byte(nil), b...)
+	}
 	h.nc = cc
 	// Small buffers for the library: data frames go out through writeTextFrames and come
 	// in through the frameReader, so it only reads and writes control frames (a header and
 	// at most 125 bytes) and, rarely, a frame the frameReader leaves to it, which bufio
-	// passes through unbuffered when it is larger. net/http's 4 KiB reader is kept only
-	// when it holds bytes the client sent behind its handshake. Idle connections are most
-	// of a registry's memory: this is ~8 KiB of each.
-	br := brw.Reader
-	if !cc.handshakeLeftovers {
-		br = bufio.NewReaderSize(cc, libraryBufferSize)
-	}
+	// passes through unbuffered when it is larger. Idle connections are most of a
+	// registry's memory: this is ~8 KiB of each.
+	br := bufio.NewReaderSize(cc, libraryBufferSize)
 	return cc, bufio.NewReadWriter(br, bufio.NewWriterSize(cc, libraryBufferSize)), nil
 }
 
@@ -60,10 +63,14 @@ type corkConn struct {
 	// closeSent: the library wrote a close frame; no data frame may follow it.
 	closeSent bool
 	// frames, when set, reads the socket and serves plain text frames itself (see
-	// frameReader); it is not used when the client's first frames arrived with its
-	// handshake (handshakeLeftovers), as they would then bypass it.
-	frames             *frameReader
-	handshakeLeftovers bool
+	// frameReader).
+	frames *frameReader
+	// leftover: what the client sent behind its handshake, read before the socket (by the
+	// frameReader, which starts with it, or by Read).
+	leftover []byte
+	// asyncClose: the frameReader serves requests inside the socket's raw read, holding a
+	// reference to the descriptor that a plain Close waits for (set before it first reads).
+	asyncClose atomic.Bool
 	// beforeRead runs before every socket read (the channel's flushHeld): what
 	// was answered from the bytes of the last read goes out before waiting for more.
 	beforeRead func()
@@ -77,10 +84,30 @@ func (c *corkConn) Read(p []byte) (int, error) {
 	if c.frames != nil {
 		return c.frames.Read(p)
 	}
+	if len(c.leftover) > 0 {
+		n := copy(p, c.leftover)
+		if c.leftover = c.leftover[n:]; len(c.leftover) == 0 {
+			c.leftover = nil
+		}
+		return n, nil
+	}
 	if c.beforeRead != nil {
 		c.beforeRead()
 	}
 	return c.Conn.Read(p)
+}
+
+// Close closes the socket. While the frameReader may be serving inside the socket's raw
+// read (serveRaw), the close runs on its own goroutine: net's Close waits for the read to
+// return, and the closer may be that very reader (a reply write that failed) or hold a
+// lock the reader is waiting for (the writer's). That goroutine wakes the read with an
+// error at once; the descriptor is released when the read has returned.
+func (c *corkConn) Close() error {
+	if c.asyncClose.Load() {
+		go c.Conn.Close()
+		return nil
+	}
+	return c.Conn.Close()
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {

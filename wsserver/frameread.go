@@ -26,12 +26,9 @@ type frameReader struct {
 	onText     func(msg []byte)
 	maxText    int
 
-	// raw, when the socket offers it (a plain TCP connection), lets a read take what has
-	// already arrived without blocking (readNow); nil otherwise.
+	// raw, when the socket offers it (a plain TCP connection), lets fresh frames be read
+	// and served inside the socket's raw read (serveRaw); nil otherwise.
 	raw syscall.RawConn
-	// busy: the last fresh read brought more than the library's small buffer holds, so the
-	// next one waits in a pooled buffer (see Read); an idle connection is not busy.
-	busy bool
 
 	carry      []byte // bytes read but not yet parsed or handed over (nil when none)
 	pass       int    // bytes of a handed-over frame the library has yet to get
@@ -94,35 +91,25 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 			fr.err = err
 			continue
 		}
-		// The library's buffer is small (libraryBufferSize): read into a pooled one of
-		// socketReadSize, so that a burst of requests still comes in one read and its
-		// replies leave in one write, and an idle connection holds no buffer.
+		if fr.raw != nil && fr.err == nil {
+			n, err := fr.serveRaw(p)
+			if n > 0 || err != nil {
+				return n, err
+			}
+			continue // an incomplete frame was left in carry
+		}
+		// A socket without a raw read (TLS): the library's buffer is small
+		// (libraryBufferSize), so read into a pooled one of socketReadSize, so that a
+		// burst of requests still comes in one read and its replies leave in one write.
 		buf, pooled := p, (*[]byte)(nil)
 		var n int
 		var err error
-		switch {
-		case len(p) >= socketReadSize:
+		if len(p) >= socketReadSize {
 			n, err = fr.read(p) // a pending error comes back here
-		case fr.raw != nil && !fr.busy:
-			// Wait for data in the library's small buffer, so an idle connection holds
-			// nothing more; when it fills up, take what else has already arrived
-			// without blocking.
-			n, err = fr.read(p)
-			if n == len(p) && err == nil {
-				pooled = readBufPool.Get().(*[]byte)
-				buf = *pooled
-				copy(buf, p[:n])
-				n += readNow(fr.raw, buf[n:])
-			}
-			fr.busy = n > len(p)
-		default:
-			// A busy connection (its last read brought more than the small buffer holds)
-			// reads into a pooled buffer with one system call, as it did before: the
-			// second read above would cost every burst of lookups a system call more.
+		} else {
 			pooled = readBufPool.Get().(*[]byte)
 			buf = *pooled
 			n, err = fr.read(buf)
-			fr.busy = n > len(p)
 		}
 		if n == 0 {
 			putReadBuf(pooled)

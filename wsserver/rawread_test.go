@@ -1,0 +1,169 @@
+//go:build unix
+
+package wsserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// rawCountingListener hands out connections whose raw reads count the calls of the read
+// callback: with serveRaw, one per burst of requests that a wait for readiness ended.
+type rawCountingListener struct {
+	net.Listener
+	calls *atomic.Int64
+}
+
+func (l rawCountingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return rawCountingConn{Conn: nc, calls: l.calls}, nil
+}
+
+type rawCountingConn struct {
+	net.Conn
+	calls *atomic.Int64
+}
+
+func (c rawCountingConn) SyscallConn() (syscall.RawConn, error) {
+	rc, err := c.Conn.(syscall.Conn).SyscallConn()
+	return countingRawConn{RawConn: rc, calls: c.calls}, err
+}
+
+type countingRawConn struct {
+	syscall.RawConn
+	calls *atomic.Int64
+}
+
+func (c countingRawConn) Read(f func(uintptr) bool) error {
+	return c.RawConn.Read(func(fd uintptr) bool {
+		c.calls.Add(1)
+		return f(fd)
+	})
+}
+
+func TestServeRaw_ABurstCostsOneReadAndNoneThatFindsNothing(t *testing.T) {
+	mux := NewMux()
+	mux.HandleInline("ws", "/echo", echoHandler)
+	s := NewServer(ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1, Logger: testLogger(t)}})
+	ts := httptest.NewUnstartedServer(s)
+	calls := new(atomic.Int64)
+	ts.Listener = rawCountingListener{Listener: ts.Listener, calls: calls}
+	ts.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), scaled(10*time.Second))
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		ts.Close()
+	})
+	nc, br := rawTCPHandshake(t, strings.TrimPrefix(ts.URL, "http://"), "/10.0.0.9/30")
+
+	// Each burst is one TCP write of five requests; its replies are read before the next
+	// is sent, so the server has drained the socket and waits each time.
+	const bursts, perBurst = 20, 5
+	nc.SetReadDeadline(time.Now().Add(scaled(10 * time.Second)))
+	for b := range bursts {
+		var burst bytes.Buffer
+		for i := range perBurst {
+			burst.Write(echoRequest(b*perBurst + i))
+		}
+		if b == 1 {
+			calls.Store(0) // from here on the reader is parked in serveRaw
+		}
+		if _, err := nc.Write(burst.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		for i := range perBurst {
+			_, payload := readServerFrame(t, br)
+			want := fmt.Sprintf(`{"id":%d,"mode":1,"twoway":false,"data":{"status":200,"data":[%d]}}`, b*perBurst+i, b*perBurst+i)
+			if !jsonEqual(t, string(payload), want) {
+				t.Fatalf("reply = %s, want %s", payload, want)
+			}
+		}
+	}
+	// A plain Read would read twice per burst (the second finds nothing, then parks), and
+	// never call the raw callback. One burst may come in two segments.
+	if got := calls.Load(); got < bursts-1 || got > bursts+1 {
+		t.Errorf("%d raw read calls for %d bursts, want one per burst", got, bursts-1)
+	}
+}
+
+func TestServeRaw_AReplyWriteThatFailsInsideTheReadClosesTheConnection(t *testing.T) {
+	// The inline handler's replies are written by the reader itself, from inside the
+	// socket's raw read. A client that never reads makes that write time out; the channel
+	// then closes the socket from the reader, which must not wait for its own read.
+	big := json.RawMessage(`"` + strings.Repeat("x", 32<<10) + `"`)
+	mux := NewMux()
+	mux.HandleInline("ws", "/big", func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) { return big, nil })
+	closed := make(chan error, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, WriteTimeout: 300 * time.Millisecond,
+		PingInterval: -1, CloseTimeout: 100 * time.Millisecond, OnClose: func(ch *Channel) { closed <- ch.Err() }}})
+	nc, _ := rawTCPHandshake(t, addr, "/10.0.0.9/31")
+	go func() {
+		// 128-byte frames: every full read of the server's 4 KiB buffer ends on a frame
+		// boundary, so the reader never leaves serveRaw to finish a frame.
+		body := `{"id":0,"twoway":true,"data":{"cmd":"/big","props":["%s"],"protocol":"ws"},"mode":0}`
+		payload := fmt.Sprintf(body, strings.Repeat("p", 128-6-len(body)+2))
+		req := rawFrame(true, 0x1, []byte(payload))
+		if len(req) != 128 {
+			panic(fmt.Sprint("request frame of ", len(req), " bytes"))
+		}
+		for range 2000 {
+			if _, err := nc.Write(req); err != nil {
+				return
+			}
+		}
+	}()
+	err := recv(t, closed, 10*time.Second, "the channel to close after its reply write timed out")
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Err = %v, want the write's timeout", err)
+	}
+	// The socket is closed too: the client's writes fail or its reads see the end.
+	nc.SetDeadline(time.Now().Add(scaled(5 * time.Second)))
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := nc.Read(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the server kept the socket open after closing the channel")
+			}
+			break
+		}
+	}
+}
+
+func TestServeRaw_ClosingAChannelWhoseReaderWaitsEndsIt(t *testing.T) {
+	mux := NewMux()
+	mux.HandleInline("ws", "/echo", echoHandler)
+	closed := make(chan *Channel, 1)
+	opened := make(chan *Channel, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
+		OnClose: func(ch *Channel) { closed <- ch }}, OnOpen: func(ch *Channel) { opened <- ch }})
+	c := rawDial(t, "ws://"+addr+"/10.0.0.9/32")
+	rawWrite(t, c, `{"id":1,"twoway":true,"data":{"cmd":"/echo","props":[1],"protocol":"ws"},"mode":0}`)
+	if got := rawRead(t, c); !jsonEqual(t, got, `{"id":1,"mode":1,"twoway":false,"data":{"status":200,"data":[1]}}`) {
+		t.Fatalf("reply: %s", got)
+	}
+	ch := recv(t, opened, 5*time.Second, "OnOpen")
+	ch.Close(websocket.StatusGoingAway, ReasonGoingAway)
+	ctx, cancel := context.WithTimeout(context.Background(), scaled(5*time.Second))
+	defer cancel()
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Fatalf("client read after Close: %v, want a 1001 close", err)
+	}
+	recv(t, closed, 5*time.Second, "OnClose after Close")
+}
