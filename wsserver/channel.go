@@ -9,7 +9,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -149,11 +148,9 @@ func (c *Channel) start() {
 		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, maxText: int(min(c.cfg.readLimit, maxServedText)),
 			onText: func(msg []byte) { c.serveMessage(true, msg) }, carry: cc.leftover}
 		cc.leftover = nil
-		if sc, ok := cc.Conn.(syscall.Conn); ok {
-			if raw, err := sc.SyscallConn(); err == nil {
-				cc.frames.raw = raw
-				cc.asyncClose.Store(true)
-			}
+		if raw := rawConnFor(cc.Conn); raw != nil {
+			cc.frames.raw, cc.frames.closed = raw, &cc.closed
+			cc.asyncClose.Store(true)
 		}
 	}
 	// The writer may run only from here on (it reads through cc.frames in a close

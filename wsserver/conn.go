@@ -71,6 +71,7 @@ type corkConn struct {
 	// asyncClose: the frameReader serves requests inside the socket's raw read, holding a
 	// reference to the descriptor that a plain Close waits for (set before it first reads).
 	asyncClose atomic.Bool
+	closed     atomic.Bool // Close was called
 	// beforeRead runs before every socket read (the channel's flushHeld): what
 	// was answered from the bytes of the last read goes out before waiting for more.
 	beforeRead func()
@@ -103,6 +104,7 @@ func (c *corkConn) Read(p []byte) (int, error) {
 // lock the reader is waiting for (the writer's). That goroutine wakes the read with an
 // error at once; the descriptor is released when the read has returned.
 func (c *corkConn) Close() error {
+	c.closed.Store(true)
 	if c.asyncClose.Load() {
 		go c.Conn.Close()
 		return nil

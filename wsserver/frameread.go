@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -29,6 +30,8 @@ type frameReader struct {
 	// raw, when the socket offers it (a plain TCP connection), lets fresh frames be read
 	// and served inside the socket's raw read (serveRaw); nil otherwise.
 	raw syscall.RawConn
+	// closed, when set, is the corkConn's: serveRaw stops reading once the socket is closed.
+	closed *atomic.Bool
 
 	carry      []byte // bytes read but not yet parsed or handed over (nil when none)
 	pass       int    // bytes of a handed-over frame the library has yet to get
@@ -137,7 +140,8 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 // socketReadSize is the least a frameReader asks the socket for when it reads fresh frames.
 const socketReadSize = 4096
 
-var readBufPool = sync.Pool{New: func() any { b := make([]byte, socketReadSize); return &b }}
+// The pooled buffers have room past socketReadSize for serveRaw's control message.
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, socketReadSize+64); return &b }}
 
 func putReadBuf(b *[]byte) {
 	if b != nil {

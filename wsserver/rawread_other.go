@@ -1,6 +1,15 @@
-//go:build !unix
+//go:build !linux
 
 package wsserver
 
-// serveRaw is the unix one's stand-in; it is never called, as raw is only set on unix.
+import (
+	"net"
+	"syscall"
+)
+
+// rawConnFor is Linux's only: serveRaw needs TCP_INQ to know that a read left nothing
+// behind. Elsewhere the frameReader reads with plain reads.
+func rawConnFor(net.Conn) syscall.RawConn { return nil }
+
+// serveRaw is never called where rawConnFor gives nothing.
 func (fr *frameReader) serveRaw(p []byte) (int, error) { return fr.read(p) }

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux
 
 package wsserver
 
@@ -166,4 +166,81 @@ func TestServeRaw_ClosingAChannelWhoseReaderWaitsEndsIt(t *testing.T) {
 		t.Fatalf("client read after Close: %v, want a 1001 close", err)
 	}
 	recv(t, closed, 5*time.Second, "OnClose after Close")
+}
+
+// A FIN that arrives with the last data raises no readiness of its own: a reader that
+// parked after a short read would never see the client leave (an agent that left would
+// stay registered until a ping failed; with pings off, for ever).
+func TestServeRaw_AFINRightBehindTheLastRequestEndsTheChannel(t *testing.T) {
+	for name, before := range map[string][]byte{
+		"parked reader":                         nil,
+		"after a frame the library read itself": maskedFrame(0x82, bytes.Repeat([]byte{'b'}, 8000), false),
+	} {
+		t.Run(name, func(t *testing.T) {
+			mux := NewMux()
+			mux.HandleInline("ws", "/echo", echoHandler)
+			closed := make(chan error, 1)
+			_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
+				OnClose: func(ch *Channel) { closed <- ch.Err() }}})
+			nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/33")
+			nc.SetReadDeadline(time.Now().Add(scaled(5 * time.Second)))
+			for i := range 3 { // the reader serves, drains and parks in serveRaw
+				if _, err := nc.Write(echoRequest(i)); err != nil {
+					t.Fatal(err)
+				}
+				readServerFrame(t, br)
+			}
+			last := append(append([]byte(nil), before...), echoRequest(9)...)
+			if _, err := nc.Write(last); err != nil {
+				t.Fatal(err)
+			}
+			if err := nc.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			if _, payload := readServerFrame(t, br); !strings.Contains(string(payload), `"id":9`) {
+				t.Fatalf("reply %s, want the answer to id 9", payload)
+			}
+			recv(t, closed, 5*time.Second, "the channel to end after the client's FIN")
+		})
+	}
+}
+
+// A client that keeps the socket full keeps the reader inside the raw read: it must still
+// stop reading and serving once the socket is closed, not when a read happens to come up
+// short.
+func TestServeRaw_StopsServingOnceTheSocketIsClosed(t *testing.T) {
+	big := json.RawMessage(`"` + strings.Repeat("x", 32<<10) + `"`)
+	var served atomic.Int64
+	mux := NewMux()
+	mux.HandleInline("ws", "/big", func(context.Context, *Channel, json.RawMessage) (json.RawMessage, error) {
+		served.Add(1)
+		return big, nil
+	})
+	closed := make(chan error, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, WriteTimeout: 300 * time.Millisecond,
+		PingInterval: -1, CloseTimeout: 100 * time.Millisecond, OnClose: func(ch *Channel) { closed <- ch.Err() }}})
+	nc, _ := rawTCPHandshake(t, addr, "/10.0.0.9/34")
+	body := `{"id":0,"twoway":true,"data":{"cmd":"/big","props":["%s"],"protocol":"ws"},"mode":0}`
+	req := rawFrame(true, 0x1, []byte(fmt.Sprintf(body, strings.Repeat("p", 128-6-len(body)+2))))
+	chunk := bytes.Repeat(req, 8192) // 1 MiB of 128-byte frames: reads fill the buffer exactly
+	var stop atomic.Bool
+	defer stop.Store(true)
+	go func() {
+		for !stop.Load() {
+			if _, err := nc.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	// The client never reads: a reply write times out and the channel closes the socket
+	// from the reader, which then must serve nothing more.
+	err := recv(t, closed, 10*time.Second, "the channel to close while the client floods it")
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Err = %v, want the write's timeout", err)
+	}
+	// What one write batch and the read that brought it hold: far fewer than a reader
+	// that went on after the close would serve (1,100-1,400 here before the fix).
+	if n := served.Load(); n > 4*writeBatch {
+		t.Errorf("%d requests served: the reader went on after the socket was closed", n)
+	}
 }

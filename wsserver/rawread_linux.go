@@ -1,14 +1,55 @@
-//go:build unix
-
 package wsserver
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"syscall"
+	"unsafe"
 )
+
+// tcpInq is Linux's TCP_INQ (and TCP_CM_INQ): with it on, every recvmsg reports how many
+// bytes the socket still holds after it, and 1 when it holds none but the stream has
+// ended (a FIN or a reset came).
+const tcpInq = 36
+
+// rawConnFor returns nc's raw connection with TCP_INQ on, or nil when nc is not a TCP
+// socket that allows it (serveRaw needs to know that a read left nothing behind).
+func rawConnFor(nc net.Conn) syscall.RawConn {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_TCP, tcpInq, 1)
+	}); err != nil || serr != nil {
+		return nil
+	}
+	return raw
+}
+
+// cmsgSpace is room for one control message carrying an int32 (CMSG_SPACE(4)).
+var cmsgSpace = syscall.CmsgSpace(4)
+
+// inqOf reads the TCP_CM_INQ count out of recvmsg's control bytes; -1 when absent.
+func inqOf(oob []byte) int {
+	h := syscall.SizeofCmsghdr
+	if len(oob) < h+4 {
+		return -1
+	}
+	cm := (*syscall.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	if cm.Level != syscall.SOL_TCP || cm.Type != tcpInq {
+		return -1
+	}
+	return int(int32(binary.NativeEndian.Uint32(oob[h:])))
+}
 
 // serveRaw reads and serves fresh frames from inside the socket's raw read, until a frame
 // must be handed to the library (its first bytes are copied to p, their count returned),
@@ -20,9 +61,13 @@ import (
 // come in bursts (BENCHMARKS.md, round 12). Within one raw read the readiness is kept
 // between calls of the callback, so after a read that drained the socket the callback
 // answers what came and asks to wait, and the next read comes only when data has arrived.
+// "Drained" is what the kernel says (TCP_INQ is 0), not a short read: a FIN or a reset
+// that came with the last data raises no readiness of its own, and only a further read
+// reports it.
 //
 // The callback holds a reference to the descriptor while it serves, and net's Close waits
-// for it: the corkConn closes the socket on another goroutine (see corkConn.Close).
+// for it: the corkConn closes the socket on another goroutine (see corkConn.Close) and
+// marks it closed, which the callback checks before every read.
 func (fr *frameReader) serveRaw(p []byte) (int, error) {
 	var k int
 	var rerr error
@@ -33,9 +78,14 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 				fr.beforeRead()
 			}
 			flushed = false
+			if fr.closed != nil && fr.closed.Load() {
+				rerr = fr.readError(net.ErrClosed)
+				return true
+			}
 			pooled := readBufPool.Get().(*[]byte)
-			buf := *pooled
-			n, errno := syscall.Read(int(fd), buf)
+			// The buffer's tail, past what a read asks for, takes the control message.
+			buf, oob := (*pooled)[:socketReadSize], (*pooled)[socketReadSize:socketReadSize+cmsgSpace]
+			n, oobn, _, _, errno := syscall.Recvmsg(int(fd), buf, oob, 0)
 			if errno != nil || n <= 0 {
 				readBufPool.Put(pooled)
 				switch {
@@ -66,8 +116,8 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 			if k > 0 || fr.carry != nil {
 				return true
 			}
-			if n == len(buf) {
-				continue // the buffer is full: more is likely waiting
+			if inqOf(oob[:oobn]) != 0 {
+				continue // more is waiting, or the end of the stream is
 			}
 			// The socket is drained: answer what came, then wait without a read.
 			if fr.beforeRead != nil {
@@ -87,8 +137,10 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 	return k, rerr
 }
 
-// readError wraps a failed read's errno as net's Read would.
-func (fr *frameReader) readError(errno error) error {
-	return &net.OpError{Op: "read", Net: "tcp", Source: fr.conn.LocalAddr(), Addr: fr.conn.RemoteAddr(),
-		Err: os.NewSyscallError("read", errno)}
+// readError wraps a failed read's error as net's Read would.
+func (fr *frameReader) readError(err error) error {
+	if errno, ok := err.(syscall.Errno); ok {
+		err = os.NewSyscallError("read", errno)
+	}
+	return &net.OpError{Op: "read", Net: "tcp", Source: fr.conn.LocalAddr(), Addr: fr.conn.RemoteAddr(), Err: err}
 }
