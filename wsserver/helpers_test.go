@@ -69,6 +69,37 @@ func startServer(t testing.TB, cfg ServerConfig) (*Server, string) {
 	return s, strings.TrimPrefix(ts.URL, "http://")
 }
 
+// wrappingListener hands out every accepted connection wrapped by wrap.
+type wrappingListener struct {
+	net.Listener
+	wrap func(net.Conn) net.Conn
+}
+
+func (l wrappingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return l.wrap(nc), nil
+}
+
+// startServerWrapping is startServer with every accepted connection wrapped by wrap.
+func startServerWrapping(t testing.TB, cfg ServerConfig, wrap func(net.Conn) net.Conn) (addr string) {
+	t.Helper()
+	cfg.Logger = testLogger(t)
+	s := NewServer(cfg)
+	ts := httptest.NewUnstartedServer(s)
+	ts.Listener = wrappingListener{Listener: ts.Listener, wrap: wrap}
+	ts.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), scaled(10*time.Second))
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		ts.Close()
+	})
+	return strings.TrimPrefix(ts.URL, "http://")
+}
+
 // rawDial opens a plain coder/websocket client connection (not a Channel).
 func rawDial(t testing.TB, url string) *websocket.Conn {
 	t.Helper()

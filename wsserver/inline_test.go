@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -14,27 +13,14 @@ import (
 	"time"
 )
 
-// countingListener counts the write system calls made on the connections it accepts.
-type countingListener struct {
-	net.Listener
-	writes *atomic.Int64
-}
-
-func (l countingListener) Accept() (net.Conn, error) {
-	nc, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return countingConn{Conn: nc, writes: l.writes}, nil
-}
-
+// countingConn counts the write system calls made on an accepted connection.
 type countingConn struct {
 	net.Conn
 	writes *atomic.Int64
 }
 
-// SyscallConn lets the frameReader take what has arrived without blocking (readNow), as on
-// a plain TCP connection; writes are still counted.
+// SyscallConn keeps the frameReader's raw read, as on a plain TCP connection; writes are
+// still counted.
 func (c countingConn) SyscallConn() (syscall.RawConn, error) {
 	return c.Conn.(syscall.Conn).SyscallConn()
 }
@@ -46,19 +32,9 @@ func (c countingConn) Write(p []byte) (int, error) {
 
 func startCountingServer(t *testing.T, cfg ServerConfig) (addr string, writes *atomic.Int64) {
 	t.Helper()
-	cfg.Logger = testLogger(t)
-	s := NewServer(cfg)
-	ts := httptest.NewUnstartedServer(s)
 	writes = new(atomic.Int64)
-	ts.Listener = countingListener{Listener: ts.Listener, writes: writes}
-	ts.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), scaled(10*time.Second))
-		defer cancel()
-		_ = s.Shutdown(ctx)
-		ts.Close()
-	})
-	return strings.TrimPrefix(ts.URL, "http://"), writes
+	addr = startServerWrapping(t, cfg, func(nc net.Conn) net.Conn { return countingConn{Conn: nc, writes: writes} })
+	return addr, writes
 }
 
 func echoRequest(id int) []byte {

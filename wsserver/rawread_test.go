@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -20,21 +19,8 @@ import (
 	"github.com/coder/websocket"
 )
 
-// rawCountingListener hands out connections whose raw reads count the calls of the read
-// callback: with serveRaw, one per burst of requests that a wait for readiness ended.
-type rawCountingListener struct {
-	net.Listener
-	calls *atomic.Int64
-}
-
-func (l rawCountingListener) Accept() (net.Conn, error) {
-	nc, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return rawCountingConn{Conn: nc, calls: l.calls}, nil
-}
-
+// rawCountingConn's raw reads count the calls of the read callback: with serveRaw, one per
+// burst of requests that a wait for readiness ended.
 type rawCountingConn struct {
 	net.Conn
 	calls *atomic.Int64
@@ -60,18 +46,10 @@ func (c countingRawConn) Read(f func(uintptr) bool) error {
 func TestServeRaw_ABurstCostsOneReadAndNoneThatFindsNothing(t *testing.T) {
 	mux := NewMux()
 	mux.HandleInline("ws", "/echo", echoHandler)
-	s := NewServer(ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1, Logger: testLogger(t)}})
-	ts := httptest.NewUnstartedServer(s)
 	calls := new(atomic.Int64)
-	ts.Listener = rawCountingListener{Listener: ts.Listener, calls: calls}
-	ts.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), scaled(10*time.Second))
-		defer cancel()
-		_ = s.Shutdown(ctx)
-		ts.Close()
-	})
-	nc, br := rawTCPHandshake(t, strings.TrimPrefix(ts.URL, "http://"), "/10.0.0.9/30")
+	addr := startServerWrapping(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}},
+		func(nc net.Conn) net.Conn { return rawCountingConn{Conn: nc, calls: calls} })
+	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/30")
 
 	// Each burst is one TCP write of five requests; its replies are read before the next
 	// is sent, so the server has drained the socket and waits each time.
