@@ -57,7 +57,7 @@ func inqOf(oob []byte) int {
 //
 // Why inside: Go's Read resets the socket's readiness before it reads, so a reader that
 // took everything there was still pays one more read, which finds nothing, before it
-// parks: on this kind of machine ~1.3 µs, a read in three for a connection whose requests
+// parks: on this kind of machine ~1.3 µs, and half the reads of a connection whose requests
 // come in bursts (BENCHMARKS.md, round 12). Within one raw read the readiness is kept
 // between calls of the callback, so after a read that drained the socket the callback
 // answers what came and asks to wait, and the next read comes only when data has arrived.
