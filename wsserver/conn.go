@@ -74,7 +74,7 @@ type corkConn struct {
 	closed     atomic.Bool // Close was called
 	// beforeRead runs before every socket read (the channel's flushHeld): what
 	// was answered from the bytes of the last read goes out before waiting for more.
-	beforeRead func()
+	beforeRead func() bool
 	// deadline is the write deadline armed on the socket (zero: none). Arming it
 	// costs two runtime timer updates per write, so flushes reuse it while at least
 	// half the timeout remains (see armWriteDeadline).

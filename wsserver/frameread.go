@@ -23,7 +23,7 @@ import (
 // always under its read lock, so the state needs no lock of its own.
 type frameReader struct {
 	conn       net.Conn
-	beforeRead func() // runs before every socket read (corkConn.beforeRead)
+	beforeRead func() bool // runs before every socket read (corkConn.beforeRead); true: it wrote
 	onText     func(msg []byte)
 	maxText    int
 

@@ -61,9 +61,10 @@ func inqOf(oob []byte) int {
 // come in bursts (BENCHMARKS.md, round 12). Within one raw read the readiness is kept
 // between calls of the callback, so after a read that drained the socket the callback
 // answers what came and asks to wait, and the next read comes only when data has arrived.
-// "Drained" is what the kernel says (TCP_INQ is 0), not a short read: a FIN or a reset
-// that came with the last data raises no readiness of its own, and only a further read
-// reports it.
+// "Drained" is what the kernel says (TCP_INQ is 0), not a short read: a FIN that came
+// with the last data raises no readiness of its own, and only a further read reports it.
+// Nor does a reset, which TCP_INQ does not tell of: the read is skipped only after a
+// reply write, which fails on a reset socket.
 //
 // The callback holds a reference to the descriptor while it serves, and net's Close waits
 // for it: the corkConn closes the socket on another goroutine (see corkConn.Close) and
@@ -86,6 +87,7 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 			// The buffer's tail, past what a read asks for, takes the control message.
 			buf, oob := (*pooled)[:socketReadSize], (*pooled)[socketReadSize:socketReadSize+cmsgSpace]
 			n, oobn, _, _, errno := syscall.Recvmsg(int(fd), buf, oob, 0)
+			inq := inqOf(oob[:oobn]) // before the buffer goes back to the pool
 			if errno != nil || n <= 0 {
 				readBufPool.Put(pooled)
 				switch {
@@ -116,15 +118,17 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 			if k > 0 || fr.carry != nil {
 				return true
 			}
-			if inqOf(oob[:oobn]) != 0 {
+			if inq != 0 {
 				continue // more is waiting, or the end of the stream is
 			}
-			// The socket is drained: answer what came, then wait without a read.
-			if fr.beforeRead != nil {
-				fr.beforeRead()
-				flushed = true
+			// The socket is drained: answer what came, then wait without a read if replies
+			// went out. TCP_INQ tells of a FIN but not of a reset that came with the data;
+			// a write after such a reset fails, and closes the channel. With nothing
+			// written (one-way messages, replies that come later), read once more.
+			flushed = true
+			if fr.beforeRead != nil && fr.beforeRead() {
+				return false
 			}
-			return false
 		}
 	})
 	if err != nil {

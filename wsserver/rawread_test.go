@@ -222,3 +222,30 @@ func TestServeRaw_StopsServingOnceTheSocketIsClosed(t *testing.T) {
 		t.Errorf("%d requests served: the reader went on after the socket was closed", n)
 	}
 }
+
+// TCP_INQ tells of a FIN but not of a reset: a reset that comes with a last message that
+// needs no reply must still end the channel at once, not at the next ping (pings are off
+// here: it would never end).
+func TestServeRaw_AResetBehindAOneWayMessageEndsTheChannel(t *testing.T) {
+	mux := NewMux()
+	mux.HandleInline("ws", "/echo", echoHandler)
+	closed := make(chan error, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
+		OnClose: func(ch *Channel) { closed <- ch.Err() }}})
+	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/35")
+	nc.SetReadDeadline(time.Now().Add(scaled(5 * time.Second)))
+	for i := range 3 { // the reader serves, drains and parks in serveRaw
+		if _, err := nc.Write(echoRequest(i)); err != nil {
+			t.Fatal(err)
+		}
+		readServerFrame(t, br)
+	}
+	if _, err := nc.Write(oneWay(9)); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.(*net.TCPConn).SetLinger(0); err != nil { // Close sends a reset
+		t.Fatal(err)
+	}
+	nc.Close()
+	recv(t, closed, 5*time.Second, "the channel to end after the client's reset")
+}

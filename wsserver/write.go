@@ -281,17 +281,19 @@ func (c *Channel) resetHeld() {
 // flushHeld writes the held replies with one system call. The corkConn calls it
 // before every socket read, so the replies to what one read brought leave
 // together. While a close is under way the writer's flushAndClose takes them
-// (a data frame after the close frame would break the close handshake).
-func (c *Channel) flushHeld() {
+// (a data frame after the close frame would break the close handshake). It reports
+// whether it wrote replies successfully.
+func (c *Channel) flushHeld() bool {
 	c.writer.mu.Lock()
 	defer c.writer.mu.Unlock()
 	if len(c.writer.heldEnds) == 0 || c.isClosing() {
-		return
+		return false
 	}
 	c.writer.heldFrames = c.appendHeld(c.writer.heldFrames[:0])
-	c.writeCorked(c.cc, c.writer.heldFrames) // a failure closes the channel
+	ok := c.writeCorked(c.cc, c.writer.heldFrames) // a failure closes the channel
 	clear(c.writer.heldFrames)
 	c.resetHeld()
+	return ok
 }
 
 // writeCorked sends the batch with one write under the write timeout: on the accepting
