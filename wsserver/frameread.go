@@ -111,7 +111,7 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 			n, err = fr.read(p) // a pending error comes back here
 		} else {
 			pooled = readBufPool.Get().(*[]byte)
-			buf = *pooled
+			buf = (*pooled)[:socketReadSize]
 			n, err = fr.read(buf)
 		}
 		if n == 0 {
@@ -119,22 +119,31 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		fr.err = err
-		used, _ := fr.scan(buf[:n])
-		if fr.pass > 0 { // hand over the frame at used, keep what follows it
-			k := min(fr.pass, n-used, len(p))
-			if used+k < n {
-				fr.carry = append([]byte(nil), buf[used+k:n]...)
-			}
-			copy(p, buf[used:used+k])
-			fr.pass -= k
-			putReadBuf(pooled)
+		k := fr.afterScan(p, buf[:n])
+		putReadBuf(pooled)
+		if k > 0 {
 			return k, nil
 		}
-		if used < n {
-			fr.carry = append([]byte(nil), buf[used:n]...)
-		}
-		putReadBuf(pooled)
 	}
+}
+
+// afterScan serves the fresh bytes b, then copies the start of a frame to hand over into p
+// (returning how many bytes) and keeps in carry what the frames served left behind it.
+func (fr *frameReader) afterScan(p, b []byte) int {
+	used, _ := fr.scan(b)
+	if fr.pass > 0 { // hand over the frame at used, keep what follows it
+		k := min(fr.pass, len(b)-used, len(p))
+		if used+k < len(b) {
+			fr.carry = append([]byte(nil), b[used+k:]...)
+		}
+		copy(p, b[used:used+k])
+		fr.pass -= k
+		return k
+	}
+	if used < len(b) { // an incomplete frame: Read reads the rest behind it
+		fr.carry = append([]byte(nil), b[used:]...)
+	}
+	return 0
 }
 
 // socketReadSize is the least a frameReader asks the socket for when it reads fresh frames.

@@ -11,8 +11,8 @@ import (
 )
 
 // tcpInq is Linux's TCP_INQ (and TCP_CM_INQ): with it on, every recvmsg reports how many
-// bytes the socket still holds after it, and 1 when it holds none but the stream has
-// ended (a FIN or a reset came).
+// bytes the socket still holds after it, and 1 when it holds none but a FIN came (not
+// after a reset: see serveRaw).
 const tcpInq = 36
 
 // rawConnFor returns nc's raw connection with TCP_INQ on, or nil when nc is not a TCP
@@ -102,18 +102,7 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 				}
 				return true
 			}
-			used, _ := fr.scan(buf[:n])
-			switch {
-			case fr.pass > 0: // hand over the frame at used, keep what follows it
-				k = min(fr.pass, n-used, len(p))
-				if used+k < n {
-					fr.carry = append([]byte(nil), buf[used+k:n]...)
-				}
-				copy(p, buf[used:used+k])
-				fr.pass -= k
-			case used < n: // an incomplete frame: Read reads the rest behind it
-				fr.carry = append([]byte(nil), buf[used:n]...)
-			}
+			k = fr.afterScan(p, buf[:n])
 			readBufPool.Put(pooled)
 			if k > 0 || fr.carry != nil {
 				return true

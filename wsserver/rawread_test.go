@@ -3,6 +3,7 @@
 package wsserver
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -155,19 +156,7 @@ func TestServeRaw_AFINRightBehindTheLastRequestEndsTheChannel(t *testing.T) {
 		"after a frame the library read itself": maskedFrame(0x82, bytes.Repeat([]byte{'b'}, 8000), false),
 	} {
 		t.Run(name, func(t *testing.T) {
-			mux := NewMux()
-			mux.HandleInline("ws", "/echo", echoHandler)
-			closed := make(chan error, 1)
-			_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
-				OnClose: func(ch *Channel) { closed <- ch.Err() }}})
-			nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/33")
-			nc.SetReadDeadline(time.Now().Add(scaled(5 * time.Second)))
-			for i := range 3 { // the reader serves, drains and parks in serveRaw
-				if _, err := nc.Write(echoRequest(i)); err != nil {
-					t.Fatal(err)
-				}
-				readServerFrame(t, br)
-			}
+			nc, br, closed := parkedEchoChannel(t, "/10.0.0.9/33")
 			last := append(append([]byte(nil), before...), echoRequest(9)...)
 			if _, err := nc.Write(last); err != nil {
 				t.Fatal(err)
@@ -227,19 +216,7 @@ func TestServeRaw_StopsServingOnceTheSocketIsClosed(t *testing.T) {
 // needs no reply must still end the channel at once, not at the next ping (pings are off
 // here: it would never end).
 func TestServeRaw_AResetBehindAOneWayMessageEndsTheChannel(t *testing.T) {
-	mux := NewMux()
-	mux.HandleInline("ws", "/echo", echoHandler)
-	closed := make(chan error, 1)
-	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
-		OnClose: func(ch *Channel) { closed <- ch.Err() }}})
-	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/35")
-	nc.SetReadDeadline(time.Now().Add(scaled(5 * time.Second)))
-	for i := range 3 { // the reader serves, drains and parks in serveRaw
-		if _, err := nc.Write(echoRequest(i)); err != nil {
-			t.Fatal(err)
-		}
-		readServerFrame(t, br)
-	}
+	nc, _, closed := parkedEchoChannel(t, "/10.0.0.9/35")
 	if _, err := nc.Write(oneWay(9)); err != nil {
 		t.Fatal(err)
 	}
@@ -248,4 +225,25 @@ func TestServeRaw_AResetBehindAOneWayMessageEndsTheChannel(t *testing.T) {
 	}
 	nc.Close()
 	recv(t, closed, 5*time.Second, "the channel to end after the client's reset")
+}
+
+// parkedEchoChannel connects a raw client to an inline echo server with pings off and has
+// three requests answered, so the server's reader has drained the socket and waits in
+// serveRaw; closed gets the channel's Err when it ends.
+func parkedEchoChannel(t *testing.T, path string) (net.Conn, *bufio.Reader, chan error) {
+	t.Helper()
+	mux := NewMux()
+	mux.HandleInline("ws", "/echo", echoHandler)
+	closed := make(chan error, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
+		OnClose: func(ch *Channel) { closed <- ch.Err() }}})
+	nc, br := rawTCPHandshake(t, addr, path)
+	nc.SetReadDeadline(time.Now().Add(scaled(5 * time.Second)))
+	for i := range 3 {
+		if _, err := nc.Write(echoRequest(i)); err != nil {
+			t.Fatal(err)
+		}
+		readServerFrame(t, br)
+	}
+	return nc, br, closed
 }
