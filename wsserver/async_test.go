@@ -99,12 +99,7 @@ func TestAsync_RepliesOfOneBatchLeaveInOneWrite(t *testing.T) {
 		t.Fatalf("%d writes before the batch ran, want none", got-before)
 	}
 	b.Run()
-	for i := range n {
-		want := fmt.Sprintf(`{"id":%d,"mode":1,"twoway":false,"data":{"status":200,"data":"ok"}}`, i)
-		if got := rawRead(t, c); !jsonEqual(t, got, want) {
-			t.Fatalf("reply %d: %s", i, got)
-		}
-	}
+	readOKReplies(t, c, n)
 	if got := writes.Load() - before; got != 1 {
 		t.Fatalf("%d replies of one batch took %d writes, want 1", n, got)
 	}

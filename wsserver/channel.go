@@ -110,6 +110,7 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 	c.writer.pending.Store(1) // no writer before start (see start)
 	c.writer.loop = c.writeLoop
 	c.writer.start = c.startWriter
+	c.writer.fromBatch = c.writeFromBatch
 	if cc, ok := nc.(*corkConn); ok {
 		c.cc = cc
 		cc.beforeRead = c.flushHeld
@@ -150,6 +151,7 @@ func (c *Channel) start() {
 		cc.leftover = nil
 		if raw := rawConnFor(cc.Conn); raw != nil {
 			cc.frames.raw, cc.frames.closed = raw, &cc.closed
+			cc.raw = raw
 			cc.asyncClose.Store(true)
 		}
 	}

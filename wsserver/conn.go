@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -65,6 +66,8 @@ type corkConn struct {
 	// frames, when set, reads the socket and serves plain text frames itself (see
 	// frameReader).
 	frames *frameReader
+	// raw, when set, writes without waiting for room (tryWriteTextFrames).
+	raw syscall.RawConn
 	// leftover: what the client sent behind its handshake, read before the socket (by the
 	// frameReader, which starts with it, or by Read).
 	leftover []byte
@@ -158,6 +161,35 @@ func (c *corkConn) writeTextFrames(payloads [][]byte, timeout time.Duration) err
 		c.buf = append(c.buf, p...)
 	}
 	return c.flushLocked(timeout) // the accepting end is never corked: nothing else is pending
+}
+
+// tryWriteTextFrames is writeTextFrames for a goroutine that must not wait on this peer
+// (writeFromBatch): one write that does not wait for room. When the socket does not take
+// it all (its buffer is full, or the last write deadline has passed), it reports
+// unfinished and returns with mu still held and the rest in buf: the caller's writer
+// finishes the write (flushLocked) and unlocks, so nothing is written in between.
+func (c *corkConn) tryWriteTextFrames(payloads [][]byte) (unfinished bool, err error) {
+	c.mu.Lock()
+	if c.closeSent {
+		c.mu.Unlock()
+		return false, net.ErrClosed
+	}
+	for _, p := range payloads {
+		c.buf = appendTextFrameHeader(c.buf, len(p))
+		c.buf = append(c.buf, p...)
+	}
+	n, err := writeNoWait(c.raw, c.buf)
+	if err == nil && n < len(c.buf) {
+		c.buf = c.buf[:copy(c.buf, c.buf[n:])]
+		return true, nil
+	}
+	if cap(c.buf) > maxKeptBuffer {
+		c.buf = nil
+	} else {
+		c.buf = c.buf[:0]
+	}
+	c.mu.Unlock()
+	return false, err
 }
 
 // armWriteDeadline makes sure the next write fails if it takes longer than half to

@@ -228,3 +228,14 @@ func listen(t testing.TB) net.Listener {
 	t.Cleanup(func() { ln.Close() })
 	return ln
 }
+
+// readOKReplies reads the replies {"status":200,"data":"ok"} to requests 0..n-1, in order.
+func readOKReplies(t *testing.T, c *websocket.Conn, n int) {
+	t.Helper()
+	for i := range n {
+		want := fmt.Sprintf(`{"id":%d,"mode":1,"twoway":false,"data":{"status":200,"data":"ok"}}`, i)
+		if got := rawRead(t, c); !jsonEqual(t, got, want) {
+			t.Fatalf("reply %d: %s", i, got)
+		}
+	}
+}

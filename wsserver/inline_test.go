@@ -13,16 +13,34 @@ import (
 	"time"
 )
 
-// countingConn counts the write system calls made on an accepted connection.
+// countingConn counts the write system calls made on an accepted connection: through
+// the net.Conn and through its raw connection (rawWrites, when set, counts the latter
+// alone).
 type countingConn struct {
 	net.Conn
-	writes *atomic.Int64
+	writes, rawWrites *atomic.Int64
 }
 
-// SyscallConn keeps the frameReader's raw read, as on a plain TCP connection; writes are
-// still counted.
+// SyscallConn keeps the frameReader's raw read and the raw write, as on a plain TCP
+// connection; writes are still counted.
 func (c countingConn) SyscallConn() (syscall.RawConn, error) {
-	return c.Conn.(syscall.Conn).SyscallConn()
+	rc, err := c.Conn.(syscall.Conn).SyscallConn()
+	return rawWriteCounter{RawConn: rc, writes: c.writes, rawWrites: c.rawWrites}, err
+}
+
+type rawWriteCounter struct {
+	syscall.RawConn
+	writes, rawWrites *atomic.Int64
+}
+
+func (c rawWriteCounter) Write(f func(uintptr) bool) error {
+	return c.RawConn.Write(func(fd uintptr) bool {
+		c.writes.Add(1)
+		if c.rawWrites != nil {
+			c.rawWrites.Add(1)
+		}
+		return f(fd)
+	})
 }
 
 func (c countingConn) Write(p []byte) (int, error) {

@@ -137,3 +137,32 @@ func (fr *frameReader) readError(err error) error {
 	}
 	return &net.OpError{Op: "read", Net: "tcp", Source: fr.conn.LocalAddr(), Addr: fr.conn.RemoteAddr(), Err: err}
 }
+
+// writeNoWait writes b with one system call that does not wait for room: it reports how
+// much the socket took, which is less than len(b), maybe nothing, when its buffer is
+// full or when the write cannot start (a passed write deadline, a closed socket: the
+// writer that finishes it finds out).
+func writeNoWait(raw syscall.RawConn, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno error
+	if err := raw.Write(func(fd uintptr) bool {
+		for {
+			n, errno = syscall.Write(int(fd), b)
+			if errno != syscall.EINTR {
+				return true
+			}
+		}
+	}); err != nil {
+		return 0, nil
+	}
+	switch {
+	case errno == syscall.EAGAIN:
+		return 0, nil
+	case errno != nil:
+		return 0, os.NewSyscallError("write", errno)
+	}
+	return max(n, 0), nil
+}

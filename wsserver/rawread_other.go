@@ -13,3 +13,6 @@ func rawConnFor(net.Conn) syscall.RawConn { return nil }
 
 // serveRaw is never called where rawConnFor gives nothing.
 func (fr *frameReader) serveRaw(p []byte) (int, error) { return fr.read(p) }
+
+// writeNoWait is never called where rawConnFor gives nothing.
+func writeNoWait(syscall.RawConn, []byte) (int, error) { return 0, nil }

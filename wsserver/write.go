@@ -32,9 +32,10 @@ type writeState struct {
 	pending atomic.Int64
 	// loop is c.writeLoop, made once per channel: `go c.writeLoop()` would allocate a
 	// closure at every start.
-	loop  func()
-	start func() // c.startWriter, made once: deferred to a batch's end without allocating
-	mu    sync.Mutex
+	loop      func()
+	start     func() // c.startWriter, made once: deferred to a batch's end without allocating
+	fromBatch func() // c.writeFromBatch, made once for the same reason
+	mu        sync.Mutex
 	// The held replies, encoded back to back in heldBuf (no allocation per
 	// reply): frame i ends at heldEnds[i]. Guarded by mu.
 	heldBuf    []byte
@@ -88,7 +89,8 @@ func (c *Channel) enqueue(frame []byte, inline bool) error {
 // answering many connections (an asynchronous handler's callback), so it neither writes to
 // the socket nor waits for room in a full queue (a goroutine of its own does that, rarely).
 // A writer it has to start starts when b runs (at once on a nil b): the replies queued in
-// between, for this connection, leave with it in one write.
+// between, for this connection, leave with it in one write, from b's goroutine when the
+// socket takes them at once (writeFromBatch).
 func (c *Channel) enqueueNoWait(b *later.Batch, frame []byte) {
 	if c.isDead() {
 		return
@@ -98,7 +100,11 @@ func (c *Channel) enqueueNoWait(b *later.Batch, frame []byte) {
 		// kick, with the start deferred: while pending is above zero nobody else starts a
 		// writer, and this one takes every frame counted by then.
 		if c.writer.pending.Add(1) == 1 {
-			b.Do(c.writer.start)
+			if b == nil {
+				c.startWriter()
+			} else {
+				b.Do(c.writer.fromBatch)
+			}
 		}
 	default:
 		go func() { _ = c.enqueue(frame, true) }()
@@ -160,6 +166,76 @@ func (c *Channel) writeInline() {
 	if closing || c.writeSome(n) {
 		c.startWriter() // the writer stays one: it takes over what is counted
 	}
+}
+
+// writeFromBatch is the writer made at the end of a batch of callbacks that answered
+// this connection (enqueueNoWait). The batch's goroutine writes the replies itself, with
+// one write that does not wait for room: a goroutine started for one reply costs more
+// than the reply's write does in user space (its start, a scheduling round, its exit; one
+// per registration under load, BENCHMARKS.md round 13). What the socket does not take at
+// once is left to a writer goroutine, so the batch's goroutine never waits on one peer.
+func (c *Channel) writeFromBatch() {
+	cc := c.cc
+	if cc == nil || cc.raw == nil {
+		c.startWriter()
+		return
+	}
+	n := c.writer.pending.Load() // before the close check, as in writeLoop
+	joined, closing := c.joinWriter()
+	if !joined {
+		return
+	}
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			c.workers.Done()
+		}
+	}()
+	if c.ctx.Err() != nil {
+		return // the connection is gone; pending stays above zero
+	}
+	if closing {
+		c.startWriter() // the close handshake is the writer goroutine's (flushAndClose)
+		return
+	}
+	bp := batchPool.Get().(*[][]byte)
+	batch := (*bp)[:0]
+	c.take(&batch, n)
+	taken := int64(len(batch))
+	c.writer.mu.Lock()
+	batch = c.appendHeld(batch) // replies of inline handlers ride along
+	unfinished, err := cc.tryWriteTextFrames(batch)
+	c.resetHeld() // the frames are copied into the corkConn's buffer
+	c.writer.mu.Unlock()
+	clear(batch)
+	*bp = batch[:0]
+	batchPool.Put(bp)
+	switch {
+	case err != nil:
+		c.writeFailed(err) // pending stays above zero: no writer follows
+	case unfinished:
+		handedOver = true
+		go c.finishWrite(cc, taken)
+	case c.writer.pending.Add(-taken) != 0:
+		c.startWriter() // queued meanwhile: the writer stays one
+	}
+}
+
+// finishWrite is the writer goroutine after a write that the socket did not take whole
+// (writeFromBatch): it gets the corkConn's lock with the rest in its buffer, and the
+// worker count, from the goroutine that wrote the first part. It writes the rest under
+// the write timeout, then goes on as the writer.
+func (c *Channel) finishWrite(cc *corkConn, taken int64) {
+	err := cc.flushLocked(c.cfg.writeTimeout)
+	cc.mu.Unlock()
+	switch {
+	case err != nil:
+		c.writeFailed(err)
+	case c.writer.pending.Add(-taken) != 0:
+		c.writeLoop() // its deferred Done is this worker's
+		return
+	}
+	c.workers.Done()
 }
 
 // writeLoop is the writer goroutine. It writes what is counted in pending, in batches,

@@ -1,0 +1,139 @@
+//go:build linux
+
+package wsserver
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wsregistry/wsregistry/internal/later"
+)
+
+// The replies a batch of callbacks queued for a connection are written by the batch's
+// goroutine when it runs, with one raw write and no writer goroutine: they are on the
+// socket when Run returns.
+func TestWriteFromBatch_TheBatchWritesTheRepliesItself(t *testing.T) {
+	p := newParked()
+	mux := NewMux()
+	mux.HandleAsync("ws", "/park", p.handler)
+	writes, rawWrites := new(atomic.Int64), new(atomic.Int64)
+	addr := startServerWrapping(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}},
+		func(nc net.Conn) net.Conn { return countingConn{Conn: nc, writes: writes, rawWrites: rawWrites} })
+	c := rawDial(t, "ws://"+addr+"/10.0.0.9/37")
+	const n = 4
+	for i := range n {
+		rawWrite(t, c, requestFrame(i, "/park", fmt.Sprintf("[%d]", i)))
+		recv(t, p.arrived, 5*time.Second, "request")
+	}
+	before := writes.Load()
+	var b later.Batch
+	for i := range n {
+		p.get(t, fmt.Sprintf("[%d]", i)).SendIn(&b, json.RawMessage(`"ok"`), nil)
+	}
+	b.Run()
+	if got := rawWrites.Load(); got != 1 {
+		t.Fatalf("when the batch's Run returned, its replies had taken %d raw writes, want 1 (written by the batch's goroutine)", got)
+	}
+	readOKReplies(t, c, n)
+	if got := writes.Load() - before; got != 1 {
+		t.Fatalf("%d replies of one batch took %d writes, want 1", n, got)
+	}
+}
+
+// A peer that does not read fills the socket. A batch's goroutine then writes what the
+// socket takes and returns; a writer goroutine finishes the write and the later replies
+// behind it, whole and in order, once the peer reads again.
+func TestWriteFromBatch_AFullSocketIsFinishedByAWriterInOrder(t *testing.T) {
+	p := newParked()
+	mux := NewMux()
+	mux.HandleAsync("ws", "/park", p.handler)
+	writes, rawWrites := new(atomic.Int64), new(atomic.Int64)
+	addr := startServerWrapping(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1, WriteTimeout: time.Minute}},
+		func(nc net.Conn) net.Conn {
+			_ = nc.(*net.TCPConn).SetWriteBuffer(4096) // with the peer's receive buffer, well under the 1 MiB of replies
+			return countingConn{Conn: nc, writes: writes, rawWrites: rawWrites}
+		})
+	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/38")
+	const batches, perBatch = 8, 4
+	for i := range batches * perBatch {
+		if _, err := nc.Write(rawFrame(true, 0x1, []byte(requestFrame(i, "/park", fmt.Sprintf("[%d]", i))))); err != nil {
+			t.Fatal(err)
+		}
+		recv(t, p.arrived, 5*time.Second, "request")
+	}
+	payload := func(i int) string { return fmt.Sprintf(`"%d:%s"`, i, strings.Repeat("x", 32<<10)) }
+	// Nothing is read meanwhile: the batches after the first few find the socket full.
+	for k := range batches {
+		ran := make(chan struct{})
+		go func() {
+			var b later.Batch
+			for i := k * perBatch; i < (k+1)*perBatch; i++ {
+				p.get(t, fmt.Sprintf("[%d]", i)).SendIn(&b, json.RawMessage(payload(i)), nil)
+			}
+			b.Run()
+			close(ran)
+		}()
+		recv(t, ran, 5*time.Second, fmt.Sprintf("batch %d's Run to return while the peer does not read", k))
+	}
+	for i := range batches * perBatch {
+		var reply struct {
+			ID   int `json:"id"`
+			Data struct {
+				Status int    `json:"status"`
+				Data   string `json:"data"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(readTextFrame(t, nc, br), &reply); err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if want := payload(i); reply.ID != i || reply.Data.Status != 200 || `"`+reply.Data.Data+`"` != want {
+			t.Fatalf("reply %d: id %d, status %d, %d bytes of data; want id %d, status 200, %d bytes",
+				i, reply.ID, reply.Data.Status, len(reply.Data.Data), i, len(want)-2)
+		}
+	}
+	if w, rw := writes.Load(), rawWrites.Load(); w <= rw {
+		t.Fatalf("%d writes, all %d of them raw: no write was left to a writer, the socket never filled", w, rw)
+	}
+}
+
+// readTextFrame reads one unmasked server text frame of any length.
+func readTextFrame(t testing.TB, nc net.Conn, br *bufio.Reader) []byte {
+	t.Helper()
+	_ = nc.SetReadDeadline(time.Now().Add(scaled(10 * time.Second)))
+	defer nc.SetReadDeadline(time.Time{})
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		t.Fatalf("read frame header: %v", err)
+	}
+	if h[0] != 0x81 {
+		t.Fatalf("frame starts with %#x, want a final text frame (0x81)", h[0])
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		if _, err := io.ReadFull(br, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = uint64(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		if _, err := io.ReadFull(br, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = binary.BigEndian.Uint64(l[:])
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(br, payload); err != nil {
+		t.Fatalf("read frame payload: %v", err)
+	}
+	return payload
+}
