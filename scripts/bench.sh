@@ -19,6 +19,10 @@
 #                                          only) and 7 voters, in two passes, then the medians against
 #                                          3 voters and each raft role's CPU per op (issue 18; about 4
 #                                          minutes; not in the default groups)
+#                                openloop  where paced at $OPENLOOP_RATE/s over 64 connections on three nodes
+#                                          and on one, each followed by the echo floor in one and in
+#                                          three processes, three passes: the p99s of issue 14 item 6
+#                                          (about 3 minutes; not in the default groups)
 #   --anchor etcd              after ours, the same register (c=1,256) and where (c=256) against a
 #                              three-member etcd (Debian's etcd-server, installed with apt-get when
 #                              `etcd` is missing; fsync on) on $ETCD_ANCHOR_NET.1-3, then the ratios
@@ -47,7 +51,7 @@ done
 case ",$groups," in *,anchor,*) anchor="${anchor:-etcd}" ;; esac
 [ -z "$anchor" ] || [ "$anchor" = etcd ] || { echo "--anchor: only etcd is known" >&2; exit 2; }
 for g in ${groups//,/ }; do
-  case "$g" in matrix | patterns | anchor | scale | voters) ;; *) echo "--only: unknown group $g" >&2; exit 2 ;; esac
+  case "$g" in matrix | patterns | anchor | scale | voters | openloop) ;; *) echo "--only: unknown group $g" >&2; exit 2 ;; esac
 done
 has() { case ",$groups," in *,"$1",*) return 0 ;; esac; return 1; }
 export WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_CLUSTER_HOST:-127.0.7.1}"
@@ -60,6 +64,8 @@ ETCD_ANCHOR_NET="${ETCD_ANCHOR_NET:-127.0.9}"
 # The open-loop rate of the patterns group: well under what either pattern reaches closed-loop
 # on 2 cores, so both run unsaturated at the same rate.
 PACED_RATE="${PACED_RATE:-20000}"
+# The open-loop group's rate: half the 100,000/s that where reached closed-loop (issue 14 item 6).
+OPENLOOP_RATE="${OPENLOOP_RATE:-50000}"
 
 # 10,000 agent connections are 20,000 sockets on this machine (both ends), plus the nodes'.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -235,6 +241,29 @@ if has voters; then
   done
 fi
 
+if has openloop; then
+  # Each where run is followed by the echo floor of the same shape, in one process and in
+  # three (as many as the nodes: each process pays its own wake-ups), so the machine's drift
+  # over the minutes falls on both; three passes, as one run's p99 moves by 10-20% here.
+  passes=3
+  if $short; then passes=1; fi
+  for nodes in 3 1; do
+    echo "== open loop: where at $OPENLOOP_RATE/s over 64 connections, $nodes node(s), $passes passes"
+    label="3 nodes"
+    if [ "$nodes" = 1 ]; then
+      label="1 node"
+      start_single "--max-requests-per-second -1"
+    else
+      start_cluster 3 "--max-requests-per-second -1"
+    fi
+    for _ in $(seq 1 "$passes"); do
+      bench -nodes "$nodes" -workload where-paced -c 256 -k 64 -rate "$OPENLOOP_RATE" -duration "$dur" -label "$label"
+      bench -workload echo-paced -k 64 -rate "$OPENLOOP_RATE" -duration "$dur"
+      bench -workload echo-paced -k 64 -rate "$OPENLOOP_RATE" -duration "$dur" -echo-procs 3
+    done
+  done
+fi
+
 # Round 5's rows run last on our side, so that the anchor follows them within a minute.
 if has patterns; then
   echo "== generator patterns: pipelined, then agent ($agent_conns connections, 4 in flight on each busy one)"
@@ -277,7 +306,7 @@ fi
 
 table=$("$work/wsbench" table -in "$out" -run "$run")
 echo "$table"
-if has patterns || has voters || [ -n "$anchor" ]; then
+if has patterns || has voters || has openloop || [ -n "$anchor" ]; then
   echo
   echo "== ratios within this run (us/etcd; where/echo floor of the same shape; voters: medians against 3 voters)"
   "$work/wsbench" ratios -in "$out" -run "$run"

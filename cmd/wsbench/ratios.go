@@ -12,6 +12,11 @@ const (
 	targetRegisterVsEtcd = 3.0 // registrations/s at 256 writers, ours / etcd's: at least
 	targetWhereVsEcho    = 1.2 // server CPU per where under the agent pattern / its echo floor: at most
 	targetFollowerExtra  = 500 // µs a follower's one-writer online may add to the leader's p50: at most
+
+	// Issue 14 item 6: where's p99, paced at openLoopRate/s over openLoopConns connections.
+	targetOpenLoopP99us = 1000 // below
+	openLoopRate        = 50000
+	openLoopConns       = 64
 )
 
 // ratiosCmd prints, for one run, the ratios that only mean something within one run: our
@@ -130,11 +135,65 @@ func ratiosCmd(args []string) error {
 				l.OpsPerS, f.OpsPerS, targetFollowerExtra, yesNo(f.P50us-l.P50us <= targetFollowerExtra))
 		}
 	}
+	if lines := openLoopLines(rows); len(lines) > 0 {
+		fmt.Println()
+		fmt.Println(strings.Join(lines, "\n"))
+	}
 	if lines := votersLines(rows); len(lines) > 0 {
 		fmt.Println()
 		fmt.Println(strings.Join(lines, "\n"))
 	}
 	return nil
+}
+
+// openLoopLines pairs each where row paced at openLoopRate over openLoopConns connections
+// with the echo floor rows that follow it (bench.sh --only openloop runs them back to back),
+// then gives each where variant's median p99 over its passes.
+func openLoopLines(rows []Result) []string {
+	variant := fmt.Sprintf("paced %d/s", openLoopRate)
+	isOpenLoop := func(r Result) bool { return r.Conns == openLoopConns && strings.HasPrefix(r.Variant, variant) }
+	var lines []string
+	p99s := map[string][]float64{}
+	var order []string
+	for i, w := range rows {
+		if w.Workload != "where" || !isOpenLoop(w) {
+			continue
+		}
+		echoP99 := map[string]string{"1": "-", "3": "-"}
+		for _, e := range rows[i+1:] {
+			if e.Workload == "where" {
+				break
+			}
+			if e.Workload == "echo floor" && isOpenLoop(e) {
+				procs := "1"
+				if strings.Contains(e.Variant, "3 procs") {
+					procs = "3"
+				}
+				echoP99[procs] = fmt.Sprintf("%.0f", e.P99us)
+			}
+		}
+		if _, seen := p99s[w.Variant]; !seen {
+			order = append(order, w.Variant)
+		}
+		p99s[w.Variant] = append(p99s[w.Variant], w.P99us)
+		lines = append(lines, fmt.Sprintf("| %s | %.0f | %.0f | %.0f | %s | %s | < %d µs: %s |", w.Variant, w.OpsPerS, w.P50us, w.P99us,
+			echoP99["1"], echoP99["3"], targetOpenLoopP99us, yesNo(w.P99us < targetOpenLoopP99us)))
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	head := []string{
+		"| where, open loop | ops/s | p50 µs | p99 µs | echo floor p99 µs, 1 proc | 3 procs | target |",
+		"|---|--:|--:|--:|--:|--:|---|",
+	}
+	lines = append(head, lines...)
+	for _, v := range order {
+		n := len(p99s[v])
+		m, lo, hi := medianRange(p99s[v])
+		lines = append(lines, fmt.Sprintf("| %s: median of %d | | | %.0f (%.0f-%.0f) | | | < %d µs: %s |", v, n, m, lo, hi,
+			targetOpenLoopP99us, yesNo(m < targetOpenLoopP99us)))
+	}
+	return lines
 }
 
 func yesNo(ok bool) string {

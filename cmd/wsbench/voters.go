@@ -46,13 +46,7 @@ func votersLines(rows []Result) []string {
 		for i, r := range rs {
 			v[i] = f(r)
 		}
-		slices.Sort(v)
-		if n := len(v); n%2 == 1 {
-			med = v[n/2]
-		} else {
-			med = (v[n/2-1] + v[n/2]) / 2
-		}
-		return med, v[0], v[len(v)-1]
+		return medianRange(v)
 	}
 	ops := func(r Result) float64 { return r.OpsPerS }
 	cpu := func(r Result) float64 { return r.ServerCPUus }
@@ -171,4 +165,16 @@ func (r *roleMeter) fill(res *Result) {
 		s, _ := m.Stop()
 		res.Extra[role+"_cpu_us_per_op"] = float64(s.Microseconds()) / float64(res.Ops) / float64(r.nodes[role])
 	}
+}
+
+// medianRange returns the median of v (the mean of the middle two for an even count), its
+// least and its greatest; v is sorted in place and must not be empty.
+func medianRange(v []float64) (med, lo, hi float64) {
+	slices.Sort(v)
+	if n := len(v); n%2 == 1 {
+		med = v[n/2]
+	} else {
+		med = (v[n/2-1] + v[n/2]) / 2
+	}
+	return med, v[0], v[len(v)-1]
 }
