@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,12 +80,15 @@ func TestAsync_RepliesLeaveWhenAnsweredInAnyOrder(t *testing.T) {
 }
 
 // Replies sent in one batch (a commit's callbacks) leave with one write per connection:
-// the writer starts when the batch runs, after all of them are queued.
+// the write happens when the batch runs, after all of them are queued. On Linux the batch's
+// goroutine writes them itself (one raw write), so they are on the socket when Run returns.
 func TestAsync_RepliesOfOneBatchLeaveInOneWrite(t *testing.T) {
 	p := newParked()
 	mux := NewMux()
 	mux.HandleAsync("ws", "/park", p.handler)
-	addr, writes := startCountingServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}})
+	writes, rawWrites := new(atomic.Int64), new(atomic.Int64)
+	addr := startServerWrapping(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}},
+		func(nc net.Conn) net.Conn { return countingConn{Conn: nc, writes: writes, rawWrites: rawWrites} })
 	c := rawDial(t, "ws://"+addr+"/10.0.0.9/36")
 	const n = 5
 	for i := range n {
@@ -99,6 +104,9 @@ func TestAsync_RepliesOfOneBatchLeaveInOneWrite(t *testing.T) {
 		t.Fatalf("%d writes before the batch ran, want none", got-before)
 	}
 	b.Run()
+	if got := rawWrites.Load(); runtime.GOOS == "linux" && got != 1 {
+		t.Fatalf("when the batch's Run returned, its replies had taken %d raw writes, want 1 (written by the batch's goroutine)", got)
+	}
 	readOKReplies(t, c, n)
 	if got := writes.Load() - before; got != 1 {
 		t.Fatalf("%d replies of one batch took %d writes, want 1", n, got)

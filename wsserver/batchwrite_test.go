@@ -17,37 +17,6 @@ import (
 	"github.com/wsregistry/wsregistry/internal/later"
 )
 
-// The replies a batch of callbacks queued for a connection are written by the batch's
-// goroutine when it runs, with one raw write and no writer goroutine: they are on the
-// socket when Run returns.
-func TestWriteFromBatch_TheBatchWritesTheRepliesItself(t *testing.T) {
-	p := newParked()
-	mux := NewMux()
-	mux.HandleAsync("ws", "/park", p.handler)
-	writes, rawWrites := new(atomic.Int64), new(atomic.Int64)
-	addr := startServerWrapping(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1}},
-		func(nc net.Conn) net.Conn { return countingConn{Conn: nc, writes: writes, rawWrites: rawWrites} })
-	c := rawDial(t, "ws://"+addr+"/10.0.0.9/37")
-	const n = 4
-	for i := range n {
-		rawWrite(t, c, requestFrame(i, "/park", fmt.Sprintf("[%d]", i)))
-		recv(t, p.arrived, 5*time.Second, "request")
-	}
-	before := writes.Load()
-	var b later.Batch
-	for i := range n {
-		p.get(t, fmt.Sprintf("[%d]", i)).SendIn(&b, json.RawMessage(`"ok"`), nil)
-	}
-	b.Run()
-	if got := rawWrites.Load(); got != 1 {
-		t.Fatalf("when the batch's Run returned, its replies had taken %d raw writes, want 1 (written by the batch's goroutine)", got)
-	}
-	readOKReplies(t, c, n)
-	if got := writes.Load() - before; got != 1 {
-		t.Fatalf("%d replies of one batch took %d writes, want 1", n, got)
-	}
-}
-
 // A peer that does not read fills the socket. A batch's goroutine then writes what the
 // socket takes and returns; a writer goroutine finishes the write and the later replies
 // behind it, whole and in order, once the peer reads again.
