@@ -3,11 +3,8 @@
 package wsserver
 
 import (
-	"bufio"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -60,7 +57,12 @@ func TestWriteFromBatch_AFullSocketIsFinishedByAWriterInOrder(t *testing.T) {
 				Data   string `json:"data"`
 			} `json:"data"`
 		}
-		if err := json.Unmarshal(readTextFrame(t, nc, br), &reply); err != nil {
+		_ = nc.SetReadDeadline(time.Now().Add(scaled(10 * time.Second)))
+		op, frame, err := readAnyServerFrame(br)
+		if err != nil || op != 0x1 {
+			t.Fatalf("reply %d: opcode %#x, %v", i, op, err)
+		}
+		if err := json.Unmarshal(frame, &reply); err != nil {
 			t.Fatalf("reply %d: %v", i, err)
 		}
 		if want := payload(i); reply.ID != i || reply.Data.Status != 200 || `"`+reply.Data.Data+`"` != want {
@@ -71,38 +73,4 @@ func TestWriteFromBatch_AFullSocketIsFinishedByAWriterInOrder(t *testing.T) {
 	if w, rw := writes.Load(), rawWrites.Load(); w <= rw {
 		t.Fatalf("%d writes, all %d of them raw: no write was left to a writer, the socket never filled", w, rw)
 	}
-}
-
-// readTextFrame reads one unmasked server text frame of any length.
-func readTextFrame(t testing.TB, nc net.Conn, br *bufio.Reader) []byte {
-	t.Helper()
-	_ = nc.SetReadDeadline(time.Now().Add(scaled(10 * time.Second)))
-	defer nc.SetReadDeadline(time.Time{})
-	var h [2]byte
-	if _, err := io.ReadFull(br, h[:]); err != nil {
-		t.Fatalf("read frame header: %v", err)
-	}
-	if h[0] != 0x81 {
-		t.Fatalf("frame starts with %#x, want a final text frame (0x81)", h[0])
-	}
-	n := uint64(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var l [2]byte
-		if _, err := io.ReadFull(br, l[:]); err != nil {
-			t.Fatal(err)
-		}
-		n = uint64(binary.BigEndian.Uint16(l[:]))
-	case 127:
-		var l [8]byte
-		if _, err := io.ReadFull(br, l[:]); err != nil {
-			t.Fatal(err)
-		}
-		n = binary.BigEndian.Uint64(l[:])
-	}
-	payload := make([]byte, n)
-	if _, err := io.ReadFull(br, payload); err != nil {
-		t.Fatalf("read frame payload: %v", err)
-	}
-	return payload
 }
