@@ -50,13 +50,7 @@ func TestWriteFromBatch_AFullSocketIsFinishedByAWriterInOrder(t *testing.T) {
 		recv(t, ran, 5*time.Second, fmt.Sprintf("batch %d's Run to return while the peer does not read", k))
 	}
 	for i := range batches * perBatch {
-		var reply struct {
-			ID   int `json:"id"`
-			Data struct {
-				Status int    `json:"status"`
-				Data   string `json:"data"`
-			} `json:"data"`
-		}
+		var reply stringReply
 		_ = nc.SetReadDeadline(time.Now().Add(scaled(10 * time.Second)))
 		op, frame, err := readAnyServerFrame(br)
 		if err != nil || op != 0x1 {

@@ -239,3 +239,12 @@ func readOKReplies(t *testing.T, c *websocket.Conn, n int) {
 		}
 	}
 }
+
+// stringReply decodes a reply whose data is a string, as the tests send it.
+type stringReply struct {
+	ID   int `json:"id"`
+	Data struct {
+		Status int    `json:"status"`
+		Data   string `json:"data"`
+	} `json:"data"`
+}

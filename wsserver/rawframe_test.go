@@ -47,13 +47,7 @@ func TestReplies_FramesAcrossEveryLengthForm(t *testing.T) {
 	}()
 	// Handlers run concurrently: replies may come in any order.
 	for range sizes {
-		var reply struct {
-			ID   int `json:"id"`
-			Data struct {
-				Status int    `json:"status"`
-				Data   string `json:"data"`
-			} `json:"data"`
-		}
+		var reply stringReply
 		raw := rawRead(t, c)
 		if err := json.Unmarshal([]byte(raw), &reply); err != nil {
 			t.Fatalf("reply %.80q...: %v", raw, err)
