@@ -8,13 +8,17 @@ const (
 	DefaultHeartbeatTimeout   = 400 * time.Millisecond
 	DefaultElectionTimeout    = 400 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 200 * time.Millisecond
-	DefaultCommitTimeout      = 20 * time.Millisecond
-	DefaultApplyTimeout       = 5 * time.Second
-	DefaultCommitWait         = 5 * time.Second
-	DefaultSnapshotInterval   = 2 * time.Minute
-	DefaultSnapshotThreshold  = 8192
-	DefaultSnapshotRetain     = 2
-	DefaultGroupCommitMax     = 1024
+	// DefaultCommitTimeout is only a fallback: commit notices (notice.go) tell the followers
+	// of every batch's commit at once. With nothing to send, raft still sends each member
+	// an empty AppendEntries every 1-2 CommitTimeouts: at 20 ms that was half an idle
+	// cluster's CPU (BENCHMARKS.md, round 14), paid during lookups too.
+	DefaultCommitTimeout     = 100 * time.Millisecond
+	DefaultApplyTimeout      = 5 * time.Second
+	DefaultCommitWait        = 5 * time.Second
+	DefaultSnapshotInterval  = 2 * time.Minute
+	DefaultSnapshotThreshold = 8192
+	DefaultSnapshotRetain    = 2
+	DefaultGroupCommitMax    = 1024
 	// DefaultHealthInterval is the leader's probe period until it learns the grace.
 	DefaultHealthInterval = time.Second
 	// DefaultVoters is how many voters the leader keeps; other members are non-voters.

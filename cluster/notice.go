@@ -7,7 +7,7 @@ import (
 )
 
 // Commit notices. hashicorp/raft tells a follower what is committed only with the entries
-// that follow, or after CommitTimeout (20-40 ms) when none do: its heartbeats carry no
+// that follow, or after CommitTimeout (100-200 ms) when none do: its heartbeats carry no
 // commit index. A follower answers its agent's online only once the entry is applied there
 // (read-your-write), so on a quiet cluster every forwarded write would wait that long, and a
 // registration on the leader would be missing on the followers for as long.
@@ -125,10 +125,12 @@ type noticeState struct {
 
 // noticeRetry and noticeRetryMax bound the retries of a notice a member refused because its
 // log does not hold the entry yet: the entry was committed by the other members' copies,
-// and this member's append is usually already on its way (well under a millisecond).
+// and this member's append is usually already on its way (well under a millisecond). The
+// doubling pauses add up to ~50 ms, so a member whose disk is slower than the majority's
+// still hears of the commit well before raft's CommitTimeout would tell it.
 const (
 	noticeRetry    = 200 * time.Microsecond
-	noticeRetryMax = 5 * time.Millisecond
+	noticeRetryMax = 26 * time.Millisecond
 )
 
 // noticeMember sends st's notices to srv until none is newer than what it accepted. Its
