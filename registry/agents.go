@@ -25,8 +25,9 @@ type agentSession struct {
 
 	// whereReply is the reply buffer of handleWhere, which runs inline on the channel's
 	// reader: only that goroutine touches it, and its round robin (rotation.go).
-	whereReply []byte
-	rotation   whereRotation
+	whereReply  []byte
+	rotation    whereRotation
+	whereStripe *whereStripe // where this connection's lookups are counted
 
 	mu         sync.Mutex
 	namespaces []string        // what this connection asked to register, in order
@@ -135,6 +136,7 @@ type handover struct {
 
 func (n *Node) agentOpened(ch *wsserver.Channel) {
 	s := &agentSession{addr: ch.Key(), ch: ch, id: fsm.SessionID{Node: n.cfg.NodeID, Incarnation: n.incarnation.Load(), Seq: n.sessionSeq.Add(1)}}
+	s.whereStripe = n.metrics.where.stripe(s.id.Seq)
 	ch.SetValue(s)
 	n.live.Store(s.id, s)
 	n.metrics.agentEvents.WithLabelValues("opened").Inc()
@@ -412,8 +414,11 @@ func (n *Node) handleWhere(_ context.Context, ch *wsserver.Channel, props json.R
 		}
 		reg, ok = n.state.Pick(ns, n.position(s, ns))
 	}
-	n.metrics.whereOK.Inc()
-	n.metrics.whereSeconds.Observe(time.Since(start).Seconds())
+	stripe := n.metrics.where.stripe(0)
+	if s != nil {
+		stripe = s.whereStripe
+	}
+	stripe.observe(time.Since(start))
 	if !ok {
 		return nil, nil // unknown namespace: {"status":200} with no data, as the original
 	}

@@ -20,11 +20,10 @@ import (
 type nodeMetrics struct {
 	reg *prometheus.Registry
 
-	wsRequests   *prometheus.CounterVec
-	onlineOK     prometheus.Counter // pre-resolved children of wsRequests for the hot paths
-	whereOK      prometheus.Counter
+	wsRequests   *requestsCollector
+	onlineOK     prometheus.Counter // a pre-resolved child of wsRequests for the hot path
+	where        *whereStats        // successful lookups: count and duration
 	ignored      prometheus.Counter
-	whereSeconds prometheus.Histogram
 	fetchSeconds *prometheus.HistogramVec
 	writes       *prometheus.CounterVec
 	writeSeconds *prometheus.HistogramVec
@@ -45,20 +44,12 @@ func (n *Node) startMetrics() {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	m.wsRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "wsregistry_ws_requests_total",
-		Help: "Requests from agents by protocol, command and reply status (cmd is online, where or other).",
-	}, []string{"protocol", "cmd", "status"})
+	m.where = new(whereStats)
+	m.wsRequests = newRequestsCollector(m.where)
 	m.onlineOK = m.wsRequests.WithLabelValues("ws", "online", "200")
-	m.whereOK = m.wsRequests.WithLabelValues("ws", "where", "200")
 	m.ignored = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "wsregistry_ws_ignored_messages_total",
 		Help: "Agent messages ignored as the original does (not JSON, or not a frame).",
-	})
-	m.whereSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "wsregistry_where_duration_seconds",
-		Help:    "Time to answer a where from local state.",
-		Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3},
 	})
 	m.fetchSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "wsregistry_fetch_duration_seconds",
@@ -120,7 +111,7 @@ func (n *Node) startMetrics() {
 		}
 		return 0
 	}))
-	m.reg.MustRegister(m.wsRequests, m.ignored, m.whereSeconds, m.fetchSeconds, m.writes, m.writeSeconds,
+	m.reg.MustRegister(m.wsRequests, m.ignored, newWhereHistogram(m.where), m.fetchSeconds, m.writes, m.writeSeconds,
 		m.batchSize, m.purges, m.snapshots, m.agentEvents)
 
 	gauge := func(name, help string, f func() float64) {
@@ -192,8 +183,8 @@ func (m *nodeMetrics) observeRequest(cmd string, err error) {
 		case "online":
 			m.onlineOK.Inc()
 			return
-		case "where":
-			m.whereOK.Inc()
+		case "where": // counted by whereStats only (requestsCollector)
+			m.where.stripe(0).observe(0)
 			return
 		}
 	}

@@ -70,7 +70,7 @@ func (n *Node) samplePace(now time.Time) {
 	if now.Sub(b.paceAt) < time.Second {
 		return
 	}
-	cur := [3]float64{counterValue(n.metrics.onlineOK), counterValue(n.metrics.whereOK), histogramCount(n.metrics.fetchSeconds)}
+	cur := [3]float64{counterValue(n.metrics.onlineOK), float64(n.metrics.where.count()), histogramCount(n.metrics.fetchSeconds)}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.paceAt.IsZero() {
