@@ -112,7 +112,7 @@ func (a *autopilot) loop() {
 		a.led = time.Now()
 		term := a.n.raft.CurrentTerm()
 		if barrierTerm != term {
-			if err := a.n.raft.Barrier(a.n.cfg.ApplyTimeout).Error(); err != nil {
+			if err := a.n.announce(a.n.raft.Barrier(a.n.cfg.ApplyTimeout)); err != nil {
 				continue
 			}
 			barrierTerm = term
@@ -165,7 +165,7 @@ func (a *autopilot) step(now time.Time) {
 	if len(dead) > 0 && len(promotable) > 0 {
 		d := dead[0]
 		if left := len(voters) - 1; alive >= left/2+1 {
-			err := n.raft.RemoveServer(d.ID, 0, n.cfg.ApplyTimeout).Error()
+			err := n.announce(n.raft.RemoveServer(d.ID, 0, n.cfg.ApplyTimeout))
 			if err == nil && len(a.removed) < maxRemembered {
 				a.removed[string(d.ID)] = &removedMember{addr: string(d.Address)}
 			}
@@ -177,7 +177,7 @@ func (a *autopilot) step(now time.Time) {
 	}
 	if len(voters) < n.cfg.Voters && len(promotable) > 0 {
 		p := promotable[0]
-		err := n.raft.AddVoter(p.ID, p.Address, 0, n.cfg.ApplyTimeout).Error()
+		err := n.announce(n.raft.AddVoter(p.ID, p.Address, 0, n.cfg.ApplyTimeout))
 		h := health[string(p.ID)]
 		reason := fmt.Sprintf("%d voters, target %d; healthy for %v (stabilization-time %v), lag %d", len(voters), n.cfg.Voters, now.Sub(h.HealthySince).Round(time.Millisecond), n.cfg.StabilizationTime, h.Lag)
 		a.record(now, ActionPromoted, string(p.ID), reason, err)

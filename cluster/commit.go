@@ -150,7 +150,7 @@ func (n *Node) ConsistentRead(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitWait)
 	defer cancel()
 	if n.IsLeader() {
-		if err := n.raft.Barrier(n.cfg.CommitWait).Error(); err != nil {
+		if err := n.announce(n.raft.Barrier(n.cfg.CommitWait)); err != nil {
 			return fmt.Errorf("consistent read: barrier: %w", err)
 		}
 		return nil

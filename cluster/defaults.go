@@ -8,10 +8,11 @@ const (
 	DefaultHeartbeatTimeout   = 400 * time.Millisecond
 	DefaultElectionTimeout    = 400 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 200 * time.Millisecond
-	// DefaultCommitTimeout is only a fallback: commit notices (notice.go) tell the followers
-	// of every batch's commit at once. With nothing to send, raft still sends each member
-	// an empty AppendEntries every 1-2 CommitTimeouts: at 20 ms that was half an idle
-	// cluster's CPU (BENCHMARKS.md, round 14), paid during lookups too.
+	// DefaultCommitTimeout is mostly a fallback: commit notices (notice.go) tell the
+	// followers of every batch's commit, and of raft's own entries this node waits for, at
+	// once. With nothing to send, raft still sends each member an empty AppendEntries every
+	// 1-2 CommitTimeouts: at 20 ms that was about half an idle three-node cluster's CPU
+	// (BENCHMARKS.md, round 14), paid during lookups too.
 	DefaultCommitTimeout     = 100 * time.Millisecond
 	DefaultApplyTimeout      = 5 * time.Second
 	DefaultCommitWait        = 5 * time.Second

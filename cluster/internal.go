@@ -81,7 +81,7 @@ func (n *Node) handleReadIndex(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": "not the leader"})
 		return
 	}
-	if err := n.raft.Barrier(n.cfg.CommitWait).Error(); err != nil {
+	if err := n.announce(n.raft.Barrier(n.cfg.CommitWait)); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "barrier: " + err.Error()})
 		return
 	}

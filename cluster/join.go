@@ -90,20 +90,20 @@ func (n *Node) addMember(id, addr string) error {
 		case sameID && sameAddr:
 			return nil // already a member, voter or not: autopilot decides promotions
 		case sameID || sameAddr:
-			if err := n.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err != nil {
+			if err := n.announce(n.raft.RemoveServer(s.ID, 0, 10*time.Second)); err != nil {
 				return fmt.Errorf("remove stale member %s at %s: %w", s.ID, s.Address, err)
 			}
 			n.log.Info("removed stale member before join", "id", s.ID, "addr", s.Address)
 		}
 	}
 	if voters >= n.cfg.Voters {
-		if err := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
+		if err := n.announce(n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second)); err != nil {
 			return fmt.Errorf("add non-voter %s: %w", id, err)
 		}
 		n.log.Info("member joined as a non-voter", "id", id, "raft", addr, "voters", voters, "target", n.cfg.Voters)
 		return nil
 	}
-	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
+	if err := n.announce(n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second)); err != nil {
 		return fmt.Errorf("add voter %s: %w", id, err)
 	}
 	n.log.Info("member joined", "id", id, "raft", addr)
@@ -119,7 +119,7 @@ func (n *Node) removeServer(id string) error {
 	if !found {
 		return nil
 	}
-	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+	if err := n.announce(n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second)); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
 	}
 	n.log.Info("member removed", "id", id)

@@ -406,7 +406,7 @@ func (n *Node) Ready() bool {
 const readyApplyGrace = 100 * time.Millisecond
 
 // Barrier waits until every entry committed before it has been applied (leader only).
-func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
+func (n *Node) Barrier(timeout time.Duration) error { return n.announce(n.raft.Barrier(timeout)) }
 
 // BinaryBatches reports whether every server of the configuration announced (fsm.NodeMeta
 // Features) that it reads fsm.TypeBinaryBatch entries. Until then entries and forwarded

@@ -75,6 +75,19 @@ func (n *Node) nudgeLoop() {
 	}
 }
 
+// announce waits for f, one of raft's own entries this node appended as leader (a barrier,
+// a membership change), and has the members told at once that it is committed: no batch's
+// notice covers it, and they would otherwise learn it only from the next batch or after
+// CommitTimeout (a new member's configuration, and the applied index the health prober
+// compares, would lag that long). It returns f's error.
+func (n *Node) announce(f raft.Future) error {
+	err := f.Error()
+	if i, ok := f.(raft.IndexFuture); ok && err == nil {
+		n.noticeCommit(i.Index())
+	}
+	return err
+}
+
 // noticeCommit has every other member sent the commit notice for index, an entry this
 // node appended as leader and saw committed, without waiting for their answers.
 func (n *Node) noticeCommit(index uint64) {
@@ -123,14 +136,16 @@ type noticeState struct {
 	index, term uint64
 }
 
-// noticeRetry and noticeRetryMax bound the retries of a notice a member refused because its
-// log does not hold the entry yet: the entry was committed by the other members' copies,
-// and this member's append is usually already on its way (well under a millisecond). The
-// doubling pauses add up to ~50 ms, so a member whose disk is slower than the majority's
-// still hears of the commit well before raft's CommitTimeout would tell it.
+// A member refuses a notice while its log does not hold the entry yet: the entry was
+// committed by the other members' copies, and this member's append is usually already on
+// its way (well under a millisecond). The notice is retried after pauses doubling from
+// noticeRetry up to noticeRetryCap, for up to noticeRetryFor in all: a member whose disk is
+// slower than the majority's still hears of the commit within a few milliseconds of its
+// append, well before raft's CommitTimeout would tell it.
 const (
 	noticeRetry    = 200 * time.Microsecond
-	noticeRetryMax = 26 * time.Millisecond
+	noticeRetryCap = 3200 * time.Microsecond
+	noticeRetryFor = 50 * time.Millisecond
 )
 
 // noticeMember sends st's notices to srv until none is newer than what it accepted. Its
@@ -139,7 +154,7 @@ const (
 // different log hears from raft's replication instead.
 func (n *Node) noticeMember(srv raft.Server, st *noticeState) {
 	var done uint64
-	retry := noticeRetry
+	var retry, waited time.Duration = noticeRetry, 0
 	for {
 		n.nudge.mu.Lock()
 		index, term := st.index, st.term
@@ -164,13 +179,14 @@ func (n *Node) noticeMember(srv raft.Server, st *noticeState) {
 		switch {
 		case err == nil && resp.Success:
 			n.nudge.accepted.Add(1)
-			done, retry = index, noticeRetry
-		case err == nil && resp.Term == term && resp.LastLog < index && retry <= noticeRetryMax:
+			done, retry, waited = index, noticeRetry, 0
+		case err == nil && resp.Term == term && resp.LastLog < index && waited < noticeRetryFor:
 			n.nudge.early.Add(1)
 			time.Sleep(retry)
-			retry *= 2
+			waited += retry
+			retry = min(2*retry, noticeRetryCap)
 		default:
-			done, retry = index, noticeRetry
+			done, retry, waited = index, noticeRetry, 0
 		}
 	}
 }

@@ -39,6 +39,27 @@ func TestCommitNotice_ForwardedWritesNeedNoExtraEntry(t *testing.T) {
 	}
 }
 
+// Entries of raft's own that a batch's notice does not cover (a barrier, a membership
+// change) are announced too: with CommitTimeout far beyond the test, a member learns they
+// committed only from the announcement.
+func TestCommitNotice_RaftsOwnEntriesAreAnnounced(t *testing.T) {
+	nodes := startCluster(t, 3, func(c *Config) { c.CommitTimeout = 10 * time.Minute })
+	l := leaderOf(t, nodes)
+	commit(t, l, meta("first"))
+	// Autopilot's barrier, once per term, would carry the commit index of an entry before it:
+	// the entry under test comes after it.
+	testutil.Eventually(t, 5*time.Second, func() bool { return barriersAfter(t, l, 0) > 0 }, "autopilot appended no barrier")
+	testutil.Eventually(t, 5*time.Second, l.noticesIdle, "notices still pending")
+	if err := l.Barrier(5 * time.Second); err != nil {
+		t.Fatalf("barrier: %v", err)
+	}
+	barrier := l.raft.LastIndex()
+	for _, n := range nodes {
+		testutil.Eventually(t, 5*time.Second, func() bool { return n.raft.AppliedIndex() >= barrier },
+			"%s never applied the barrier at %d (applied %d)", n.ID(), barrier, n.raft.AppliedIndex())
+	}
+}
+
 // barriersAfter counts the barrier entries in n's log after index from.
 func barriersAfter(t *testing.T, n *testNode, from uint64) int {
 	t.Helper()

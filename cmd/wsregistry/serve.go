@@ -101,7 +101,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.heartbeat, "raft-heartbeat-timeout", cluster.DefaultHeartbeatTimeout, "raft heartbeat timeout (LAN default; raft's own is 1s)")
 	fs.DurationVar(&c.election, "raft-election-timeout", cluster.DefaultElectionTimeout, "raft election timeout")
 	fs.DurationVar(&c.leaderLease, "raft-leader-lease-timeout", cluster.DefaultLeaderLeaseTimeout, "raft leader lease timeout")
-	fs.DurationVar(&c.commitTimeout, "raft-commit-timeout", cluster.DefaultCommitTimeout, "raft commit timeout")
+	fs.DurationVar(&c.commitTimeout, "raft-commit-timeout", cluster.DefaultCommitTimeout, "raft commit timeout: how often an idle leader sends each member an empty AppendEntries; commit notices tell members of commits at once, so this is a fallback")
 	fs.BoolVar(&c.noSync, "raft-no-sync", false, "skip fsync of the raft log (unsafe: tests and throwaway benchmarks only)")
 	fs.StringVar(&c.logStore, "raft-log-store", cluster.LogStoreWAL, "where the raft log lives: wal (<data-dir>/raft/wal) or bolt (<data-dir>/raft/raft.db, where builds before the write-ahead log kept it: start once with bolt before going back to one); a node moves its log there at start")
 	fs.Uint64Var(&c.snapshotThreshold, "snapshot-threshold", cluster.DefaultSnapshotThreshold, "log entries between snapshots")
