@@ -3,6 +3,7 @@ package registry
 import (
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -16,6 +17,14 @@ import (
 // scrape sums them.
 type whereStats struct {
 	stripes [whereStripeCount]whereStripe
+	// created (Unix nanoseconds, not a time.Time: a pointer in the type would put a
+	// header before it and shift the stripes off their lines) is exposed as the series'
+	// created timestamp, as client_golang's own series do.
+	created int64
+}
+
+func newWhereStats() *whereStats {
+	return &whereStats{created: time.Now().UnixNano()}
 }
 
 const whereStripeCount = 16
@@ -32,13 +41,18 @@ type whereStripe struct {
 	_        [cacheLine - whereStripeWords*8%cacheLine]byte
 }
 
-// whereStripeWords is a stripe's words before its padding; cacheLine is this kind of CPU's.
-// whereStats is allocated on its own (2 KiB, so aligned to 2 KiB), which puts each stripe
-// on cache lines of its own.
+// whereStripeWords is a stripe's words before its padding, which rounds a stripe up to a
+// whole number of 64-byte lines (two: 128 bytes). Stripes side by side then share no line
+// whenever the array starts on a line, which a whereStats allocated on its own does (size
+// class 2,048+ bytes, no pointers, so no header before it); on CPUs with 128-byte lines,
+// neighbours can share one, which costs speed only.
 const (
 	whereStripeWords = len(whereBucketsNanos) + 2
 	cacheLine        = 64
 )
+
+// A stripe is whole lines: a field added without updating whereStripeWords fails here.
+var _ [0]struct{} = [unsafe.Sizeof(whereStripe{}) % cacheLine]struct{}{}
 
 // stripe is the stripe of the session numbered seq (nil session: 0).
 func (w *whereStats) stripe(seq uint64) *whereStripe {
@@ -102,12 +116,12 @@ func (h *whereHistogram) Collect(ch chan<- prometheus.Metric) {
 	for i, c := range cumulative {
 		buckets[float64(whereBucketsNanos[i])/1e9] = c
 	}
-	ch <- prometheus.MustNewConstHistogram(h.desc, count, sum.Seconds(), buckets)
+	ch <- prometheus.MustNewConstHistogramWithCreatedTimestamp(h.desc, count, sum.Seconds(), buckets, time.Unix(0, h.stats.created))
 }
 
 // requestsCollector is wsregistry_ws_requests_total: the counter vector's series, and the
-// where/200 series from whereStats (which the vector never holds: observeRequest sends a
-// successful where there).
+// where/200 series from whereStats (observeRequest never creates that child in the vector:
+// a duplicate series would fail Gather).
 type requestsCollector struct {
 	*prometheus.CounterVec
 	where     *whereStats
@@ -131,5 +145,5 @@ func newRequestsCollector(where *whereStats) *requestsCollector {
 
 func (c *requestsCollector) Collect(ch chan<- prometheus.Metric) {
 	c.CounterVec.Collect(ch)
-	ch <- prometheus.MustNewConstMetric(c.whereDesc, prometheus.CounterValue, float64(c.where.count()), "ws", "where", "200")
+	ch <- prometheus.MustNewConstMetricWithCreatedTimestamp(c.whereDesc, prometheus.CounterValue, float64(c.where.count()), time.Unix(0, c.where.created), "ws", "where", "200")
 }

@@ -15,7 +15,7 @@ import (
 // did: the same bucket bounds (inclusive), count and sum, summed over every stripe, and a
 // where/200 series beside the vector's own in one family.
 func TestWhereStats_ExposeOneHistogramAndCounterOverAllStripes(t *testing.T) {
-	where := new(whereStats)
+	where := newWhereStats()
 	for seq, d := range map[uint64]time.Duration{
 		0:  500 * time.Nanosecond,
 		1:  time.Microsecond, // on a bound: counted at or below it
@@ -26,6 +26,8 @@ func TestWhereStats_ExposeOneHistogramAndCounterOverAllStripes(t *testing.T) {
 	}
 	requests := newRequestsCollector(where)
 	requests.WithLabelValues("ws", "online", "200").Inc()
+	// A success reported the general way must not create the vector's own where/200 child.
+	(&nodeMetrics{wsRequests: requests, where: where}).observeRequest("where", nil)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(requests, newWhereHistogram(where))
 	families, err := reg.Gather()
@@ -70,7 +72,7 @@ func TestWhereStats_ExposeOneHistogramAndCounterOverAllStripes(t *testing.T) {
 // Lookups on many goroutines at once are all counted (run with -race: stripes are shared
 // by the sessions that map to them).
 func TestWhereStats_ConcurrentLookupsAreAllCounted(t *testing.T) {
-	where := new(whereStats)
+	where := newWhereStats()
 	const goroutines, each = 8, 1000
 	var wg sync.WaitGroup
 	for g := range goroutines {
@@ -94,7 +96,7 @@ func TestWhereStats_ConcurrentLookupsAreAllCounted(t *testing.T) {
 // once the shared cache lines move between them).
 func BenchmarkWhereMetrics(b *testing.B) {
 	b.Run("striped", func(b *testing.B) {
-		where := new(whereStats)
+		where := newWhereStats()
 		var seq atomic.Uint64
 		b.RunParallel(func(pb *testing.PB) {
 			s := where.stripe(seq.Add(1)) // one session per goroutine
