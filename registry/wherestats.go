@@ -43,9 +43,10 @@ type whereStripe struct {
 
 // whereStripeWords is a stripe's words before its padding, which rounds a stripe up to a
 // whole number of 64-byte lines (two: 128 bytes). Stripes side by side then share no line
-// whenever the array starts on a line, which a whereStats allocated on its own does (size
-// class 2,048+ bytes, no pointers, so no header before it); on CPUs with 128-byte lines,
-// neighbours can share one, which costs speed only.
+// whenever the array starts on a line, which a whereStats allocated on its own does: the
+// stripes come first, it holds no pointers (so no allocation header before it), and its
+// size class (2,304 bytes) is a multiple of 64. On CPUs with 128-byte lines neighbours can
+// share one, which costs speed only.
 const (
 	whereStripeWords = len(whereBucketsNanos) + 2
 	cacheLine        = 64
