@@ -23,6 +23,11 @@
 #                                          and on one, each followed by the echo floor in one and in
 #                                          three processes, three passes: the p99s of issue 14 item 6
 #                                          (about 3 minutes; not in the default groups)
+#                                floor     where and the echo floor under the agent pattern, like for
+#                                          like (three nodes against three echo processes, one node
+#                                          against one), alternated in $FLOOR_PASSES passes (default 5):
+#                                          each pass's CPU ratio and their median, issue 14 item 4
+#                                          (about 4 minutes; not in the default groups)
 #   --anchor etcd              after ours, the same register (c=1,256) and where (c=256) against a
 #                              three-member etcd (Debian's etcd-server, installed with apt-get when
 #                              `etcd` is missing; fsync on) on $ETCD_ANCHOR_NET.1-3, then the ratios
@@ -51,7 +56,7 @@ done
 case ",$groups," in *,anchor,*) anchor="${anchor:-etcd}" ;; esac
 [ -z "$anchor" ] || [ "$anchor" = etcd ] || { echo "--anchor: only etcd is known" >&2; exit 2; }
 for g in ${groups//,/ }; do
-  case "$g" in matrix | patterns | anchor | scale | voters | openloop) ;; *) echo "--only: unknown group $g" >&2; exit 2 ;; esac
+  case "$g" in matrix | patterns | anchor | scale | voters | openloop | floor) ;; *) echo "--only: unknown group $g" >&2; exit 2 ;; esac
 done
 has() { case ",$groups," in *,"$1",*) return 0 ;; esac; return 1; }
 export WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_CLUSTER_HOST:-127.0.7.1}"
@@ -264,6 +269,30 @@ if has openloop; then
   done
 fi
 
+if has floor; then
+  # One run's where/echo ratio moves by 10-20% here from one minute to the next: alternating
+  # the two, pass after pass, lets the machine's drift fall on both, and the median of the
+  # passes' ratios is the verdict (each process counts: three nodes against three echo
+  # processes, one node against one).
+  passes="${FLOOR_PASSES:-5}"
+  if $short; then passes=1; fi
+  for nodes in 3 1; do
+    echo "== item 4: where and the echo floor under the agent pattern, $nodes node(s) against $nodes process(es), $passes passes"
+    label="like for like, 3 nodes"
+    if [ "$nodes" = 1 ]; then
+      label="like for like, 1 node"
+      start_single "--max-requests-per-second -1"
+    else
+      start_cluster 3 "--max-requests-per-second -1"
+    fi
+    pat=(-pattern agent -conns "$agent_conns" -duration "$dur")
+    for _ in $(seq 1 "$passes"); do
+      bench -nodes "$nodes" "${pat[@]}" -workload where -c 256 -label "$label"
+      bench "${pat[@]}" -workload echo -c 256 -echo-procs "$nodes"
+    done
+  done
+fi
+
 # Round 5's rows run last on our side, so that the anchor follows them within a minute.
 if has patterns; then
   echo "== generator patterns: pipelined, then agent ($agent_conns connections, 4 in flight on each busy one)"
@@ -306,7 +335,7 @@ fi
 
 table=$("$work/wsbench" table -in "$out" -run "$run")
 echo "$table"
-if has patterns || has voters || has openloop || [ -n "$anchor" ]; then
+if has patterns || has voters || has openloop || has floor || [ -n "$anchor" ]; then
   echo
   echo "== ratios within this run (us/etcd; where/echo floor of the same shape; voters: medians against 3 voters)"
   "$work/wsbench" ratios -in "$out" -run "$run"

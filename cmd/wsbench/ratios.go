@@ -139,6 +139,10 @@ func ratiosCmd(args []string) error {
 		fmt.Println()
 		fmt.Println(strings.Join(lines, "\n"))
 	}
+	if lines := floorLines(rows); len(lines) > 0 {
+		fmt.Println()
+		fmt.Println(strings.Join(lines, "\n"))
+	}
 	if lines := votersLines(rows); len(lines) > 0 {
 		fmt.Println()
 		fmt.Println(strings.Join(lines, "\n"))

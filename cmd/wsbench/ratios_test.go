@@ -38,3 +38,38 @@ func TestOpenLoopLines_PairsEachWhereWithTheEchoFloorsAfterIt(t *testing.T) {
 		t.Error("lines for a run without the open-loop rows")
 	}
 }
+
+func TestFloorLines_PairsEachWhereWithTheFloorOfAsManyProcesses(t *testing.T) {
+	where := func(label string, cpu float64) Result {
+		return Result{Workload: "where", Pattern: patternAgent, Variant: "agent " + label, Concurrency: 256, Conns: 1000, OpsPerS: 80000, ServerCPUus: cpu}
+	}
+	echo := func(procs string, cpu float64) Result {
+		return Result{Workload: "echo floor", Pattern: patternAgent, Variant: joinWords("agent", procs), Concurrency: 256, Conns: 1000, OpsPerS: 90000, ServerCPUus: cpu}
+	}
+	rows := []Result{
+		where(floorLabel3, 11), echo("", 5), echo("3 procs", 10), // the 1-process floor is not this one's
+		where(floorLabel3, 12), echo("3 procs", 10),
+		where(floorLabel3, 13), echo("3 procs", 10),
+		where(floorLabel1, 9), echo("3 procs", 1), echo("", 8), // 3 processes are not one node's floor
+		where(floorLabel1, 10), // no floor after it: no pass
+		{Workload: "where", Pattern: patternAgent, Variant: "agent", Concurrency: 256, Conns: 1000, ServerCPUus: 99}, // the patterns group's
+		echo("", 1),
+	}
+	got := strings.Join(floorLines(rows), "\n")
+	for _, want := range []string{
+		"| agent like for like, 3 nodes | 80000 | 90000 | 11.00 | agent 3 procs | 10.00 | 1.10× |",
+		"| agent like for like, 1 node | 80000 | 90000 | 9.00 | agent | 8.00 | 1.12× |",
+		"| agent like for like, 3 nodes: median of 3 | | | | | | 1.20× (1.10-1.30), ≤ 1.2×: yes |",
+		"| agent like for like, 1 node: median of 1 | | | | | | 1.12× (1.12-1.12), ≤ 1.2×: yes |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "9.00×") || strings.Contains(got, "99.00") || strings.Contains(got, "| 10.00 | agent | 5.00") {
+		t.Errorf("a pair that is not like for like is in:\n%s", got)
+	}
+	if floorLines(rows[9:]) != nil {
+		t.Error("lines for a run without the floor group's pairs")
+	}
+}
