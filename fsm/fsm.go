@@ -132,9 +132,10 @@ func (f *FSM) Pick(ns string, n uint64) (Registration, bool) {
 
 // PickBytes is Pick for a namespace held as bytes (a request's buffer), without copying it.
 func (f *FSM) PickBytes(ns []byte, n uint64) (Registration, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return pickFrom(f.st.namespaces[string(ns)], n) // the conversion only feeds the lookup
+	f.mu.RLock()                                        // every where takes this path: no defer (the lookup cannot panic)
+	reg, ok := pickFrom(f.st.namespaces[string(ns)], n) // the conversion only feeds the lookup
+	f.mu.RUnlock()
+	return reg, ok
 }
 
 func pickFrom(list []Registration, n uint64) (Registration, bool) {

@@ -140,7 +140,7 @@ func sameIP(a, b string) bool {
 type rateLimiter struct {
 	mu     sync.Mutex
 	tokens float64
-	last   int64 // unix nanos
+	last   int64 // monoNow's nanoseconds (0: the first request, which gets a full bucket)
 }
 
 func (l *rateLimiter) allow(now int64, perSecond float64) bool {

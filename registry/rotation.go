@@ -21,21 +21,28 @@ const rotationSlots = 8
 // alone. Namespaces with slots of their own each rotate strictly: an agent that alternates
 // two namespaces of two instances each reaches both instances of each (a single per-connection
 // counter would give one namespace only the even positions).
+//
+// A slot is 8 bytes, the eight one cache line: every where touches it, mostly out of the
+// cache. Two namespaces of one slot whose tags agree share a position, which only makes
+// their rotation less strict; positions wrap at 2^32, which only skips a step.
 type whereRotation [rotationSlots]struct {
-	hash uint64 // of the namespace the slot counts for (a zero slot is one whose hash is 0)
-	next uint64
+	tag  uint32 // of the namespace the slot counts for (rotationTag: never 0, an empty slot's)
+	next uint32
 }
+
+// rotationTag folds a namespace's hash into a slot's tag, odd so that no tag is an empty slot's.
+func rotationTag(h uint64) uint32 { return (uint32(h>>32) ^ uint32(h)) | 1 }
 
 // next returns the position of this where of the namespace with hash h and advances it.
 func (r *whereRotation) next(h uint64, nodeWide *atomic.Uint64) uint64 {
 	sl := &r[h%rotationSlots]
-	if sl.hash != h {
-		sl.hash = h
-		sl.next = nodeWide.Add(1) - 1
+	if tag := rotationTag(h); sl.tag != tag {
+		sl.tag = tag
+		sl.next = uint32(nodeWide.Add(1) - 1)
 	}
 	p := sl.next
 	sl.next++
-	return p
+	return uint64(p)
 }
 
 // rotationSeed keys the namespace hashes of whereRotation (any seed will do: a hash only

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 )
 
 func TestWhereRotation_EachNamespaceRotatesOnItsOwn(t *testing.T) {
@@ -75,5 +76,31 @@ func TestWhere_AlternatingNamespacesReachEveryInstance(t *testing.T) {
 		if seen[ns]["127.0.0.1:9001"] != 5 || seen[ns]["127.0.0.1:9002"] != 5 {
 			t.Fatalf("where %s, alternating with another namespace, answered %v; want 5 each", ns, seen[ns])
 		}
+	}
+}
+
+// Every where touches these fields of its session, mostly out of the cache: they stay first
+// and within two cache lines, the rotation within one.
+func TestAgentSession_WhereFieldsShareTwoCacheLines(t *testing.T) {
+	var s agentSession
+	if got := unsafe.Sizeof(s.rotation); got != 64 {
+		t.Errorf("whereRotation is %d bytes, want one cache line (64)", got)
+	}
+	if end := unsafe.Offsetof(s.limiter) + unsafe.Sizeof(s.limiter); end > 128 {
+		t.Errorf("where's fields of agentSession end at byte %d, past two cache lines", end)
+	}
+}
+
+// An empty slot's tag is 0, and no namespace's is: a namespace whose hash is 0 starts from
+// the node-wide counter like any other.
+func TestWhereRotation_HashZeroStartsFromTheNodeWideCounter(t *testing.T) {
+	var nodeWide atomic.Uint64
+	nodeWide.Store(7)
+	var r whereRotation
+	if got := r.next(0, &nodeWide); got != 7 {
+		t.Fatalf("hash 0 in an empty slot: position %d, want 7 from the node-wide counter", got)
+	}
+	if got := r.next(0, &nodeWide); got != 8 {
+		t.Fatalf("hash 0 again: position %d, want 8", got)
 	}
 }

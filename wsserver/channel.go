@@ -64,8 +64,10 @@ type Channel struct {
 	err     atomic.Pointer[closeError] // set before OnClose runs
 
 	// val is the embedding code's slot (the registry's session), read by every request's
-	// handler on the reader's and the handlers' goroutines: an atomic load, not a lock.
-	val atomic.Pointer[any]
+	// handler on the reader's and the handlers' goroutines: an atomic load, not a lock. An
+	// atomic.Value holds the interface in the channel itself: an atomic.Pointer[any] kept it
+	// in an object of its own, one more cache line for every request to fetch.
+	val atomic.Value
 
 	auth any // what WithAuth put on the accepted request; set before start, then read-only
 
@@ -197,17 +199,13 @@ func (c *Channel) Err() error {
 // from; nil when there was nothing, and for dialed channels.
 func (c *Channel) Auth() any { return c.auth }
 
-// Value returns what SetValue stored.
-func (c *Channel) Value() any {
-	if v := c.val.Load(); v != nil {
-		return *v
-	}
-	return nil
-}
+// Value returns what SetValue stored (nil before that).
+func (c *Channel) Value() any { return c.val.Load() }
 
-// SetValue stores v in the channel's slot for the embedding code.
+// SetValue stores v in the channel's slot for the embedding code. v must not be nil, and
+// every value a channel is given must be of the same type (atomic.Value's rules).
 func (c *Channel) SetValue(v any) {
-	c.val.Store(&v)
+	c.val.Store(v)
 }
 
 // Close starts closing the channel with the given status: frames already
