@@ -24,7 +24,7 @@ const rotationSlots = 8
 //
 // A slot is 8 bytes, the eight one cache line: every where touches it, mostly out of the
 // cache. Two namespaces of one slot whose tags agree share a position, which only makes
-// their rotation less strict; positions wrap at 2^32, which only skips a step.
+// their rotation less strict; at 2^32 positions wrap, which may repeat or skip one instance.
 type whereRotation [rotationSlots]struct {
 	tag  uint32 // of the namespace the slot counts for (rotationTag: never 0, an empty slot's)
 	next uint32

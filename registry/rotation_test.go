@@ -79,17 +79,34 @@ func TestWhere_AlternatingNamespacesReachEveryInstance(t *testing.T) {
 	}
 }
 
-// Every where touches these fields of its session, mostly out of the cache: they stay first
-// and within two cache lines, the rotation within one.
-func TestAgentSession_WhereFieldsShareTwoCacheLines(t *testing.T) {
+// Every where touches these fields of its session, mostly out of the cache: the rotation
+// is the session's first cache line and the other where fields its second, which holds only
+// while the session is exactly 256 bytes (a size class of 256-byte aligned objects).
+func TestAgentSession_WhereFieldsTakeTwoAlignedCacheLines(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("the layout is set for 64-bit platforms")
+	}
 	var s agentSession
-	if got := unsafe.Sizeof(s.rotation); got != 64 {
-		t.Errorf("whereRotation is %d bytes, want one cache line (64)", got)
+	if got := unsafe.Sizeof(s); got != 256 {
+		t.Errorf("agentSession is %d bytes, want 256: change sessionPad by %d", got, 256-int(got))
+	}
+	if got := unsafe.Offsetof(s.rotation) + unsafe.Sizeof(s.rotation); got != 64 {
+		t.Errorf("whereRotation ends at byte %d, want the first cache line exactly (64)", got)
 	}
 	if end := unsafe.Offsetof(s.limiter) + unsafe.Sizeof(s.limiter); end > 128 {
-		t.Errorf("where's fields of agentSession end at byte %d, past two cache lines", end)
+		t.Errorf("where's fields of agentSession end at byte %d, past the second cache line", end)
+	}
+	// The allocator puts 256-byte objects on 256-byte boundaries (sessions live on the heap:
+	// the sink keeps these there too).
+	for range 100 {
+		sessionSink = new(agentSession)
+		if p := uintptr(unsafe.Pointer(sessionSink)); p%64 != 0 {
+			t.Fatalf("an agentSession at %#x is not on a cache line boundary", p)
+		}
 	}
 }
+
+var sessionSink *agentSession
 
 // An empty slot's tag is 0, and no namespace's is: a namespace whose hash is 0 starts from
 // the node-wide counter like any other.
