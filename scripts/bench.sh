@@ -27,7 +27,7 @@
 #                                          like (three nodes against three echo processes, one node
 #                                          against one), alternated in $FLOOR_PASSES passes (default 5):
 #                                          each pass's CPU ratio and their median, issue 14 item 4
-#                                          (about 4 minutes; not in the default groups)
+#                                          (about 2 minutes; not in the default groups)
 #   --anchor etcd              after ours, the same register (c=1,256) and where (c=256) against a
 #                              three-member etcd (Debian's etcd-server, installed with apt-get when
 #                              `etcd` is missing; fsync on) on $ETCD_ANCHOR_NET.1-3, then the ratios

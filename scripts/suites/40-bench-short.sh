@@ -15,8 +15,9 @@ WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_BENCH_HOST:-127.0.7.2}" timeout 300 script
 # The floor group (issue 14 item 4: where against the echo floor, like for like, in passes)
 # is not a default group: one pass of each, and the verdict lines it exists for.
 say "bench.sh --short --only floor"
-floor=$(WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_BENCH_HOST:-127.0.7.2}" timeout 300 scripts/bench.sh --short --only floor)
-echo "$floor" | tail -n 8
+floor=$(WSREGISTRY_CLUSTER_HOST="${WSREGISTRY_BENCH_HOST:-127.0.7.2}" timeout 300 scripts/bench.sh --short --only floor) ||
+  { printf '%s\n' "$floor"; exit 1; }
+tail -n 8 <<<"$floor"
 for v in "3 nodes" "1 node"; do
-  echo "$floor" | grep -q "like for like, $v: median of 1 " || { echo "no median line for $v in the floor group's output" >&2; exit 1; }
+  grep -q "like for like, $v: median of 1 " <<<"$floor" || { echo "no median line for $v in the floor group's output" >&2; exit 1; }
 done
