@@ -162,6 +162,11 @@ start_single() {
   exit 1
 }
 
+# start_nodes N EXTRA_FLAGS: one node (start_single) or an N-node cluster.
+start_nodes() {
+  if [ "$1" = 1 ]; then start_single "$2"; else start_cluster "$1" "$2"; fi
+}
+
 go build -o "$work/wsbench" ./cmd/wsbench
 if [ -n "$anchor" ]; then
   # etcd's client lives in its own module, so the registry's go.mod stays lean.
@@ -255,12 +260,8 @@ if has openloop; then
   for nodes in 3 1; do
     echo "== open loop: where at $OPENLOOP_RATE/s over 64 connections, $nodes node(s), $passes passes"
     label="3 nodes"
-    if [ "$nodes" = 1 ]; then
-      label="1 node"
-      start_single "--max-requests-per-second -1"
-    else
-      start_cluster 3 "--max-requests-per-second -1"
-    fi
+    [ "$nodes" = 1 ] && label="1 node"
+    start_nodes "$nodes" "--max-requests-per-second -1"
     for _ in $(seq 1 "$passes"); do
       bench -nodes "$nodes" -workload where-paced -c 256 -k 64 -rate "$OPENLOOP_RATE" -duration "$dur" -label "$label"
       bench -workload echo-paced -k 64 -rate "$OPENLOOP_RATE" -duration "$dur"
@@ -279,12 +280,8 @@ if has floor; then
   for nodes in 3 1; do
     echo "== item 4: where and the echo floor under the agent pattern, $nodes node(s) against $nodes process(es), $passes passes"
     label="like for like, 3 nodes"
-    if [ "$nodes" = 1 ]; then
-      label="like for like, 1 node"
-      start_single "--max-requests-per-second -1"
-    else
-      start_cluster 3 "--max-requests-per-second -1"
-    fi
+    [ "$nodes" = 1 ] && label="like for like, 1 node"
+    start_nodes "$nodes" "--max-requests-per-second -1"
     pat=(-pattern agent -conns "$agent_conns" -duration "$dur")
     for _ in $(seq 1 "$passes"); do
       bench -nodes "$nodes" "${pat[@]}" -workload where -c 256 -label "$label"
