@@ -132,8 +132,10 @@ func (f *FSM) Pick(ns string, n uint64) (Registration, bool) {
 
 // PickBytes is Pick for a namespace held as bytes (a request's buffer), without copying it.
 func (f *FSM) PickBytes(ns []byte, n uint64) (Registration, bool) {
-	f.mu.RLock()                                        // every where takes this path: no defer (the lookup cannot panic)
-	reg, ok := pickFrom(f.st.namespaces[string(ns)], n) // the conversion only feeds the lookup
+	// Every where takes this path: no defer (the lookup cannot panic). The conversion only
+	// feeds the lookup.
+	f.mu.RLock()
+	reg, ok := pickFrom(f.st.namespaces[string(ns)], n)
 	f.mu.RUnlock()
 	return reg, ok
 }
