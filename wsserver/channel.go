@@ -115,7 +115,7 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 	c.writer.fromBatch = c.writeFromBatch
 	if cc, ok := nc.(*corkConn); ok {
 		c.cc = cc
-		cc.beforeRead = c.flushHeld
+		cc.beforeRead = c.beforeRead
 	}
 	context.AfterFunc(ctx, func() {
 		if c.readEnded.Load() {

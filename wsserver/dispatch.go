@@ -22,12 +22,25 @@ import (
 type serveState struct {
 	mu       sync.Mutex
 	inflight map[int64]*inflight // the peer's requests being served, by id
-	handlers sync.WaitGroup      // handler goroutines
+	// repliesDue counts the two-way requests in inflight (forget is the only way out):
+	// each still owes the socket a write, since a request leaves inflight before its
+	// reply is written (beforeRead).
+	repliesDue int
+	handlers   sync.WaitGroup // handler goroutines
 }
 
 type inflight struct {
 	cancel  context.CancelFunc // nil for an asynchronous handler's request
+	twoway  bool               // set before it is admitted
 	aborted bool               // guarded by serveState.mu
+}
+
+// forget removes in, the entry of request id, from inflight. The caller holds serving.mu.
+func (c *Channel) forget(id int64, in *inflight) {
+	delete(c.serving.inflight, id)
+	if in.twoway {
+		c.serving.repliesDue--
+	}
 }
 
 // readLoop reads messages until the connection fails or closes.
@@ -152,7 +165,7 @@ func (c *Channel) dispatch(msg []byte) {
 		in := c.serving.inflight[target]
 		if in != nil {
 			in.aborted = true
-			delete(c.serving.inflight, target)
+			c.forget(target, in)
 		}
 		c.serving.mu.Unlock()
 		if in != nil {
@@ -204,7 +217,14 @@ func (c *Channel) admit(id int64, twoway bool, in *inflight) bool {
 		}
 		return false
 	}
+	if old := c.serving.inflight[id]; old != nil {
+		c.forget(id, old) // a peer that reuses an id in flight: keep repliesDue the map's count
+	}
+	in.twoway = twoway
 	c.serving.inflight[id] = in
+	if twoway {
+		c.serving.repliesDue++
+	}
 	c.serving.mu.Unlock()
 	c.serving.handlers.Add(1)
 	return true
@@ -215,7 +235,7 @@ func (c *Channel) finished(id int64, in *inflight) (aborted bool) {
 	c.serving.mu.Lock()
 	aborted = in.aborted
 	if c.serving.inflight[id] == in {
-		delete(c.serving.inflight, id)
+		c.forget(id, in)
 	}
 	c.serving.mu.Unlock()
 	return aborted

@@ -64,7 +64,8 @@ func inqOf(oob []byte) int {
 // "Drained" is what the kernel says (TCP_INQ is 0), not a short read: a FIN that came
 // with the last data raises no readiness of its own, and only a further read reports it.
 // Nor does a reset, which TCP_INQ does not tell of: the read is skipped only after a
-// reply write, which fails on a reset socket.
+// reply write, or while a reply is still to be written, and that write fails on a reset
+// socket (Channel.beforeRead).
 //
 // The callback holds a reference to the descriptor while it serves, and net's Close waits
 // for it: the corkConn closes the socket on another goroutine (see corkConn.Close) and
@@ -94,6 +95,7 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 				case errno == syscall.EINTR:
 					continue
 				case errno == syscall.EAGAIN:
+					fr.emptyReads.Add(1)
 					return false // nothing yet (a readiness that a read before took): wait
 				case errno != nil:
 					rerr = fr.readError(errno)
@@ -111,9 +113,9 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 				continue // more is waiting, or the end of the stream is
 			}
 			// The socket is drained: answer what came, then wait without a read if replies
-			// went out. TCP_INQ tells of a FIN but not of a reset that came with the data;
-			// a write after such a reset fails, and closes the channel. With nothing
-			// written (one-way messages, replies that come later), read once more.
+			// went out or are still to go. TCP_INQ tells of a FIN but not of a reset that
+			// came with the data; a write after such a reset fails, and closes the channel.
+			// With nothing written nor owed (one-way messages), read once more.
 			flushed = true
 			if fr.beforeRead != nil && fr.beforeRead() {
 				return false

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -246,4 +247,82 @@ func parkedEchoChannel(t *testing.T, path string) (net.Conn, *bufio.Reader, chan
 		readServerFrame(t, br)
 	}
 	return nc, br, closed
+}
+
+// A request whose reply comes later (an online's, from the commit) is owed a write, and
+// that write fails on a reset socket: the reader waits for data without the read that finds
+// nothing. The handler answers each request when the next one arrives, so whenever the
+// reader has drained the socket exactly one reply is due.
+func TestServeRaw_ARequestWhoseReplyComesLaterCostsNoReadThatFindsNothing(t *testing.T) {
+	var mu sync.Mutex
+	var previous *Reply
+	mux := NewMux()
+	mux.HandleAsync("ws", "/later", func(_ context.Context, _ *Channel, _ json.RawMessage, reply *Reply) {
+		mu.Lock()
+		if previous != nil {
+			previous.Send(json.RawMessage(`"ok"`), nil)
+		}
+		previous = reply
+		mu.Unlock()
+	})
+	opened := make(chan *Channel, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1},
+		OnOpen: func(ch *Channel) { opened <- ch }})
+	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/36")
+	ch := recv(t, opened, 5*time.Second, "OnOpen")
+	nc.SetReadDeadline(time.Now().Add(scaled(10 * time.Second)))
+	request := func(id int) []byte {
+		return rawFrame(true, 0x1, fmt.Appendf(nil, `{"id":%d,"twoway":true,"data":{"cmd":"/later","props":[],"protocol":"ws"},"mode":0}`, id))
+	}
+	const n = 20
+	if _, err := nc.Write(request(0)); err != nil {
+		t.Fatal(err)
+	}
+	for id := 1; id <= n; id++ {
+		if _, err := nc.Write(request(id)); err != nil {
+			t.Fatal(err)
+		}
+		if _, payload := readServerFrame(t, br); !strings.Contains(string(payload), fmt.Sprintf(`"id":%d,`, id-1)) {
+			t.Fatalf("reply %s, want the answer to id %d", payload, id-1)
+		}
+	}
+	// Reading once more before each wait found nothing once a request (21 for these 20
+	// before); a reply sent before the reader looked may still cost one.
+	if got := ch.cc.frames.emptyReads.Load(); got > 2 {
+		t.Errorf("%d reads found nothing over %d requests whose replies came later, want at most 2", got, n)
+	}
+	mu.Lock()
+	previous.Send(nil, nil)
+	mu.Unlock()
+}
+
+// What the read skipped above would have found: a reset that came with the data. The
+// write of the reply that was due fails, and ends the channel (pings are off: nothing
+// else would).
+func TestServeRaw_AResetBehindARequestWhoseReplyComesLaterEndsTheChannelAtTheReply(t *testing.T) {
+	p := newParked()
+	mux := NewMux()
+	mux.HandleAsync("ws", "/park", p.handler)
+	closed := make(chan error, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
+		OnClose: func(ch *Channel) { closed <- ch.Err() }}})
+	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/37")
+	nc.SetReadDeadline(time.Now().Add(scaled(10 * time.Second)))
+	if _, err := nc.Write(textFrame(requestFrame(1, "/park", `["a"]`))); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, p.arrived, 5*time.Second, "request a")
+	p.reply(t, `["a"]`, json.RawMessage(`1`), nil)
+	readServerFrame(t, br) // the reader has drained the socket and waits in serveRaw
+
+	if _, err := nc.Write(textFrame(requestFrame(2, "/park", `["b"]`))); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.(*net.TCPConn).SetLinger(0); err != nil { // Close sends a reset
+		t.Fatal(err)
+	}
+	nc.Close()
+	recv(t, p.arrived, 5*time.Second, "request b")
+	p.reply(t, `["b"]`, json.RawMessage(`2`), nil)
+	recv(t, closed, 5*time.Second, "the channel to end once the reply to b was written")
 }
