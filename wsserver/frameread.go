@@ -23,7 +23,7 @@ import (
 // always under its read lock, so the state needs no lock of its own.
 type frameReader struct {
 	conn       net.Conn
-	beforeRead func() bool // runs before every socket read (corkConn.beforeRead); true: it wrote
+	beforeRead func() bool // runs before every socket read (corkConn.beforeRead); true: replies went out or are owed, so the reader may wait without reading
 	onText     func(msg []byte)
 	maxText    int
 
