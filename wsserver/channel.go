@@ -115,7 +115,7 @@ func newChannel(parent context.Context, conn *websocket.Conn, nc net.Conn, key, 
 	c.writer.fromBatch = c.writeFromBatch
 	if cc, ok := nc.(*corkConn); ok {
 		c.cc = cc
-		cc.beforeRead = c.beforeRead
+		cc.beforeRead = c.flushHeld
 	}
 	context.AfterFunc(ctx, func() {
 		if c.readEnded.Load() {
@@ -148,7 +148,7 @@ func (c *Channel) start() {
 	if cc := c.cc; cc != nil && cc.server && !c.cfg.libraryReads {
 		// The frameReader sees the stream from the first frame: what the client sent
 		// behind its handshake is its carry.
-		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, maxText: int(min(c.cfg.readLimit, maxServedText)),
+		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, mayWait: c.mayWait, maxText: int(min(c.cfg.readLimit, maxServedText)),
 			onText: func(msg []byte) { c.serveMessage(true, msg) }, carry: cc.leftover}
 		cc.leftover = nil
 		if raw := rawConnFor(cc.Conn); raw != nil {

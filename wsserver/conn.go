@@ -75,7 +75,7 @@ type corkConn struct {
 	// reference to the descriptor that a plain Close waits for (set before it first reads).
 	asyncClose atomic.Bool
 	closed     atomic.Bool // Close was called
-	// beforeRead runs before every socket read (the channel's beforeRead): what
+	// beforeRead runs before every socket read (the channel's flushHeld): what
 	// was answered from the bytes of the last read goes out before waiting for more.
 	beforeRead func() bool
 	// deadline is the write deadline armed on the socket (zero: none). Arming it

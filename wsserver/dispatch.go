@@ -24,7 +24,7 @@ type serveState struct {
 	inflight map[int64]*inflight // the peer's requests being served, by id
 	// repliesDue counts the two-way requests in inflight (forget is the only way out):
 	// each still owes the socket a write, since a request leaves inflight before its
-	// reply is written (beforeRead).
+	// reply is written (mayWait).
 	repliesDue int
 	handlers   sync.WaitGroup // handler goroutines
 }

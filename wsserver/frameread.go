@@ -23,9 +23,12 @@ import (
 // always under its read lock, so the state needs no lock of its own.
 type frameReader struct {
 	conn       net.Conn
-	beforeRead func() bool // runs before every socket read (corkConn.beforeRead); true: replies went out or are owed, so the reader may wait without reading
-	onText     func(msg []byte)
-	maxText    int
+	beforeRead func() bool // runs before every socket read (corkConn.beforeRead): writes the held replies
+	// mayWait runs instead when a read drained the socket (Channel.mayWait); true: replies
+	// went out or are owed, so the reader may wait without reading once more. Nil: beforeRead.
+	mayWait func() bool
+	onText  func(msg []byte)
+	maxText int
 
 	// raw, when the socket offers it (a plain TCP connection), lets fresh frames be read
 	// and served inside the socket's raw read (serveRaw); nil otherwise.

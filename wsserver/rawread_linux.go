@@ -65,7 +65,8 @@ func inqOf(oob []byte) int {
 // with the last data raises no readiness of its own, and only a further read reports it.
 // Nor does a reset, which TCP_INQ does not tell of: the read is skipped only after a
 // reply write, or while a reply is still to be written, and that write fails on a reset
-// socket (Channel.beforeRead).
+// socket (Channel.mayWait). With pings off, a reset that came with a request whose reply
+// comes later (an online's, bounded by the commit wait) is noticed when that reply is written.
 //
 // The callback holds a reference to the descriptor while it serves, and net's Close waits
 // for it: the corkConn closes the socket on another goroutine (see corkConn.Close) and
@@ -117,7 +118,7 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 			// came with the data; a write after such a reset fails, and closes the channel.
 			// With nothing written nor owed (one-way messages), read once more.
 			flushed = true
-			if fr.beforeRead != nil && fr.beforeRead() {
+			if fr.drainedMayWait() {
 				return false
 			}
 		}
@@ -130,6 +131,14 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 		return 0, err
 	}
 	return k, rerr
+}
+
+// drainedMayWait runs when a read drained the socket: see mayWait.
+func (fr *frameReader) drainedMayWait() bool {
+	if fr.mayWait != nil {
+		return fr.mayWait()
+	}
+	return fr.beforeRead != nil && fr.beforeRead()
 }
 
 // readError wraps a failed read's error as net's Read would.
