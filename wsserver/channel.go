@@ -148,8 +148,9 @@ func (c *Channel) start() {
 	if cc := c.cc; cc != nil && cc.server && !c.cfg.libraryReads {
 		// The frameReader sees the stream from the first frame: what the client sent
 		// behind its handshake is its carry.
-		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, mayWait: c.mayWait, maxText: int(min(c.cfg.readLimit, maxServedText)),
-			onText: func(msg []byte) { c.serveMessage(true, msg) }, carry: cc.leftover}
+		cc.frames = &frameReader{conn: cc.Conn, beforeRead: cc.beforeRead, mayWait: c.mayWait,
+			maxText: int(min(c.cfg.readLimit, maxServedText)),
+			onText:  func(msg []byte) { c.serveMessage(true, msg) }, carry: cc.leftover}
 		cc.leftover = nil
 		if raw := rawConnFor(cc.Conn); raw != nil {
 			cc.frames.raw, cc.frames.closed = raw, &cc.closed

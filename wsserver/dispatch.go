@@ -22,24 +22,28 @@ import (
 type serveState struct {
 	mu       sync.Mutex
 	inflight map[int64]*inflight // the peer's requests being served, by id
-	// repliesDue counts the two-way requests in inflight (forget is the only way out):
-	// each still owes the socket a write, since a request leaves inflight before its
-	// reply is written (mayWait).
-	repliesDue int
+	// repliesDue counts the requests in inflight whose replyDue is set (forget is the only
+	// way out): each still owes the socket a write, since a request leaves inflight before
+	// its reply is written (mayWait). Written under mu, read without it.
+	repliesDue atomic.Int32
 	handlers   sync.WaitGroup // handler goroutines
 }
 
 type inflight struct {
-	cancel  context.CancelFunc // nil for an asynchronous handler's request
-	twoway  bool               // set before it is admitted
-	aborted bool               // guarded by serveState.mu
+	cancel context.CancelFunc // nil for an asynchronous handler's request
+	// replyDue: a two-way request of an asynchronous handler, which answers in bounded
+	// time (Mux.HandleAsync), so the reader may wait for its reply's write instead of
+	// reading once more (mayWait). A goroutine handler may wait on ctx for as long as the
+	// channel lives: it is not counted, and a reset behind its request is read at once.
+	replyDue bool // set before it is admitted
+	aborted  bool // guarded by serveState.mu
 }
 
 // forget removes in, the entry of request id, from inflight. The caller holds serving.mu.
 func (c *Channel) forget(id int64, in *inflight) {
 	delete(c.serving.inflight, id)
-	if in.twoway {
-		c.serving.repliesDue--
+	if in.replyDue {
+		c.serving.repliesDue.Add(-1)
 	}
 }
 
@@ -220,10 +224,9 @@ func (c *Channel) admit(id int64, twoway bool, in *inflight) bool {
 	if old := c.serving.inflight[id]; old != nil {
 		c.forget(id, old) // a peer that reuses an id in flight: keep repliesDue the map's count
 	}
-	in.twoway = twoway
 	c.serving.inflight[id] = in
-	if twoway {
-		c.serving.repliesDue++
+	if in.replyDue {
+		c.serving.repliesDue.Add(1)
 	}
 	c.serving.mu.Unlock()
 	c.serving.handlers.Add(1)
@@ -253,7 +256,7 @@ type Reply struct {
 
 // startAsync starts an asynchronous handler on the reader (see Mux.HandleAsync).
 func (c *Channel) startAsync(id int64, twoway bool, h AsyncHandlerFunc, props []byte) {
-	r := &Reply{c: c, id: id, twoway: twoway}
+	r := &Reply{c: c, id: id, twoway: twoway, in: inflight{replyDue: twoway}}
 	if !c.admit(id, twoway, &r.in) {
 		return
 	}

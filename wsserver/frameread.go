@@ -24,8 +24,9 @@ import (
 type frameReader struct {
 	conn       net.Conn
 	beforeRead func() bool // runs before every socket read (corkConn.beforeRead): writes the held replies
-	// mayWait runs instead when a read drained the socket (Channel.mayWait); true: replies
-	// went out or are owed, so the reader may wait without reading once more. Nil: beforeRead.
+	// mayWait runs instead when a read drained the socket (Channel.mayWait), and must flush
+	// as beforeRead does; true: replies went out or are owed, so the reader may wait
+	// without reading once more. Nil: beforeRead.
 	mayWait func() bool
 	onText  func(msg []byte)
 	maxText int

@@ -65,8 +65,7 @@ func inqOf(oob []byte) int {
 // with the last data raises no readiness of its own, and only a further read reports it.
 // Nor does a reset, which TCP_INQ does not tell of: the read is skipped only after a
 // reply write, or while a reply is still to be written, and that write fails on a reset
-// socket (Channel.mayWait). With pings off, a reset that came with a request whose reply
-// comes later (an online's, bounded by the commit wait) is noticed when that reply is written.
+// socket (Channel.mayWait).
 //
 // The callback holds a reference to the descriptor while it serves, and net's Close waits
 // for it: the corkConn closes the socket on another goroutine (see corkConn.Close) and
@@ -74,7 +73,7 @@ func inqOf(oob []byte) int {
 func (fr *frameReader) serveRaw(p []byte) (int, error) {
 	var k int
 	var rerr error
-	flushed := false // beforeRead already ran for the read the callback is called for
+	flushed := false // drainedMayWait just flushed the held replies: the next read need not
 	err := fr.raw.Read(func(fd uintptr) bool {
 		for {
 			if fr.beforeRead != nil && !flushed {
@@ -133,7 +132,9 @@ func (fr *frameReader) serveRaw(p []byte) (int, error) {
 	return k, rerr
 }
 
-// drainedMayWait runs when a read drained the socket: see mayWait.
+// drainedMayWait runs when a read drained the socket; serveRaw skips its next flush after
+// it, so mayWait must flush as beforeRead does. Without mayWait, beforeRead flushes and
+// whether it wrote decides.
 func (fr *frameReader) drainedMayWait() bool {
 	if fr.mayWait != nil {
 		return fr.mayWait()

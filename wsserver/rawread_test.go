@@ -230,6 +230,35 @@ func TestServeRaw_AResetBehindAOneWayMessageEndsTheChannel(t *testing.T) {
 	recv(t, closed, 5*time.Second, "the channel to end after the client's reset")
 }
 
+// A goroutine handler may wait on its ctx for as long as the channel lives, so its request
+// owes no write the reader could count on: a reset behind it must be read at once, or the
+// channel and the handler would wait for ever (pings are off).
+func TestServeRaw_AResetBehindARequestWhoseHandlerWaitsOnItsContextEndsTheChannel(t *testing.T) {
+	mux := NewMux()
+	mux.HandleInline("ws", "/echo", echoHandler)
+	mux.Handle("ws", "/wait", func(ctx context.Context, _ *Channel, _ json.RawMessage) (json.RawMessage, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	closed := make(chan error, 1)
+	_, addr := startServer(t, ServerConfig{ChannelConfig: ChannelConfig{Mux: mux, PingInterval: -1,
+		OnClose: func(ch *Channel) { closed <- ch.Err() }}})
+	nc, br := rawTCPHandshake(t, addr, "/10.0.0.9/39")
+	nc.SetReadDeadline(time.Now().Add(scaled(5 * time.Second)))
+	if _, err := nc.Write(echoRequest(1)); err != nil {
+		t.Fatal(err)
+	}
+	readServerFrame(t, br) // the reader has drained the socket and waits in serveRaw
+	if _, err := nc.Write(textFrame(requestFrame(2, "/wait", `[]`))); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.(*net.TCPConn).SetLinger(0); err != nil { // Close sends a reset
+		t.Fatal(err)
+	}
+	nc.Close()
+	recv(t, closed, 5*time.Second, "the channel to end after the client's reset")
+}
+
 // parkedEchoChannel connects a raw client to an inline echo server with pings off and has
 // three requests answered, so the server's reader has drained the socket and waits in
 // serveRaw; closed gets the channel's Err when it ends.
@@ -304,7 +333,7 @@ func TestServeRaw_ARequestWhoseReplyComesLaterCostsNoReadThatFindsNothing(t *tes
 // was due is written and fails (it may end sooner, if a read before the wait finds the
 // reset). The reply goes out as an online's does: handed over in a batch that a commit's
 // goroutine runs (Reply.SendIn).
-func TestServeRaw_AResetBehindARequestWhoseReplyComesLaterEndsTheChannelAtTheLatestAtTheReply(t *testing.T) {
+func TestServeRaw_AResetBehindARequestWhoseReplyComesLaterEndsTheChannelByTheReply(t *testing.T) {
 	p := newParked()
 	mux := NewMux()
 	mux.HandleAsync("ws", "/park", p.handler)

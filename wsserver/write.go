@@ -358,21 +358,17 @@ func (c *Channel) resetHeld() {
 // the held replies, and reports whether the reader may wait for data without first reading
 // once more. That read is there for a reset that came with the data, which TCP_INQ does not
 // tell of; a write after it fails and closes the channel. So the reader may wait when
-// replies went out, and when a two-way request it read still owes its reply, which is
-// written after this (a request leaves inflight before its reply is written): an online's
-// reply comes from the commit, and the read it skips found nothing in all but the reset
-// case. With pings off, such a reset is noticed only when the reply is written.
+// replies went out, and when an asynchronous handler still owes a reply (an online's,
+// from the commit), which is written after this: a request leaves inflight before its
+// reply is written. Until then a reset goes unnoticed, which HandleAsync documents.
 //
-// The reads that do not ask (the top of every read, the library's) call flushHeld alone:
-// a lookup's read pays no lock for a count it would ignore.
+// The reads that do not ask (the top of every read, the library's) call flushHeld alone,
+// and the count is read without the lock: a lookup's read pays nothing for it.
 func (c *Channel) mayWait() bool {
 	if c.flushHeld() {
 		return true
 	}
-	c.serving.mu.Lock()
-	due := c.serving.repliesDue > 0
-	c.serving.mu.Unlock()
-	return due && !c.isClosing() // a closing channel writes no more replies
+	return c.serving.repliesDue.Load() > 0 && !c.isClosing() // a closing channel writes no more replies
 }
 
 // flushHeld writes the held replies with one system call. The corkConn calls it
