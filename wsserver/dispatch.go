@@ -34,7 +34,8 @@ type inflight struct {
 	// replyDue: a two-way request of an asynchronous handler, which answers in bounded
 	// time (Mux.HandleAsync), so the reader may wait for its reply's write instead of
 	// reading once more (mayWait). A goroutine handler may wait on ctx for as long as the
-	// channel lives: it is not counted, and a reset behind its request is read at once.
+	// channel lives: it is not counted, so a reset behind its request is read at once
+	// unless an asynchronous handler's reply is owed too (then that reply's write finds it).
 	replyDue bool // set before it is admitted
 	aborted  bool // guarded by serveState.mu
 }

@@ -66,8 +66,9 @@ func (m *Mux) HandleInline(protocol, cmd string, h HandlerFunc) {
 // writes. ctx is the channel's; an abort of the request suppresses its reply. The
 // channel's close (and its OnClose) waits for every started request's reply. While a
 // reply is due, a reader on a plain TCP socket (Linux) waits for more data without
-// reading once more, so with pings off a reset that arrives meanwhile may be noticed only
-// when the reply is written: answer in bounded time (an online: within the commit wait).
+// reading once more, so with pings off a reset that came with the data it last read may go
+// unnoticed until the reply is written: answer in bounded time (an online: within the
+// commit wait).
 func (m *Mux) HandleAsync(protocol, cmd string, h AsyncHandlerFunc) {
 	if h == nil {
 		m.set(protocol, cmd, route{})

@@ -15,7 +15,7 @@ import (
 // in inflight on every path: one too many and a reader waits with no write to come, so a
 // reset goes unnoticed; one too few and it reads in vain. A goroutine handler's request is
 // not counted: it may wait on its ctx for as long as the channel lives.
-func TestRepliesDue_CountsTheTwoWayRequestsInFlightOnEveryPath(t *testing.T) {
+func TestRepliesDue_CountsTheAsynchronousTwoWayRequestsInFlightOnEveryPath(t *testing.T) {
 	var mu sync.Mutex
 	held := map[string]*Reply{}
 	mux := NewMux()
